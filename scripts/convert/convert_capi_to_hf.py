@@ -1,0 +1,269 @@
+#!/usr/bin/env python
+"""Convert a released CAPI checkpoint (capi_vitl14_{p205,lvd,i22k,in1k}.pth) into a Hub-ready folder.
+
+    python scripts/convert/convert_capi_to_hf.py --checkpoint_path capi_vitl14_lvd.pth --output_dir capi-vitl14-lvd \
+        [--model_name capi-vitl14-lvd] [--push_to_hub REPO_ID]
+
+Writes model.safetensors, config.json, preprocessor_config.json and a model card. Architecture hyper-parameters are
+read off the tensor shapes, so the same code converts the real ViT-L/14 and tiny test checkpoints. Every original
+key is either converted or explicitly ignored (the student prediction head `head.*`, and the analytic RoPE tables
+after they are checked); anything else is an error that lists the missing and unexpected keys.
+"""
+
+import argparse
+import re
+import sys
+from pathlib import Path
+
+import torch
+
+from hf_mim import CapiConfig, CapiImageProcessor, CapiModel
+from hf_mim.conversion import (
+    CheckpointMismatchError,
+    account_for_keys,
+    load_original_checkpoint,
+    push_folder_to_hub,
+    raise_on_mismatch,
+    write_model_card,
+)
+from hf_mim.layers import CapiRope2D
+
+# hub entry -> (pretraining data, k-NN ADE20K mIoU, attentive IN1k top-1), from the original README.
+RELEASES = {
+    "capi-vitl14-p205": ("Places205", 35.2, 79.2),
+    "capi-vitl14-lvd": ("LVD-142M", 32.1, 83.8),
+    "capi-vitl14-in22k": ("ImageNet-22k", 29.7, 83.6),
+    "capi-vitl14-in1k": ("ImageNet-1k", 29.2, 82.9),
+}
+FILE_TO_NAME = {"p205": "capi-vitl14-p205", "lvd": "capi-vitl14-lvd", "i22k": "capi-vitl14-in22k",
+                "in22k": "capi-vitl14-in22k", "in1k": "capi-vitl14-in1k"}  # fmt: skip
+
+_BLOCK = {
+    "residual1.norm.weight": "norm1.weight",
+    "residual1.fn.q_proj.weight": "{attn}.q_proj.weight",
+    "residual1.fn.k_proj.weight": "{attn}.k_proj.weight",
+    "residual1.fn.v_proj.weight": "{attn}.v_proj.weight",
+    "residual1.fn.proj.weight": "{attn}.o_proj.weight",
+    "residual2.norm.weight": "norm2.weight",
+    "residual2.fn.fc1.weight": "mlp.fc1.weight",
+    "residual2.fn.fc2.weight": "mlp.fc2.weight",
+}
+_TOP = {
+    "patch_embed.weight": "embeddings.patch_embeddings.projection.weight",
+    "patch_embed.bias": "embeddings.patch_embeddings.projection.bias",
+    "registers": "embeddings.register_tokens",
+    "mask_token": "predictor.mask_token",
+}
+_BLOCK_KEY = re.compile(r"^(encoder|decoder)\.blocks\.(\d+)\.(.+)$")
+
+
+def rename_key(key: str) -> str | None:
+    """Original backbone key (without `backbone.`) -> hf_mim CapiModel key; None if it is not part of the model."""
+    if key in _TOP:
+        return _TOP[key]
+    match = _BLOCK_KEY.match(key)
+    if match is None or match.group(3) not in _BLOCK:
+        return None
+    part, index, rest = match.groups()
+    prefix, attn = ("encoder", "attention") if part == "encoder" else ("predictor", "cross_attention")
+    return f"{prefix}.layer.{index}." + _BLOCK[rest].format(attn=attn)
+
+
+def is_rope_table(key: str) -> bool:
+    return bool(_BLOCK_KEY.match(key)) and key.endswith("residual1.fn.rope.freqs")
+
+
+def extract_backbone(checkpoint) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """Flat state dict -> (backbone tensors without prefix, ignored non-backbone keys)."""
+    if not isinstance(checkpoint, dict) or not checkpoint:
+        raise CheckpointMismatchError(f"Expected a state dict, got {type(checkpoint).__name__}.")
+    for wrapper in ("student_ema", "model", "state_dict"):  # tolerate a wrapped dict, the release is flat
+        if wrapper in checkpoint and isinstance(checkpoint[wrapper], dict):
+            checkpoint = checkpoint[wrapper]
+    state = {k.removeprefix("module."): v for k, v in checkpoint.items() if isinstance(v, torch.Tensor)}
+    if any(k.startswith("backbone.") for k in state):
+        backbone = {k.removeprefix("backbone."): v for k, v in state.items() if k.startswith("backbone.")}
+        ignored = [k for k in state if not k.startswith("backbone.")]
+    else:
+        backbone, ignored = state, []
+    unexpected_ignored = [k for k in ignored if not k.startswith("head.")]
+    if unexpected_ignored:
+        raise CheckpointMismatchError(
+            f"Unexpected non-backbone keys ({len(unexpected_ignored)}): {', '.join(sorted(unexpected_ignored)[:40])}"
+        )
+    return backbone, ignored
+
+
+def infer_config(backbone: dict[str, torch.Tensor], checkpoint_path) -> CapiConfig:
+    """Architecture from tensor shapes."""
+    required = ["patch_embed.weight", "registers", "mask_token", "encoder.blocks.0.residual1.fn.rope.freqs",
+                "encoder.blocks.0.residual2.fn.fc1.weight", "decoder.blocks.0.residual1.fn.rope.freqs",
+                "decoder.blocks.0.residual2.fn.fc1.weight"]  # fmt: skip
+    missing = [k for k in required if k not in backbone]
+    raise_on_mismatch(checkpoint_path, missing, [], hint="Is this a CAPI checkpoint?")
+
+    def depth(part: str) -> int:
+        indices = {int(m.group(2)) for k in backbone if (m := _BLOCK_KEY.match(k)) and m.group(1) == part}
+        return max(indices) + 1
+
+    patch = backbone["patch_embed.weight"]
+    hidden = patch.shape[0]
+    decoder_hidden = backbone["mask_token"].shape[-1]
+    return CapiConfig(
+        patch_size=patch.shape[-1],
+        num_channels=patch.shape[1],
+        hidden_size=hidden,
+        num_hidden_layers=depth("encoder"),
+        num_attention_heads=hidden // backbone["encoder.blocks.0.residual1.fn.rope.freqs"].shape[-1],
+        intermediate_size=backbone["encoder.blocks.0.residual2.fn.fc1.weight"].shape[0],
+        num_register_tokens=backbone["registers"].shape[1],
+        decoder_hidden_size=decoder_hidden,
+        decoder_num_hidden_layers=depth("decoder"),
+        decoder_num_attention_heads=decoder_hidden // backbone["decoder.blocks.0.residual1.fn.rope.freqs"].shape[-1],
+        decoder_intermediate_size=backbone["decoder.blocks.0.residual2.fn.fc1.weight"].shape[0],
+    )
+
+
+def check_rope_tables(backbone: dict[str, torch.Tensor], config: CapiConfig) -> float:
+    """Every stored RoPE table must equal the analytic one (the model rebuilds it); returns the max abs deviation."""
+    worst = 0.0
+    for key, table in backbone.items():
+        if not is_rope_table(key):
+            continue
+        expected = CapiRope2D.analytic_freqs(table.shape[-1], config.rope_max_freq, config.rope_min_freq)
+        if table.shape != expected.shape:
+            raise CheckpointMismatchError(f"{key} has shape {tuple(table.shape)}, expected {tuple(expected.shape)}.")
+        deviation = (table.float() - expected).abs().max().item()
+        worst = max(worst, deviation)
+        if deviation > 1e-6 * expected.abs().max().item():
+            raise CheckpointMismatchError(
+                f"{key} differs from the analytic RoPE frequencies by {deviation:.3g}; this converter rebuilds them "
+                "analytically and would not reproduce the checkpoint."
+            )
+    return worst
+
+
+def convert_state_dict(checkpoint, checkpoint_path="<checkpoint>"):
+    """Original checkpoint -> (CapiConfig, hf_mim state dict, report dict)."""
+    backbone, ignored = extract_backbone(checkpoint)
+    config = infer_config(backbone, checkpoint_path)
+    mapping, rope_keys, unexpected = account_for_keys(backbone, rename_key, is_rope_table)
+    expected_keys = set(CapiModel(config).state_dict().keys())
+    missing = sorted(expected_keys - set(mapping.values()))
+    raise_on_mismatch(checkpoint_path, missing, unexpected)
+    rope_deviation = check_rope_tables(backbone, config)
+    state = {new: backbone[old].contiguous().clone() for old, new in mapping.items()}
+    reference = CapiModel(config).state_dict()
+    wrong_shapes = [f"{old} {tuple(backbone[old].shape)} != {tuple(reference[new].shape)}"
+                    for old, new in mapping.items() if backbone[old].shape != reference[new].shape]  # fmt: skip
+    if wrong_shapes:
+        raise CheckpointMismatchError("Tensors with unexpected shapes: " + "; ".join(wrong_shapes[:20]))
+    report = {
+        "converted": len(mapping),
+        "rope_tables_checked_and_dropped": len(rope_keys),
+        "rope_max_deviation": rope_deviation,
+        "ignored": sorted(ignored),
+    }
+    return config, state, report
+
+
+def model_card(model_name: str) -> tuple[dict, str]:
+    data, knn, attentive = RELEASES.get(model_name, ("unknown", None, None))
+    front = {
+        "license": "apache-2.0",
+        "library_name": "transformers",
+        "pipeline_tag": "image-feature-extraction",
+        "tags": ["hf_mim", "capi", "vision", "self-supervised", "masked-image-modeling"],
+    }
+    if knn is not None:
+        front["model-index"] = [
+            {
+                "name": model_name,
+                "results": [
+                    {
+                        "task": {"type": "image-segmentation", "name": "k-NN semantic segmentation"},
+                        "dataset": {"type": "scene_parse_150", "name": "ADE20K"},
+                        "metrics": [{"type": "mean_iou", "value": knn, "name": "k-NN mIoU"}],
+                    },
+                    {
+                        "task": {"type": "image-classification", "name": "attentive probe"},
+                        "dataset": {"type": "imagenet-1k", "name": "ImageNet-1k"},
+                        "metrics": [{"type": "accuracy", "value": attentive, "name": "attentive top-1"}],
+                    },
+                ],
+            }
+        ]
+    body = f"""# {model_name}
+
+CAPI ViT-L/14 (16 registers, 2-D RoPE, RMSNorm) pretrained on **{data}** with CAPI's latent clustering objective
+(Darcet et al., *Cluster and Predict Latent Patches for Improved Masked Image Modeling*, TMLR 2025,
+arXiv:2502.08769). Converted from the official release of `facebookresearch/capi` with hf_mim; the weights and code
+are Apache-2.0. Reported by the authors: k-NN ADE20K mIoU **{knn}**, attentive-probe ImageNet-1k top-1 **{attentive}**.
+
+## Usage
+
+```python
+import hf_mim  # registers CAPI with the Auto classes
+from transformers import AutoImageProcessor, AutoModel
+
+processor = AutoImageProcessor.from_pretrained("{model_name}")
+model = AutoModel.from_pretrained("{model_name}")
+outputs = model(**processor(images=image, return_tensors="pt"))
+global_repr = outputs.pooler_output   # (1, 1024) CAPI's global representation
+feature_map = outputs.feature_map     # (1, 16, 16, 1024) patch features
+registers = outputs.register_tokens   # (1, 16, 1024)
+```
+
+`pooler_output` is the mean of the first predictor block's outputs (mask-token queries at every position), exactly
+as the original `EncoderDecoder.forward` defines it. Any input whose sides are multiples of 14 works.
+"""
+    return front, body
+
+
+def convert(checkpoint_path, output_dir, model_name=None, push_to_hub=None) -> dict:
+    checkpoint_path = Path(checkpoint_path)
+    if model_name is None:
+        stem = checkpoint_path.stem.rsplit("_", 1)[-1]
+        model_name = FILE_TO_NAME.get(stem, checkpoint_path.stem.replace("_", "-"))
+    checkpoint = load_original_checkpoint(checkpoint_path)
+    config, state, report = convert_state_dict(checkpoint, checkpoint_path)
+    model = CapiModel(config).eval()
+    load_result = model.load_state_dict(state, strict=True)
+    assert not load_result.missing_keys and not load_result.unexpected_keys
+    with torch.no_grad():  # a finite forward is the minimum a converted model must give
+        side = config.patch_size * 2
+        out = model(torch.zeros(1, config.num_channels, side, side))
+    if not torch.isfinite(out.pooler_output).all():
+        raise RuntimeError("The converted model produces non-finite outputs.")
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(output_dir)
+    CapiImageProcessor().save_pretrained(output_dir)
+    front, body = model_card(model_name)
+    write_model_card(output_dir, front, body)
+    report["model_name"] = model_name
+    report["output_dir"] = str(output_dir)
+    if push_to_hub:
+        report["hub"] = push_folder_to_hub(output_dir, push_to_hub, f"Upload {model_name} converted with hf_mim")
+    return report
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--checkpoint_path", required=True, help="Original CAPI .pth file")
+    parser.add_argument("--output_dir", required=True, help="Folder to write the Hub-ready model into")
+    parser.add_argument("--model_name", default=None, help="e.g. capi-vitl14-lvd (default: from the file name)")
+    parser.add_argument("--push_to_hub", default=None, metavar="REPO_ID", help="Upload the folder to this Hub repo")
+    args = parser.parse_args(argv)
+    try:
+        report = convert(args.checkpoint_path, args.output_dir, args.model_name, args.push_to_hub)
+    except (CheckpointMismatchError, FileNotFoundError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    for key, value in report.items():
+        print(f"{key}: {value}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,31 @@
+"""hf_mim: self-supervised vision pretraining (CAPI, CAE, I-JEPA, VICRegL) native to transformers and accelerate.
+
+Importing the package registers every model with transformers' Auto classes.
+"""
+
+from .auto_registration import register_model
+from .image_processing_utils import HfMimImageProcessor
+from .models.capi import (
+    CapiConfig,
+    CapiForImageClassification,
+    CapiImageProcessor,
+    CapiModel,
+    CapiModelOutput,
+    CapiPreTrainedModel,
+)
+
+register_model(
+    CapiConfig, model=CapiModel, classification=CapiForImageClassification, image_processor=CapiImageProcessor
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CapiConfig",
+    "CapiForImageClassification",
+    "CapiImageProcessor",
+    "CapiModel",
+    "CapiModelOutput",
+    "CapiPreTrainedModel",
+    "HfMimImageProcessor",
+]

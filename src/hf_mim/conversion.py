@@ -1,0 +1,73 @@
+"""Machinery shared by the checkpoint converters in `scripts/convert/`: safe loading, strict key accounting,
+model cards and Hub upload."""
+
+import argparse
+import json
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import torch
+
+
+class CheckpointMismatchError(ValueError):
+    """The checkpoint does not have the keys the converter expects; the message lists them."""
+
+
+def load_original_checkpoint(path: str | Path) -> dict:
+    """`torch.load(..., weights_only=True)`, allowing only `argparse.Namespace` (stored by some training saves)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"Checkpoint file not found: {path}")
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # truncated zip, pickle with code, not a torch file...
+        raise ValueError(f"Could not read {path} as a PyTorch checkpoint (weights_only=True): {error}") from error
+
+
+def account_for_keys(
+    original_keys: Iterable[str], rename: Callable[[str], str | None], ignored: Callable[[str], bool]
+) -> tuple[dict[str, str], list[str], list[str]]:
+    """Map every original key: renamed, explicitly ignored, or unexpected. Returns (mapping, ignored, unexpected)."""
+    mapping, dropped, unexpected = {}, [], []
+    for key in original_keys:
+        if ignored(key):
+            dropped.append(key)
+            continue
+        new_key = rename(key)
+        if new_key is None:
+            unexpected.append(key)
+        else:
+            mapping[key] = new_key
+    return mapping, dropped, unexpected
+
+
+def raise_on_mismatch(checkpoint_path, missing: list[str], unexpected: list[str], hint: str = "") -> None:
+    if not missing and not unexpected:
+        return
+    lines = [f"Checkpoint {checkpoint_path} does not match the expected layout.{(' ' + hint) if hint else ''}"]
+    if missing:
+        lines.append(f"Missing keys ({len(missing)}): " + ", ".join(sorted(missing)[:40]) + (" ..." if len(missing) > 40 else ""))
+    if unexpected:
+        lines.append(
+            f"Unexpected keys ({len(unexpected)}): " + ", ".join(sorted(unexpected)[:40]) + (" ..." if len(unexpected) > 40 else "")
+        )
+    raise CheckpointMismatchError("\n".join(lines))
+
+
+def write_model_card(output_dir: str | Path, front_matter: dict, body: str) -> None:
+    """README.md with YAML front matter (JSON is valid YAML, so no yaml dependency is needed)."""
+    lines = ["---"]
+    for key, value in front_matter.items():
+        lines.append(f"{key}: {json.dumps(value)}")
+    lines += ["---", "", body.strip(), ""]
+    Path(output_dir, "README.md").write_text("\n".join(lines))
+
+
+def push_folder_to_hub(output_dir: str | Path, repo_id: str, commit_message: str) -> str:
+    from huggingface_hub import HfApi
+
+    api = HfApi()
+    api.create_repo(repo_id, exist_ok=True)
+    info = api.upload_folder(folder_path=str(output_dir), repo_id=repo_id, commit_message=commit_message)
+    return str(info)

@@ -1,0 +1,38 @@
+"""Building blocks shared by every ViT-based model in hf_mim."""
+
+from .attention import Attention, eager_attention_forward
+from .blocks import CrossAttentionBlock, SelfAttentionBlock
+from .mlp import Mlp, SwiGLU, build_mlp
+from .norms import build_norm
+from .patch_embed import PatchEmbeddings
+from .pooling import AttentivePooler
+from .positions import (
+    CapiRope2D,
+    edge_register_coordinates,
+    normalized_grid_coordinates,
+    resize_position_embeddings,
+    sincos_2d_position_embedding,
+)
+from .regularization import DropPath, LayerScale, drop_path, residual_with_drop_path
+
+__all__ = [
+    "Attention",
+    "AttentivePooler",
+    "CapiRope2D",
+    "CrossAttentionBlock",
+    "DropPath",
+    "LayerScale",
+    "Mlp",
+    "PatchEmbeddings",
+    "SelfAttentionBlock",
+    "SwiGLU",
+    "build_mlp",
+    "build_norm",
+    "drop_path",
+    "eager_attention_forward",
+    "edge_register_coordinates",
+    "normalized_grid_coordinates",
+    "resize_position_embeddings",
+    "residual_with_drop_path",
+    "sincos_2d_position_embedding",
+]
