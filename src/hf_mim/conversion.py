@@ -47,10 +47,16 @@ def raise_on_mismatch(checkpoint_path, missing: list[str], unexpected: list[str]
         return
     lines = [f"Checkpoint {checkpoint_path} does not match the expected layout.{(' ' + hint) if hint else ''}"]
     if missing:
-        lines.append(f"Missing keys ({len(missing)}): " + ", ".join(sorted(missing)[:40]) + (" ..." if len(missing) > 40 else ""))
+        lines.append(
+            f"Missing keys ({len(missing)}): "
+            + ", ".join(sorted(missing)[:40])
+            + (" ..." if len(missing) > 40 else "")
+        )
     if unexpected:
         lines.append(
-            f"Unexpected keys ({len(unexpected)}): " + ", ".join(sorted(unexpected)[:40]) + (" ..." if len(unexpected) > 40 else "")
+            f"Unexpected keys ({len(unexpected)}): "
+            + ", ".join(sorted(unexpected)[:40])
+            + (" ..." if len(unexpected) > 40 else "")
         )
     raise CheckpointMismatchError("\n".join(lines))
 

@@ -50,7 +50,7 @@ def _pil_to_rgb_array(image: PIL.Image.Image) -> np.ndarray:
         rgba = image.convert("RGBA")
         background = PIL.Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         image = PIL.Image.alpha_composite(background, rgba)
-    return np.asarray(image.convert("RGB"))
+    return np.array(image.convert("RGB"))
 
 
 class HfMimImageProcessor(TorchvisionBackend):
@@ -72,6 +72,19 @@ class HfMimImageProcessor(TorchvisionBackend):
     do_normalize = True
     do_convert_rgb = True
     min_image_size = 1
+
+    def _prepare_images_structure(self, images, expected_ndims: int = 3):
+        # transformers only accepts 3-D arrays; a 2-D array or tensor is a single grayscale image (H, W).
+        def add_channel(image):
+            if isinstance(image, np.ndarray | torch.Tensor) and image.ndim == 2:
+                return image[None]
+            return image
+
+        if isinstance(images, list | tuple):
+            images = [add_channel(image) for image in images]
+        else:
+            images = add_channel(images)
+        return super()._prepare_images_structure(images, expected_ndims=expected_ndims)
 
     def process_image(self, image, do_convert_rgb=None, input_data_format=None, device=None, **kwargs):
         if isinstance(image, PIL.Image.Image):

@@ -20,7 +20,9 @@ class PatchEmbeddings(nn.Module):
 
     def forward(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
         if pixel_values.ndim != 4:
-            raise ValueError(f"pixel_values must be (batch, channels, height, width), got shape {tuple(pixel_values.shape)}")
+            raise ValueError(
+                f"pixel_values must be (batch, channels, height, width), got shape {tuple(pixel_values.shape)}"
+            )
         _, channels, height, width = pixel_values.shape
         if channels != self.num_channels:
             raise ValueError(

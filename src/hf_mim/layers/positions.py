@@ -67,7 +67,9 @@ def normalized_grid_coordinates(
     return torch.cartesian_prod(rows, cols).reshape(grid_h * grid_w, 2)
 
 
-def edge_register_coordinates(num_registers: int, dtype: torch.dtype, device: torch.device | None = None) -> torch.Tensor:
+def edge_register_coordinates(
+    num_registers: int, dtype: torch.dtype, device: torch.device | None = None
+) -> torch.Tensor:
     """(num_registers, 2) coordinates on the border of the unit square, walking it clockwise from (0, 0).
 
     With side = n / 4 and c = arange(side) / side: (c, 0), (1, c), (1 - c, 1), (0, 1 - c).
@@ -111,12 +113,17 @@ def sincos_2d_position_embedding(
     rows = torch.arange(grid_h, dtype=torch.float64)[:, None].expand(grid_h, grid_w)
     cols = torch.arange(grid_w, dtype=torch.float64)[None, :].expand(grid_h, grid_w)
     first, second = (cols, rows) if first_half == "column" else (rows, cols)
-    table = torch.cat([sincos_1d(embed_dim // 2, first, temperature), sincos_1d(embed_dim // 2, second, temperature)], 1)
+    table = torch.cat(
+        [sincos_1d(embed_dim // 2, first, temperature), sincos_1d(embed_dim // 2, second, temperature)], 1
+    )
     return table.to(torch.float32)
 
 
 def resize_position_embeddings(
-    position_embeddings: torch.Tensor, source_grid: tuple[int, int], target_grid: tuple[int, int], mode: str = "bicubic"
+    position_embeddings: torch.Tensor,
+    source_grid: tuple[int, int],
+    target_grid: tuple[int, int],
+    mode: str = "bicubic",
 ) -> torch.Tensor:
     """Interpolate a (1, src_h * src_w, D) absolute table to (1, dst_h * dst_w, D), row-major in and out."""
     if tuple(source_grid) == tuple(target_grid):

@@ -150,7 +150,9 @@ class CapiPredictor(nn.Module):
                 for _ in range(config.decoder_num_hidden_layers)
             ]
         )
-        self.layernorm = build_norm("rmsnorm", config.decoder_hidden_size, config.rms_norm_eps, elementwise_affine=False)
+        self.layernorm = build_norm(
+            "rmsnorm", config.decoder_hidden_size, config.rms_norm_eps, elementwise_affine=False
+        )
 
     def forward(
         self,

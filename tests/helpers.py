@@ -1,0 +1,28 @@
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+
+
+def load_script(relative_path: str):
+    """Import a script from the repository (scripts/, examples/) as a module."""
+    path = REPO / relative_path
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[path.stem] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def run_script(relative_path: str, *args: str, env=None, timeout=600) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(REPO / relative_path), *args], capture_output=True, text=True, env=env, timeout=timeout
+    )
+
+
+def fixture_tolerance(expected):
+    """The fixtures README's float32 rule: max|a - e| <= 1e-5 * max|e|."""
+    return 1e-5 * expected.abs().max().item()
