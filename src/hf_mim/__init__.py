@@ -8,6 +8,8 @@ from .image_processing_utils import HfMimImageProcessor
 from .models.capi import (
     CapiConfig,
     CapiForImageClassification,
+    CapiForPreTraining,
+    CapiForPreTrainingOutput,
     CapiImageProcessor,
     CapiModel,
     CapiModelOutput,
@@ -15,7 +17,11 @@ from .models.capi import (
 )
 
 register_model(
-    CapiConfig, model=CapiModel, classification=CapiForImageClassification, image_processor=CapiImageProcessor
+    CapiConfig,
+    model=CapiModel,
+    classification=CapiForImageClassification,
+    pretraining=CapiForPreTraining,
+    image_processor=CapiImageProcessor,
 )
 
 __version__ = "0.1.0"
@@ -23,6 +29,8 @@ __version__ = "0.1.0"
 __all__ = [
     "CapiConfig",
     "CapiForImageClassification",
+    "CapiForPreTraining",
+    "CapiForPreTrainingOutput",
     "CapiImageProcessor",
     "CapiModel",
     "CapiModelOutput",

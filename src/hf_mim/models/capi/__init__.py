@@ -1,10 +1,19 @@
 from .configuration_capi import CapiConfig
 from .image_processing_capi import CapiImageProcessor
-from .modeling_capi import CapiForImageClassification, CapiModel, CapiModelOutput, CapiPreTrainedModel
+from .modeling_capi import (
+    CapiForImageClassification,
+    CapiForPreTraining,
+    CapiForPreTrainingOutput,
+    CapiModel,
+    CapiModelOutput,
+    CapiPreTrainedModel,
+)
 
 __all__ = [
     "CapiConfig",
     "CapiForImageClassification",
+    "CapiForPreTraining",
+    "CapiForPreTrainingOutput",
     "CapiImageProcessor",
     "CapiModel",
     "CapiModelOutput",

@@ -10,6 +10,7 @@ from torch import nn
 from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.modeling_outputs import ImageClassifierOutput
+from transformers.utils import logging
 from transformers.utils import ModelOutput
 
 from ...layers import (
@@ -22,7 +23,12 @@ from ...layers import (
     edge_register_coordinates,
     normalized_grid_coordinates,
 )
+from ...losses import effective_rank, sinkhorn_knopp, soft_cross_entropy
+from ...masking import InverseBlockMasking, to_absolute
+from ...teacher import ema_update
 from .configuration_capi import CapiConfig
+
+logger = logging.get_logger(__name__)
 
 
 @dataclass
@@ -208,6 +214,13 @@ class CapiPreTrainedModel(PreTrainedModel):
             init.copy_(module.freqs, module.analytic_freqs(module.head_dim, module.max_freq, module.min_freq))
         elif isinstance(module, AttentivePooler):
             init.trunc_normal_(module.query, std=std)
+        elif isinstance(module, CapiPredictionHead):
+            init.trunc_normal_(module.weight_v, std=0.02)
+            init.ones_(module.weight_g)
+        elif isinstance(module, CapiClusteringHead):
+            init.normal_(module.layer.weight, std=1.0)
+            if module.layer.bias is not None:
+                init.zeros_(module.layer.bias)
 
 
 class CapiModel(CapiPreTrainedModel):
@@ -354,4 +367,196 @@ class CapiForImageClassification(CapiPreTrainedModel):
         return output if return_dict else output.to_tuple()
 
 
-__all__ = ["CapiModel", "CapiForImageClassification", "CapiPreTrainedModel", "CapiModelOutput"]
+class CapiClusteringHead(nn.Module):
+    """CAPI's online clustering of teacher patch tokens (the original `OnlineClustering`).
+
+    L2-normalised tokens -> Linear(D, K) logits; Sinkhorn-Knopp on logits / target_temp gives the soft assignments
+    (targets); the head itself is trained to predict those assignments from its own logits (temperature
+    `clustering_pred_temp`). Its gradients come only from that loss: the teacher backbone runs without gradients.
+    """
+
+    def __init__(self, config: CapiConfig):
+        super().__init__()
+        self.config = config
+        self.layer = nn.Linear(config.hidden_size, config.num_prototypes, bias=config.clustering_bias)
+
+    def forward(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """tokens: (positions, batch, D). Returns (assignments (positions, batch, K) without grad, loss)."""
+        logits = self.layer(nn.functional.normalize(tokens, dim=-1, p=2, eps=1e-7))
+        scores = logits.detach() / self.config.target_temp
+        if self.config.positionwise_sinkhorn:
+            assignments = sinkhorn_knopp(scores, self.config.sinkhorn_iterations)
+        else:
+            flat = sinkhorn_knopp(scores.flatten(0, -2), self.config.sinkhorn_iterations)
+            assignments = flat.unflatten(0, logits.shape[:-1])
+        loss = soft_cross_entropy(
+            assignments.flatten(0, -2).float(), logits.flatten(0, -2), self.config.clustering_pred_temp
+        ).mean()
+        return assignments, loss
+
+
+class CapiPredictionHead(nn.Module):
+    """The student's weight-normalised, L2-normalised linear head (original `L2NormLinear`, no bias).
+
+    logits = normalize(x) @ W^T with W_r = v_r * g_r / (||v_r|| + 1e-8) (the original's weight norm, note the +1e-8).
+    """
+
+    def __init__(self, config: CapiConfig):
+        super().__init__()
+        self.weight_g = nn.Parameter(torch.ones(config.num_prototypes, 1))
+        self.weight_v = nn.Parameter(torch.zeros(config.num_prototypes, config.decoder_hidden_size))
+
+    def weight(self) -> torch.Tensor:
+        return self.weight_v * (self.weight_g / (self.weight_v.norm(dim=1, keepdim=True) + 1e-8))
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        eps = 1e-6 if hidden_states.dtype == torch.float16 else 1e-12
+        return nn.functional.linear(nn.functional.normalize(hidden_states, dim=-1, eps=eps), self.weight())
+
+
+@dataclass
+class CapiForPreTrainingOutput(ModelOutput):
+    """
+    loss (`torch.FloatTensor`): student_loss + clustering_loss (the two have disjoint gradients, so one backward of
+        the sum equals the original's two backward passes).
+    student_loss (`torch.FloatTensor`): cross-entropy of the student's predictions against the teacher assignments.
+    clustering_loss (`torch.FloatTensor`): the clustering head's own loss.
+    target_entropy (`torch.FloatTensor`): mean entropy of the Sinkhorn targets (collapse shows as a drop).
+    student_logits (`(n_predict_total, num_prototypes)`): prediction-head logits (before the temperature).
+    targets (`(n_predict_total, num_prototypes)`): teacher assignments at the predicted positions.
+    predictions (`(n_predict_total, decoder_hidden_size)`): normalised predictor outputs, image-major.
+    teacher_patch_tokens (`(batch, num_patches, hidden_size)`): teacher encoder output (registers removed).
+    pooled_features (`(batch, hidden_size)`): mean teacher patch token, for feature-health monitoring.
+    """
+
+    loss: torch.FloatTensor | None = None
+    student_loss: torch.FloatTensor | None = None
+    clustering_loss: torch.FloatTensor | None = None
+    target_entropy: torch.FloatTensor | None = None
+    student_logits: torch.FloatTensor | None = None
+    targets: torch.FloatTensor | None = None
+    predictions: torch.FloatTensor | None = None
+    teacher_patch_tokens: torch.FloatTensor | None = None
+    pooled_features: torch.FloatTensor | None = None
+
+
+class CapiForPreTraining(CapiPreTrainedModel):
+    """The full CAPI objective: student encoder + predictor (`capi`), EMA teacher (`teacher`, same architecture),
+    online clustering head on the teacher's patch tokens, and the student's prediction head.
+
+    Pass `visible_indices` / `predict_indices` (per-image (B, n) or the original's flat absolute indices) for
+    deterministic runs; otherwise CAPI's inverse-block masks are drawn from torch's global RNG. The teacher is updated
+    by `update_teacher(momentum)` after each optimizer step (the trainer does it). `model.teacher` is a complete
+    `CapiModel`: the EMA weights CAPI releases.
+    """
+
+    def __init__(self, config: CapiConfig):
+        super().__init__(config)
+        self.capi = CapiModel(config)
+        self.teacher = CapiModel(config)
+        self.clustering_head = CapiClusteringHead(config)
+        self.prediction_head = CapiPredictionHead(config)
+        self.mask_generator = InverseBlockMasking(
+            config.mask_ratio, config.prediction_subsampling, config.mask_min_aspect, roll=config.mask_roll
+        )
+        self.post_init()
+        self.teacher.requires_grad_(False)
+        self.copy_student_to_teacher()
+
+    @torch.no_grad()
+    def copy_student_to_teacher(self) -> None:
+        for teacher_param, student_param in zip(self.teacher.parameters(), self.capi.parameters()):
+            teacher_param.copy_(student_param)
+
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        """Also accepts a bare `CapiModel` checkpoint (e.g. a converted release): the teacher then starts as a copy of
+        the student, exactly as CAPI starts training; heads missing from the checkpoint are freshly initialised."""
+        wants_info = kwargs.pop("output_loading_info", False)
+        model, info = super().from_pretrained(*args, output_loading_info=True, **kwargs)
+        if any(key.startswith("teacher.") for key in info["missing_keys"]):
+            logger.info("Checkpoint has no teacher weights: initialising the teacher from the student.")
+            model.copy_student_to_teacher()
+        return (model, info) if wants_info else model
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.teacher.eval()  # the teacher never uses stochastic depth
+        return self
+
+    def update_teacher(self, momentum: float) -> None:
+        ema_update(self.teacher, self.capi, momentum)
+
+    @staticmethod
+    def _absolute_indices(indices: torch.Tensor, num_tokens: int) -> torch.Tensor:
+        return to_absolute(indices, num_tokens) if indices.ndim == 2 else indices
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor | None = None,
+        visible_indices: torch.Tensor | None = None,
+        predict_indices: torch.Tensor | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> CapiForPreTrainingOutput | tuple:
+        if pixel_values is None:
+            raise ValueError("You have to specify pixel_values")
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        batch, _, height, width = pixel_values.shape
+        grid = (height // self.config.patch_size, width // self.config.patch_size)
+        num_tokens = grid[0] * grid[1]
+        if (visible_indices is None) != (predict_indices is None):
+            raise ValueError("Pass both visible_indices and predict_indices, or neither.")
+        if visible_indices is None:
+            masks = self.mask_generator(batch, grid)
+            visible_indices, predict_indices = masks.visible_indices, masks.predict_indices
+        visible = self._absolute_indices(visible_indices, num_tokens).to(pixel_values.device)
+        predict = self._absolute_indices(predict_indices, num_tokens).to(pixel_values.device)
+        num_registers = self.config.num_register_tokens
+
+        # Teacher: full image, no gradients; clustering head on its patch tokens laid out (positions, batch, D).
+        with torch.no_grad():
+            teacher_tokens = self.teacher.encode(pixel_values).tokens[:, num_registers:]
+        assignments, clustering_loss = self.clustering_head(teacher_tokens.transpose(0, 1))
+        targets = assignments.transpose(0, 1).flatten(0, 1)[predict].float()
+
+        # Student: visible patches only; predictor queries at the positions to predict.
+        student = self.capi.encode(pixel_values, visible)
+        query_coords = student.patch_coords.flatten(0, 1)[predict].reshape(batch, -1, 2)
+        predictions = self.capi.predict(student, query_coords).flatten(0, 1)
+        student_logits = self.prediction_head(predictions)
+        per_token = soft_cross_entropy(targets, student_logits, self.config.student_temp)
+        student_loss = (per_token.double().sum() / per_token.shape[0]).to(per_token.dtype)  # float64 sum, as CAPI
+
+        with torch.no_grad():
+            target_entropy = -(targets * torch.log(targets.clamp_min(1e-30))).sum(-1).mean()
+        output = CapiForPreTrainingOutput(
+            loss=student_loss + clustering_loss,
+            student_loss=student_loss,
+            clustering_loss=clustering_loss,
+            target_entropy=target_entropy,
+            student_logits=student_logits,
+            targets=targets,
+            predictions=predictions,
+            teacher_patch_tokens=teacher_tokens,
+            pooled_features=teacher_tokens.mean(dim=1),
+        )
+        return output if return_dict else output.to_tuple()
+
+    @staticmethod
+    def feature_health(pooled_features: torch.Tensor) -> dict[str, float]:
+        """Effective rank and mean per-dimension std of pooled features: both fall towards 0/1 under collapse."""
+        return {
+            "effective_rank": effective_rank(pooled_features).item(),
+            "feature_std": pooled_features.float().std(dim=0).mean().item(),
+        }
+
+
+__all__ = [
+    "CapiModel",
+    "CapiForImageClassification",
+    "CapiForPreTraining",
+    "CapiForPreTrainingOutput",
+    "CapiPreTrainedModel",
+    "CapiModelOutput",
+]

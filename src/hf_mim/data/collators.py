@@ -1,0 +1,40 @@
+"""Collators: stack pixel values, drop (and count) undecodable images, and draw the method's masks."""
+
+import torch
+
+from ..masking import InverseBlockMasking
+
+
+class PretrainingCollator:
+    """Stacks `pixel_values`; drops examples whose image could not be decoded and reports them in the batch
+    (`num_skipped`, `skipped_files`) so the trainer can count them across workers and ranks.
+
+    `mask_generator(batch_size, grid)` returns an object with tensor fields; they are added to the batch under the
+    same names (e.g. CAPI's `visible_indices` / `predict_indices`). Masks use torch's global RNG, which the Trainer
+    checkpoints and restores, so resumed runs draw the same masks.
+    """
+
+    def __init__(self, patch_size: int, mask_generator=None):
+        self.patch_size = patch_size
+        self.mask_generator = mask_generator
+
+    def __call__(self, examples: list[dict]) -> dict:
+        good = [e for e in examples if e.get("pixel_values") is not None]
+        skipped = [e.get("decode_error") or "<unknown>" for e in examples if e.get("pixel_values") is None]
+        if not good:
+            raise RuntimeError(f"Every image in this batch failed to decode: {skipped}")
+        pixel_values = torch.stack([e["pixel_values"] for e in good])
+        batch = {"pixel_values": pixel_values, "num_skipped": torch.tensor(len(skipped)), "skipped_files": skipped}
+        if self.mask_generator is not None:
+            grid = (pixel_values.shape[-2] // self.patch_size, pixel_values.shape[-1] // self.patch_size)
+            masks = self.mask_generator(pixel_values.shape[0], grid)
+            batch.update(vars(masks))
+        return batch
+
+
+def capi_collator(config) -> PretrainingCollator:
+    """The collator for `CapiForPreTraining`, with CAPI's inverse-block masks from the config."""
+    generator = InverseBlockMasking(
+        config.mask_ratio, config.prediction_subsampling, config.mask_min_aspect, roll=config.mask_roll
+    )
+    return PretrainingCollator(config.patch_size, generator)

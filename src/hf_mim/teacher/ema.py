@@ -1,0 +1,70 @@
+"""EMA teachers: the only place that knows how to create and update a teacher, for every parallel layout.
+
+update: teacher <- m * teacher + (1 - m) * student, one fused `torch._foreach_lerp_` over all tensors, called by the
+trainer after each (non-skipped) optimizer step.
+
+* Plain / DDP: parameters are full replicas; lerp them directly (DDP keeps replicas identical, so do the teachers).
+* FSDP2 (`fully_shard`): parameters are DTensors. The teacher must be sharded exactly like the student (the same
+  wrap policy applies to its blocks, which are the same classes); the update runs on the local shards only.
+* DeepSpeed ZeRO-3: a parameter's `.data` is an empty placeholder outside forward (an in-place update on it does
+  nothing — the measured trap). Each rank's slice lives in `param.ds_tensor`; student and teacher tensors of equal
+  shape are partitioned identically, so the update is a shard-local lerp of `ds_tensor`s. We chose this over a
+  separate DeepSpeed engine for the teacher: no extra engine or optimizer state, no all-gather per step, and the
+  teacher is saved with the model (gathered by ZeRO's 16-bit/fp32 consolidation), so checkpoints hold it in full.
+"""
+
+import copy
+
+import torch
+from torch import nn
+
+
+def create_teacher(student: nn.Module) -> nn.Module:
+    """A frozen copy of the student (no gradients, always in eval mode: no stochastic depth in the teacher)."""
+    teacher = copy.deepcopy(student)
+    teacher.requires_grad_(False)
+    teacher.eval()
+    return teacher
+
+
+def _local_tensor(tensor: torch.Tensor) -> torch.Tensor:
+    ds_tensor = getattr(tensor, "ds_tensor", None)
+    if ds_tensor is not None:  # ZeRO-3 partition owned by this rank
+        return ds_tensor
+    to_local = getattr(tensor, "to_local", None)
+    if to_local is not None:  # FSDP2 DTensor shard
+        return to_local()
+    return tensor.data
+
+
+def paired_tensors(teacher: nn.Module, student: nn.Module) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Matching (teacher, student) local tensors: parameters by name (buffers are analytic and never change)."""
+    student_params = dict(student.named_parameters())
+    teacher_params = dict(teacher.named_parameters())
+    if student_params.keys() != teacher_params.keys():
+        missing = sorted(student_params.keys() ^ teacher_params.keys())
+        raise ValueError(f"Teacher and student parameters differ: {missing[:10]}")
+    teacher_list, student_list = [], []
+    for name, student_param in student_params.items():
+        teacher_local, student_local = _local_tensor(teacher_params[name]), _local_tensor(student_param)
+        if teacher_local.shape != student_local.shape:
+            raise ValueError(
+                f"Teacher and student are sharded differently at {name}: {tuple(teacher_local.shape)} vs "
+                f"{tuple(student_local.shape)}. Shard the teacher with the same policy as the student."
+            )
+        teacher_list.append(teacher_local)
+        student_list.append(student_local)
+    return teacher_list, student_list
+
+
+@torch.no_grad()
+def ema_update(teacher: nn.Module, student: nn.Module, momentum: float) -> None:
+    """teacher <- momentum * teacher + (1 - momentum) * student, on this rank's shards."""
+    if not 0.0 <= momentum <= 1.0:
+        raise ValueError(f"EMA momentum must be in [0, 1], got {momentum}")
+    if momentum == 1.0:
+        return
+    teacher_tensors, student_tensors = paired_tensors(teacher, student)
+    torch._foreach_lerp_(
+        teacher_tensors, [s.to(t.dtype) for s, t in zip(student_tensors, teacher_tensors)], 1.0 - momentum
+    )

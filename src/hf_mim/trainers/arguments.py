@@ -1,0 +1,52 @@
+"""TrainingArguments for self-supervised pretraining: schedules (lr, weight decay, teacher momentum) and safety."""
+
+from dataclasses import dataclass, field
+
+from transformers import TrainingArguments
+
+
+@dataclass
+class MimPretrainingArguments(TrainingArguments):
+    """`TrainingArguments` plus the schedules SSL methods use. The lr follows linear warmup (`warmup_steps` /
+    `warmup_ratio`) then a cosine to `min_lr_ratio * learning_rate`, optionally truncated (`lr_truncate_cos`)."""
+
+    lr_truncate_cos: float = field(default=1.0, metadata={"help": "Fraction of the cosine period used (CAPI: 0.8)."})
+    min_lr_ratio: float = field(default=0.0, metadata={"help": "Final lr as a fraction of the peak."})
+    weight_decay_end: float | None = field(
+        default=None, metadata={"help": "If set, weight decay follows a cosine from weight_decay to this value."}
+    )
+    teacher_momentum: float = field(default=0.996, metadata={"help": "EMA momentum after warmup (base value)."})
+    teacher_momentum_end: float = field(default=1.0, metadata={"help": "EMA momentum at the end of training."})
+    teacher_momentum_warmup_steps: int = field(default=0, metadata={"help": "Steps of linear momentum warmup."})
+    teacher_momentum_warmup_start: float = field(default=1.0, metadata={"help": "Momentum at step 0 of the warmup."})
+    teacher_momentum_schedule: str = field(default="cosine", metadata={"help": "'cosine' or 'linear' after warmup."})
+    teacher_momentum_truncate_cos: float = field(default=1.0, metadata={"help": "Truncated cosine (CAPI: 0.8)."})
+    nan_check_steps: int = field(
+        default=1, metadata={"help": "Check the loss for NaN/inf every N steps (0: never). 1 keeps checkpoints clean."}
+    )
+    log_feature_health: bool = field(
+        default=True, metadata={"help": "Log effective rank and per-dimension std of pooled features."}
+    )
+
+
+@dataclass
+class CapiTrainingArguments(MimPretrainingArguments):
+    """CAPI's optimisation recipe (reference §3.6) as defaults; the clustering head has its own lr and weight decay."""
+
+    learning_rate: float = field(default=1e-3)
+    weight_decay: float = field(default=0.1)
+    adam_beta1: float = field(default=0.9)
+    adam_beta2: float = field(default=0.95)
+    max_grad_norm: float = field(default=0.0, metadata={"help": "CAPI clips no gradients."})
+    lr_truncate_cos: float = field(default=0.8)
+    warmup_ratio: float = field(default=0.1)
+    teacher_momentum: float = field(default=0.999)
+    teacher_momentum_end: float = field(default=1.0)
+    teacher_momentum_warmup_start: float = field(default=1.0)
+    teacher_momentum_truncate_cos: float = field(default=0.8)
+    teacher_momentum_warmup_ratio: float = field(
+        default=0.1, metadata={"help": "Momentum warmup as a fraction of training (used if *_warmup_steps is 0)."}
+    )
+    patch_embed_lr_multiplier: float = field(default=0.2, metadata={"help": "lr multiplier of the patch embedding."})
+    clustering_learning_rate: float = field(default=5e-4, metadata={"help": "Peak lr of the clustering head."})
+    clustering_weight_decay: float = field(default=0.01, metadata={"help": "Weight decay of the clustering head."})

@@ -1,0 +1,232 @@
+"""`MimPretrainingTrainer`: a `transformers.Trainer` for self-supervised objectives.
+
+What it adds to Trainer, once for every method:
+* parameter groups from `parameter_groups(model)` (lr and weight-decay multipliers per group);
+* lr: warmup + (truncated) cosine; weight decay: constant or cosine; teacher momentum schedule;
+* the EMA teacher update after every optimizer step that was not skipped (via `model.update_teacher(m)`);
+* logging of every loss part the model returns, the momentum, and feature health (effective rank, feature std);
+* skipped (undecodable) images counted across ranks and reported at the end;
+* a NaN/inf loss stops training before the optimizer step, so no checkpoint with broken weights is written and
+  the last good checkpoint stays.
+"""
+
+import math
+
+import torch
+from torch import nn
+from transformers import Trainer, TrainerCallback
+from transformers.trainer_utils import get_last_checkpoint
+from transformers.utils import logging
+
+from ..losses import effective_rank
+from .schedules import linear, warmup_then_cosine
+
+logger = logging.get_logger(__name__)
+
+# Output fields that are logged when present (averaged over the steps since the last log).
+LOGGED_PARTS = ("student_loss", "clustering_loss", "target_entropy", "prediction_loss", "reconstruction_loss")
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training stopped because the loss became NaN or infinite."""
+
+
+class _ScheduleCallback(TrainerCallback):
+    """Weight-decay schedule before each step; EMA teacher update after each optimizer step."""
+
+    def __init__(self, trainer: "MimPretrainingTrainer"):
+        self.trainer = trainer
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self.trainer.apply_weight_decay_schedule(state.global_step)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.trainer.accelerator.optimizer_step_was_skipped:
+            return  # inf gradients under fp16: the original skips the EMA too
+        self.trainer.update_teacher(state.global_step - 1)
+
+
+class MimPretrainingTrainer(Trainer):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.add_callback(_ScheduleCallback(self))
+        self._parts: dict[str, torch.Tensor] = {}
+        self._parts_count = 0
+        self._last_pooled: torch.Tensor | None = None
+        self._last_momentum: float | None = None
+        self.num_skipped_images = 0
+        self.skipped_files: list[str] = []
+
+    # ------------------------------------------------------------------ optimisation
+    def parameter_groups(self, model: nn.Module) -> list[dict]:
+        """Default groups: no weight decay on biases, norms and tokens. Override for method-specific multipliers.
+
+        Each group: {"params", "lr_multiplier", "weight_decay_multiplier"} and optionally an absolute
+        "weight_decay" (then not scheduled)."""
+        decay, no_decay = [], []
+        for name, param in model.named_parameters():
+            if not param.requires_grad:
+                continue
+            (no_decay if self.is_no_decay(name, param) else decay).append(param)
+        return [
+            {"params": decay, "lr_multiplier": 1.0, "weight_decay_multiplier": 1.0},
+            {"params": no_decay, "lr_multiplier": 1.0, "weight_decay_multiplier": 0.0},
+        ]
+
+    @staticmethod
+    def is_no_decay(name: str, param: nn.Parameter) -> bool:
+        lowered = name.lower()
+        return (
+            param.ndim <= 1
+            or lowered.endswith(".bias")
+            or "norm" in lowered
+            or "token" in lowered
+            or "position_embeddings" in lowered
+        )
+
+    def create_optimizer(self, model=None):
+        if self.optimizer is not None:
+            return self.optimizer
+        model = self.model if model is None else model
+        optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, model)
+        groups = []
+        for group in self.parameter_groups(model):
+            if not group["params"]:
+                continue
+            group = dict(group)
+            group["lr"] = self.args.learning_rate * group.get("lr_multiplier", 1.0)
+            if "weight_decay" in group:
+                group["scheduled_weight_decay"] = False
+            else:
+                group["weight_decay"] = self.args.weight_decay * group.get("weight_decay_multiplier", 1.0)
+                group["scheduled_weight_decay"] = True
+            groups.append(group)
+        optimizer_kwargs.pop("lr", None)
+        self.optimizer = optimizer_cls(groups, lr=self.args.learning_rate, **optimizer_kwargs)
+        return self.optimizer
+
+    def create_scheduler(self, num_training_steps: int, optimizer=None):
+        if self.lr_scheduler is None:
+            optimizer = optimizer or self.optimizer
+            warmup = self.args.get_warmup_steps(num_training_steps)
+            args = self.args
+
+            def factor(step: int) -> float:
+                return warmup_then_cosine(
+                    step, 1.0, args.min_lr_ratio, num_training_steps, warmup, 0.0, args.lr_truncate_cos
+                )
+
+            self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+            self._num_training_steps = num_training_steps
+        return self.lr_scheduler
+
+    def weight_decay_at(self, step: int) -> float:
+        args = self.args
+        if args.weight_decay_end is None:
+            return args.weight_decay
+        total = getattr(self, "_num_training_steps", None) or max(self.state.max_steps, 1)
+        return warmup_then_cosine(step, args.weight_decay, args.weight_decay_end, total)
+
+    def apply_weight_decay_schedule(self, step: int) -> None:
+        if self.optimizer is None:
+            return
+        value = self.weight_decay_at(step)
+        for group in self.optimizer.param_groups:
+            if group.get("scheduled_weight_decay", False):
+                group["weight_decay"] = value * group.get("weight_decay_multiplier", 1.0)
+
+    def momentum_warmup_steps(self, total: int) -> int:
+        return self.args.teacher_momentum_warmup_steps
+
+    def teacher_momentum_at(self, step: int) -> float:
+        args = self.args
+        total = getattr(self, "_num_training_steps", None) or max(self.state.max_steps, 1)
+        warmup = self.momentum_warmup_steps(total)
+        if args.teacher_momentum_schedule == "linear":
+            if step < warmup:
+                return linear(step, args.teacher_momentum_warmup_start, args.teacher_momentum, warmup)
+            return linear(step - warmup, args.teacher_momentum, args.teacher_momentum_end, max(total - warmup, 1))
+        return warmup_then_cosine(
+            step,
+            args.teacher_momentum,
+            args.teacher_momentum_end,
+            total,
+            warmup,
+            args.teacher_momentum_warmup_start,
+            args.teacher_momentum_truncate_cos,
+        )
+
+    def update_teacher(self, step: int) -> None:
+        model = self.accelerator.unwrap_model(self.model)
+        if hasattr(model, "update_teacher"):
+            momentum = self.teacher_momentum_at(step)
+            model.update_teacher(momentum)
+            self._last_momentum = momentum
+
+    # ------------------------------------------------------------------ loss, safety, logging
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        outputs = model(**inputs)
+        loss = outputs.loss
+        with torch.no_grad():
+            for name in LOGGED_PARTS:
+                value = getattr(outputs, name, None)
+                if value is not None:
+                    value = value.detach().float()
+                    self._parts[name] = self._parts.get(name, 0.0) + value
+            self._parts_count += 1
+            pooled = getattr(outputs, "pooled_features", None)
+            if pooled is not None:
+                self._last_pooled = pooled.detach().float()
+        return (loss, outputs) if return_outputs else loss
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        skipped = inputs.pop("num_skipped", None)
+        files = inputs.pop("skipped_files", None)
+        if skipped is not None:
+            self.num_skipped_images += int(skipped)
+            if files:
+                self.skipped_files.extend(files)
+                logger.warning("Skipped %d undecodable image(s): %s", len(files), "; ".join(files))
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        interval = self.args.nan_check_steps
+        if interval and self.state.global_step % interval == 0:
+            finite = torch.isfinite(loss.detach()).float().reshape(1)
+            finite = self.accelerator.reduce(finite, reduction="min") if self.accelerator.num_processes > 1 else finite
+            if finite.item() < 1:
+                last = get_last_checkpoint(self.args.output_dir) if self.args.output_dir else None
+                raise NonFiniteLossError(
+                    f"Non-finite loss ({loss.item()}) at step {self.state.global_step + 1}: training stopped before "
+                    f"the optimizer step, nothing was saved. Last good checkpoint: {last or 'none yet'}."
+                )
+        return loss
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if "loss" in logs and self._parts_count:
+            for name, total in self._parts.items():
+                value = total / self._parts_count
+                if self.accelerator.num_processes > 1:
+                    value = self.accelerator.reduce(value.reshape(1), reduction="mean")
+                logs[name] = round(float(value), 6)
+            self._parts, self._parts_count = {}, 0
+            if self._last_momentum is not None:
+                logs["teacher_momentum"] = self._last_momentum
+            if self.args.log_feature_health and self._last_pooled is not None:
+                pooled = self._last_pooled
+                if self.accelerator.num_processes > 1:
+                    pooled = self.accelerator.gather(pooled)
+                logs["effective_rank"] = round(float(effective_rank(pooled)), 4)
+                logs["feature_std"] = round(float(pooled.std(dim=0).mean()), 6)
+            if self.num_skipped_images:
+                logs["skipped_images"] = self.num_skipped_images
+        super().log(logs, start_time)
+
+    def total_skipped_images(self) -> int:
+        """Undecodable images skipped so far, summed over ranks."""
+        count = torch.tensor([float(self.num_skipped_images)], device=self.args.device)
+        if self.accelerator.num_processes > 1:
+            count = self.accelerator.reduce(count, reduction="sum")
+        return int(count.item())
+
+
+def steps_from_ratio(ratio: float, total: int) -> int:
+    return math.ceil(ratio * total) if ratio > 0 else 0
