@@ -10,8 +10,7 @@ from torch import nn
 from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.modeling_outputs import ImageClassifierOutput
-from transformers.utils import logging
-from transformers.utils import ModelOutput
+from transformers.utils import ModelOutput, logging
 
 from ...layers import (
     AttentivePooler,
