@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from hf_mim import CapiConfig, CapiImageProcessor, CapiModel
+from hf_mim import CapiConfig, CapiForPreTraining, CapiImageProcessor, CapiModel
 from hf_mim.conversion import (
     CheckpointMismatchError,
     account_for_keys,
@@ -167,6 +167,33 @@ def convert_state_dict(checkpoint, checkpoint_path="<checkpoint>"):
     return config, state, report
 
 
+def prediction_head_state(checkpoint) -> dict[str, torch.Tensor]:
+    """The released student prediction head (`head.last_layer.weight_g/_v`, weight-normed) in hf_mim's names."""
+    state = {k.removeprefix("module."): v for k, v in checkpoint.items() if isinstance(v, torch.Tensor)}
+    names = {
+        "head.last_layer.weight_g": "prediction_head.magnitude",
+        "head.last_layer.weight_v": "prediction_head.direction",
+    }
+    missing = [k for k in names if k not in state]
+    if missing:
+        raise CheckpointMismatchError(f"--with_pretraining_heads needs the student head; missing keys: {missing}")
+    return {new: state[old].contiguous().clone() for old, new in names.items()}
+
+
+def build_pretraining_model(config: CapiConfig, backbone_state: dict, checkpoint) -> CapiForPreTraining:
+    """CapiForPreTraining to continue pretraining from a release: student and teacher both start from the released
+    backbone, the prediction head is the released one, the clustering head (not released) is freshly initialised."""
+    head = prediction_head_state(checkpoint)
+    config.num_prototypes = head["prediction_head.direction"].shape[0]
+    model = CapiForPreTraining(config)
+    state = {f"capi.{k}": v for k, v in backbone_state.items()}
+    state.update({f"teacher.{k}": v for k, v in backbone_state.items()})
+    state.update(head)
+    state.update({k: v for k, v in model.state_dict().items() if k.startswith("clustering_head.")})
+    model.load_state_dict(state, strict=True)
+    return model
+
+
 def model_card(model_name: str) -> tuple[dict, str]:
     data, knn, attentive = RELEASES.get(model_name, ("unknown", None, None))
     front = {
@@ -220,7 +247,7 @@ as the original `EncoderDecoder.forward` defines it. Any input whose sides are m
     return front, body
 
 
-def convert(checkpoint_path, output_dir, model_name=None, push_to_hub=None) -> dict:
+def convert(checkpoint_path, output_dir, model_name=None, push_to_hub=None, with_pretraining_heads=False) -> dict:
     checkpoint_path = Path(checkpoint_path)
     if model_name is None:
         stem = checkpoint_path.stem.rsplit("_", 1)[-1]
@@ -237,6 +264,9 @@ def convert(checkpoint_path, output_dir, model_name=None, push_to_hub=None) -> d
         raise RuntimeError("The converted model produces non-finite outputs.")
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
+    if with_pretraining_heads:
+        model = build_pretraining_model(config, state, checkpoint)
+        report["saved_architecture"] = "CapiForPreTraining (clustering head freshly initialised: not released)"
     model.save_pretrained(output_dir)
     CapiImageProcessor().save_pretrained(output_dir)
     front, body = model_card(model_name)
@@ -254,9 +284,17 @@ def main(argv=None) -> int:
     parser.add_argument("--output_dir", required=True, help="Folder to write the Hub-ready model into")
     parser.add_argument("--model_name", default=None, help="e.g. capi-vitl14-lvd (default: from the file name)")
     parser.add_argument("--push_to_hub", default=None, metavar="REPO_ID", help="Upload the folder to this Hub repo")
+    parser.add_argument(
+        "--with_pretraining_heads",
+        action="store_true",
+        help="Save a CapiForPreTraining (backbone + released student head) to continue pretraining; AutoModel still "
+        "loads the backbone from it.",
+    )
     args = parser.parse_args(argv)
     try:
-        report = convert(args.checkpoint_path, args.output_dir, args.model_name, args.push_to_hub)
+        report = convert(
+            args.checkpoint_path, args.output_dir, args.model_name, args.push_to_hub, args.with_pretraining_heads
+        )
     except (CheckpointMismatchError, FileNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

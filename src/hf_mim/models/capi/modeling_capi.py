@@ -214,8 +214,8 @@ class CapiPreTrainedModel(PreTrainedModel):
         elif isinstance(module, AttentivePooler):
             init.trunc_normal_(module.query, std=std)
         elif isinstance(module, CapiPredictionHead):
-            init.trunc_normal_(module.weight_v, std=0.02)
-            init.ones_(module.weight_g)
+            init.trunc_normal_(module.direction, std=0.02)
+            init.ones_(module.magnitude)
         elif isinstance(module, CapiClusteringHead):
             init.normal_(module.layer.weight, std=1.0)
             if module.layer.bias is not None:
@@ -398,15 +398,17 @@ class CapiPredictionHead(nn.Module):
     """The student's weight-normalised, L2-normalised linear head (original `L2NormLinear`, no bias).
 
     logits = normalize(x) @ W^T with W_r = v_r * g_r / (||v_r|| + 1e-8) (the original's weight norm, note the +1e-8).
+    g is `magnitude` (K, 1, trainable) and v is `direction` (K, D); they are the original's `weight_g` / `weight_v`,
+    renamed because transformers rewrites `weight_g`/`weight_v` keys as torch weight-norm parametrizations.
     """
 
     def __init__(self, config: CapiConfig):
         super().__init__()
-        self.weight_g = nn.Parameter(torch.ones(config.num_prototypes, 1))
-        self.weight_v = nn.Parameter(torch.zeros(config.num_prototypes, config.decoder_hidden_size))
+        self.magnitude = nn.Parameter(torch.ones(config.num_prototypes, 1))
+        self.direction = nn.Parameter(torch.zeros(config.num_prototypes, config.decoder_hidden_size))
 
     def weight(self) -> torch.Tensor:
-        return self.weight_v * (self.weight_g / (self.weight_v.norm(dim=1, keepdim=True) + 1e-8))
+        return self.direction * (self.magnitude / (self.direction.norm(dim=1, keepdim=True) + 1e-8))
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         eps = 1e-6 if hidden_states.dtype == torch.float16 else 1e-12
