@@ -120,8 +120,6 @@ def test_sinkhorn_marginals():
     torch.testing.assert_close(q.sum(1), torch.full((5, 16), 64 / 16), atol=1e-3, rtol=1e-3)
     q3 = sinkhorn_knopp(scores, num_iterations=3)
     torch.testing.assert_close(q3.sum(-1), torch.ones(5, 64))
-    assert torch.equal(scores, sinkhorn_knopp(scores, 0).log().sub(50).add(scores.max(1, keepdim=True).values)
-                       .round(decimals=4).sub(scores.round(decimals=4)).add(scores)) or True  # fmt: skip
     assert (q3 >= 0).all()
 
 

@@ -11,6 +11,10 @@ trainer after each (non-skipped) optimizer step.
   shape are partitioned identically, so the update is a shard-local lerp of `ds_tensor`s. We chose this over a
   separate DeepSpeed engine for the teacher: no extra engine or optimizer state, no all-gather per step, and the
   teacher is saved with the model (gathered by ZeRO's 16-bit/fp32 consolidation), so checkpoints hold it in full.
+  Second trap, measured here: ZeRO-3 keeps small parameters (< `stage3_param_persistence_threshold`, norms and
+  biases of a ViT-L, everything in a tiny model) *persistent*: a full copy stays in `.data` and forward never
+  re-gathers it; the optimizer refreshes the student's copies after each step, but nothing would refresh the
+  teacher's. So for persistent (available) parameters the full copies are updated too.
 """
 
 import copy
@@ -37,8 +41,22 @@ def _local_tensor(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.data
 
 
+def _zero3_full_copy(tensor: torch.Tensor) -> torch.Tensor | None:
+    """The full `.data` of a ZeRO-3 parameter that is currently materialised (persistent), else None."""
+    if getattr(tensor, "ds_tensor", None) is None:
+        return None
+    from deepspeed.runtime.zero.partition_parameters import ZeroParamStatus
+
+    if tensor.ds_status == ZeroParamStatus.AVAILABLE and tensor.data.numel() == tensor.ds_numel:
+        return tensor.data
+    return None
+
+
 def paired_tensors(teacher: nn.Module, student: nn.Module) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """Matching (teacher, student) local tensors: parameters by name (buffers are analytic and never change)."""
+    """Matching (teacher, student) local tensors: parameters by name (buffers are analytic and never change).
+
+    Under ZeRO-3, materialised full copies of persistent parameters are paired as well (see the module docstring).
+    """
     student_params = dict(student.named_parameters())
     teacher_params = dict(teacher.named_parameters())
     if student_params.keys() != teacher_params.keys():
@@ -54,6 +72,12 @@ def paired_tensors(teacher: nn.Module, student: nn.Module) -> tuple[list[torch.T
             )
         teacher_list.append(teacher_local)
         student_list.append(student_local)
+        teacher_full, student_full = _zero3_full_copy(teacher_params[name]), _zero3_full_copy(student_param)
+        if teacher_full is not None:
+            if student_full is None:
+                raise RuntimeError(f"ZeRO-3: teacher parameter {name} is persistent but the student's is not.")
+            teacher_list.append(teacher_full)
+            student_list.append(student_full)
     return teacher_list, student_list
 
 
