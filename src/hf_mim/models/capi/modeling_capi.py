@@ -449,6 +449,10 @@ class CapiForPreTraining(CapiPreTrainedModel):
     deterministic runs; otherwise CAPI's inverse-block masks are drawn from torch's global RNG. The teacher is updated
     by `update_teacher(momentum)` after each optimizer step (the trainer does it). `model.teacher` is a complete
     `CapiModel`: the EMA weights CAPI releases.
+
+    Sharding: wrap the blocks (`_no_split_modules`) and the root, as accelerate's FSDP2 transformer-based policy does.
+    If you also `fully_shard` `model.capi` / `model.teacher` themselves, register their `encode` and `predict` methods
+    with `torch.distributed.fsdp.register_fsdp_forward_method` (they are called instead of `forward`).
     """
 
     def __init__(self, config: CapiConfig):
@@ -519,7 +523,9 @@ class CapiForPreTraining(CapiPreTrainedModel):
         with torch.no_grad():
             teacher_tokens = self.teacher.encode(pixel_values).tokens[:, num_registers:]
         assignments, clustering_loss = self.clustering_head(teacher_tokens.transpose(0, 1))
-        targets = assignments.transpose(0, 1).flatten(0, 1)[predict].float()
+        targets = assignments.transpose(0, 1).flatten(0, 1)[predict]
+        if targets.dtype in (torch.float16, torch.bfloat16):
+            targets = targets.float()  # the cross-entropy runs in float32 under mixed precision, as in CAPI
 
         # Student: visible patches only; predictor queries at the positions to predict.
         student = self.capi.encode(pixel_values, visible)
