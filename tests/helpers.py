@@ -26,3 +26,14 @@ def run_script(relative_path: str, *args: str, env=None, timeout=600) -> subproc
 def fixture_tolerance(expected):
     """The fixtures README's float32 rule: max|a - e| <= 1e-5 * max|e|."""
     return 1e-5 * expected.abs().max().item()
+
+
+def convert_capi_fixture(output_dir, *extra_args: str) -> subprocess.CompletedProcess:
+    """Run the CAPI converter's command line on the bundled fixture checkpoint; it must succeed."""
+    result = run_script(
+        "scripts/convert/convert_capi_to_hf.py",
+        "--checkpoint_path", str(FIXTURES / "capi" / "checkpoint.pth"),
+        "--output_dir", str(output_dir), *extra_args,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    return result

@@ -15,6 +15,21 @@ def assert_close(actual, expected, atol=1e-5, rtol=1e-5, msg=""):
     torch.testing.assert_close(actual, expected, atol=atol, rtol=rtol, msg=lambda m: f"{msg}\n{m}")
 
 
+def initialise_from_nan(model_class, config):
+    """Build on meta, fill every parameter and buffer with NaN, run the model's init: nothing may stay NaN."""
+    with torch.device("meta"):
+        model = model_class(config)
+    model.to_empty(device="cpu")
+    for tensor in list(model.parameters()) + list(model.buffers()):
+        tensor.data.fill_(float("nan"))
+    for module in model.modules():
+        module._is_hf_initialized = False
+    model.init_weights()
+    bad = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if not torch.isfinite(t).all()]
+    assert not bad, f"{model_class.__name__}: left uninitialised: {bad}"
+    return model
+
+
 class ModelTesterMixin:
     base_model_class = None
     classification_class = None
@@ -146,17 +161,7 @@ class ModelTesterMixin:
 
     def test_init_leaves_nothing_uninitialised(self):
         for model_class in self.all_model_classes():
-            config = self.get_config(num_labels=self.num_labels)
-            with torch.device("meta"):
-                model = model_class(config)
-            model.to_empty(device="cpu")
-            for tensor in list(model.parameters()) + list(model.buffers()):
-                tensor.data.fill_(float("nan"))
-            for module in model.modules():
-                module._is_hf_initialized = False
-            model.init_weights()
-            bad = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if not torch.isfinite(t).all()]
-            assert not bad, f"{model_class.__name__}: left uninitialised: {bad}"
+            initialise_from_nan(model_class, self.get_config(num_labels=self.num_labels))
 
     def test_init_is_deterministic_and_distinct(self):
         a = self.build(self.base_model_class)

@@ -13,8 +13,9 @@ from hf_mim.losses import effective_rank, sinkhorn_knopp
 from hf_mim.teacher import ema_update
 from hf_mim.trainers import CapiTrainer, CapiTrainingArguments, NonFiniteLossError, warmup_then_cosine
 
-from .helpers import FIXTURES, fixture_tolerance, load_script, run_script
+from .helpers import FIXTURES, convert_capi_fixture, fixture_tolerance, load_script, run_script
 from .image_processor_test_mixin import photo
+from .model_test_mixin import initialise_from_nan
 
 CAPI_FIXTURE = FIXTURES / "capi"
 
@@ -27,12 +28,7 @@ def tiny(**overrides):
 @pytest.fixture(scope="module")
 def converted_pretraining_dir(tmp_path_factory):
     output = tmp_path_factory.mktemp("capi_pretraining")
-    result = run_script(
-        "scripts/convert/convert_capi_to_hf.py",
-        "--checkpoint_path", str(CAPI_FIXTURE / "checkpoint.pth"),
-        "--output_dir", str(output), "--with_pretraining_heads",
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr
+    convert_capi_fixture(output, "--with_pretraining_heads")
     return output
 
 
@@ -76,7 +72,10 @@ def test_loss_equals_hand_computation():
     cfg = model.config
     with torch.no_grad():
         teacher = model.teacher(x, compute_global_representation=False).last_hidden_state[:, 4:]  # (B, N, D)
-        logits_t = model.clustering_head.layer(torch.nn.functional.normalize(teacher, dim=-1, eps=1e-7))
+        head = model.clustering_head
+        logits_t = torch.nn.functional.linear(
+            torch.nn.functional.normalize(teacher, dim=-1, eps=1e-7), head.weight, head.bias
+        )
         # Sinkhorn by hand, per position over the batch (B=2), 3 iterations
         q = torch.exp(logits_t / cfg.target_temp - (logits_t / cfg.target_temp).max(dim=0, keepdim=True).values + 50)
         for _ in range(3):
@@ -101,11 +100,11 @@ def test_gradients_are_routed_like_the_original():
     model = CapiForPreTraining(tiny()).train()
     out = model(torch.randn(4, 3, 56, 56))
     out.clustering_loss.backward(retain_graph=True)
-    assert model.clustering_head.layer.weight.grad.abs().sum() > 0
+    assert model.clustering_head.weight.grad.abs().sum() > 0
     assert all(p.grad is None for p in model.capi.parameters())
     model.zero_grad()
     out.student_loss.backward()
-    assert model.clustering_head.layer.weight.grad is None or model.clustering_head.layer.weight.grad.abs().sum() == 0
+    assert model.clustering_head.weight.grad is None or model.clustering_head.weight.grad.abs().sum() == 0
     assert model.capi.embeddings.patch_embeddings.projection.weight.grad.abs().sum() > 0
     assert all(p.grad is None for p in model.teacher.parameters())
     assert not model.teacher.training and model.capi.training
@@ -221,7 +220,7 @@ def test_parameter_groups(tmp_path):
     assert by_param[id(model.capi.embeddings.patch_embeddings.projection.bias)]["weight_decay"] == 0.0
     q_proj = by_param[id(model.capi.encoder.layer[0].attention.q_proj.weight)]
     assert q_proj["lr"] == 1e-3 and q_proj["weight_decay"] == 0.1
-    clustering = by_param[id(model.clustering_head.layer.weight)]
+    clustering = by_param[id(model.clustering_head.weight)]
     assert math.isclose(clustering["lr"], 5e-4) and clustering["weight_decay"] == 0.01
     assert not any(id(p) in by_param for p in model.teacher.parameters())
     assert not any("rope" in n for n, _ in model.named_parameters())  # RoPE tables are frozen buffers
@@ -262,7 +261,7 @@ def test_resume_reproduces_uninterrupted_run(tmp_path):
         assert torch.equal(full_state[name], resumed_state[name]), name
     assert any(name.startswith("teacher.") for name in full_state)
     saved = load_file(tmp_path / "part" / "checkpoint-3" / "model.safetensors")
-    assert {"clustering_head.layer.weight", "prediction_head.direction"} <= saved.keys()
+    assert {"clustering_head.weight", "prediction_head.direction"} <= saved.keys()
     assert any(k.startswith("teacher.") for k in saved)
 
 
@@ -354,3 +353,76 @@ def test_converter_head_keys_are_consumed():
     state = torch.load(CAPI_FIXTURE / "checkpoint.pth", weights_only=True)
     heads = converter.prediction_head_state(state)
     assert heads["prediction_head.magnitude"].shape == (32, 1) and heads["prediction_head.direction"].shape == (32, 64)
+
+
+# ------------------------------------------------------------------------------------------------ common checks
+def fixed_masks():
+    return torch.tensor([[0, 1, 4, 5, 8, 9], [5, 6, 9, 10, 13, 14]]), torch.tensor([[15, 2, 3], [0, 3, 12]])
+
+
+def test_pretraining_model_save_load_and_auto_class(tmp_path):
+    torch.manual_seed(0)
+    model = CapiForPreTraining(tiny()).eval()
+    with torch.no_grad():
+        for param in model.capi.parameters():
+            param.add_(0.01)  # student != teacher, so a swapped or dropped teacher would show
+    x = torch.randn(2, 3, 56, 56)
+    visible, predict = fixed_masks()
+    with torch.no_grad():
+        before = model(x, visible_indices=visible, predict_indices=predict)
+    model.save_pretrained(tmp_path)
+    reloaded = AutoModelForPreTraining.from_pretrained(tmp_path).eval()
+    assert type(reloaded) is CapiForPreTraining
+    with torch.no_grad():
+        after = reloaded(x, visible_indices=visible, predict_indices=predict)
+    for name in ("loss", "student_logits", "targets", "teacher_patch_tokens"):
+        torch.testing.assert_close(getattr(after, name), getattr(before, name), atol=0, rtol=0, msg=name)
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(tensor, reloaded.state_dict()[name]), name
+
+
+def test_pretraining_model_from_backbone_checkpoint_copies_teacher(tmp_path):
+    torch.manual_seed(0)
+    backbone = CapiModel(tiny())
+    backbone.save_pretrained(tmp_path)
+    model = CapiForPreTraining.from_pretrained(tmp_path)
+    for (name, teacher), student in zip(model.teacher.state_dict().items(), backbone.state_dict().values()):
+        assert torch.equal(teacher, student), name
+    for name, tensor in backbone.state_dict().items():
+        assert torch.equal(model.capi.state_dict()[name], tensor), name
+
+
+def test_pretraining_gradient_checkpointing_equivalence():
+    x = torch.randn(2, 3, 56, 56)
+    visible, predict = fixed_masks()
+    grads = []
+    for checkpointing in (False, True):
+        torch.manual_seed(0)
+        model = CapiForPreTraining(tiny()).train()
+        if checkpointing:
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        out = model(x, visible_indices=visible, predict_indices=predict)
+        out.loss.backward()
+        grads.append(
+            (out.loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+        )
+    torch.testing.assert_close(grads[1][0], grads[0][0])
+    assert grads[0][1].keys() == grads[1][1].keys()
+    for name in grads[0][1]:
+        torch.testing.assert_close(grads[1][1][name], grads[0][1][name], atol=1e-6, rtol=1e-4, msg=name)
+
+
+def test_pretraining_init_leaves_nothing_uninitialised():
+    model = initialise_from_nan(CapiForPreTraining, tiny())
+    assert model.clustering_head.weight.std() > 0.5  # N(0, 1) as the original
+    assert torch.equal(model.prediction_head.magnitude, torch.ones_like(model.prediction_head.magnitude))
+
+
+def test_pretraining_draws_masks_when_not_given():
+    torch.manual_seed(0)
+    model = CapiForPreTraining(tiny(mask_ratio=0.65, prediction_subsampling=0.5)).eval()
+    with torch.no_grad():
+        out = model(torch.randn(3, 3, 56, 56))
+    assert out.student_logits.shape == (3 * 5, 32) and torch.isfinite(out.loss)
+    with pytest.raises(ValueError, match="both"):
+        model(torch.randn(1, 3, 56, 56), visible_indices=torch.tensor([[0]]))

@@ -6,7 +6,7 @@ from transformers import AutoModel, pipeline
 from hf_mim import CapiConfig, CapiForImageClassification, CapiImageProcessor, CapiModel
 from hf_mim.layers import CapiRope2D, edge_register_coordinates, normalized_grid_coordinates
 
-from .helpers import FIXTURES, fixture_tolerance, load_script, run_script
+from .helpers import FIXTURES, convert_capi_fixture, fixture_tolerance, load_script, run_script
 from .image_processor_test_mixin import ImageProcessorTesterMixin, photo
 from .model_test_mixin import ModelTesterMixin
 
@@ -107,13 +107,7 @@ class _CodeOnLoad:
 @pytest.fixture(scope="module")
 def converted_dir(tmp_path_factory):
     output = tmp_path_factory.mktemp("capi_converted")
-    result = run_script(
-        "scripts/convert/convert_capi_to_hf.py",
-        "--checkpoint_path", str(CAPI_FIXTURE / "checkpoint.pth"),
-        "--output_dir", str(output),
-        "--model_name", "capi-vitl14-lvd",
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr
+    result = convert_capi_fixture(output, "--model_name", "capi-vitl14-lvd")
     assert "rope_tables_checked_and_dropped: 4" in result.stdout
     return output
 

@@ -1,7 +1,7 @@
 """Building blocks shared by every ViT-based model in hf_mim."""
 
 from .attention import Attention, eager_attention_forward
-from .blocks import CrossAttentionBlock, SelfAttentionBlock
+from .blocks import CrossAttentionBlock, SelfAttentionBlock, ViTLayer
 from .mlp import Mlp, SwiGLU, build_mlp
 from .norms import build_norm
 from .patch_embed import PatchEmbeddings
@@ -26,6 +26,7 @@ __all__ = [
     "PatchEmbeddings",
     "SelfAttentionBlock",
     "SwiGLU",
+    "ViTLayer",
     "build_mlp",
     "build_norm",
     "drop_path",

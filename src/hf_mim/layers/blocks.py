@@ -17,6 +17,7 @@ class _PreNormBlock(GradientCheckpointingLayer):
     """
 
     attention_name = "attention"
+    norm_names = ("norm1", "norm2")
 
     def __init__(
         self,
@@ -40,12 +41,12 @@ class _PreNormBlock(GradientCheckpointingLayer):
         rope: nn.Module | None = None,
     ):
         super().__init__()
-        self.norm1 = build_norm(norm_type, hidden_size, norm_eps)
+        setattr(self, self.norm_names[0], build_norm(norm_type, hidden_size, norm_eps))
         attention = Attention(
             config, hidden_size, num_heads, context_size, qkv_bias, proj_bias, attention_dropout, rope
         )
         setattr(self, self.attention_name, attention)
-        self.norm2 = build_norm(norm_type, hidden_size, norm_eps)
+        setattr(self, self.norm_names[1], build_norm(norm_type, hidden_size, norm_eps))
         self.mlp = build_mlp(mlp_type, hidden_size, intermediate_size, hidden_act, mlp_bias)
         self.layer_scale1 = LayerScale(hidden_size, layer_scale_init) if layer_scale_init else nn.Identity()
         self.layer_scale2 = LayerScale(hidden_size, layer_scale_init) if layer_scale_init else nn.Identity()
@@ -61,17 +62,18 @@ class _PreNormBlock(GradientCheckpointingLayer):
         output_attentions: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         attention = getattr(self, self.attention_name)
+        norm1, norm2 = (getattr(self, name) for name in self.norm_names)
         captured = []
 
         def attention_branch(x, coords=None, context=None, context_coords=None):
             out, weights = attention(
-                self.norm1(x), coords, context, context_coords, output_attentions=output_attentions
+                norm1(x), coords, context, context_coords, output_attentions=output_attentions
             )
             captured.append(weights)
             return self.layer_scale1(out)
 
         def mlp_branch(x):
-            return self.layer_scale2(self.mlp(self.norm2(x)))
+            return self.layer_scale2(self.mlp(norm2(x)))
 
         hidden_states = residual_with_drop_path(
             hidden_states,
@@ -93,6 +95,14 @@ class SelfAttentionBlock(_PreNormBlock):
     """Pre-norm ViT block; tokens attend to each other."""
 
     attention_name = "attention"
+
+
+class ViTLayer(SelfAttentionBlock):
+    """A SelfAttentionBlock whose parameter names are transformers' ViT-family ones (`layernorm_before`,
+    `attention.{q,k,v,o}_proj`, `layernorm_after`, `mlp.fc1/fc2`), so weights are interchangeable with
+    transformers' IJepa / ViT models."""
+
+    norm_names = ("layernorm_before", "layernorm_after")
 
 
 class CrossAttentionBlock(_PreNormBlock):
