@@ -15,6 +15,15 @@ from .models.capi import (
     CapiModelOutput,
     CapiPreTrainedModel,
 )
+from .models.ijepa import (
+    IJepaConfig,
+    IJepaForImageClassification,
+    IJepaForPreTraining,
+    IJepaForPreTrainingOutput,
+    IJepaImageProcessor,
+    IJepaModel,
+    IJepaPreTrainedModel,
+)
 
 register_model(
     CapiConfig,
@@ -22,6 +31,14 @@ register_model(
     classification=CapiForImageClassification,
     pretraining=CapiForPreTraining,
     image_processor=CapiImageProcessor,
+)
+
+register_model(
+    IJepaConfig,
+    model=IJepaModel,
+    classification=IJepaForImageClassification,
+    pretraining=IJepaForPreTraining,
+    image_processor=IJepaImageProcessor,
 )
 
 __version__ = "0.1.0"
@@ -36,4 +53,11 @@ __all__ = [
     "CapiModelOutput",
     "CapiPreTrainedModel",
     "HfMimImageProcessor",
+    "IJepaConfig",
+    "IJepaForImageClassification",
+    "IJepaForPreTraining",
+    "IJepaForPreTrainingOutput",
+    "IJepaImageProcessor",
+    "IJepaModel",
+    "IJepaPreTrainedModel",
 ]

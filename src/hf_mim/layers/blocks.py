@@ -66,9 +66,7 @@ class _PreNormBlock(GradientCheckpointingLayer):
         captured = []
 
         def attention_branch(x, coords=None, context=None, context_coords=None):
-            out, weights = attention(
-                norm1(x), coords, context, context_coords, output_attentions=output_attentions
-            )
+            out, weights = attention(norm1(x), coords, context, context_coords, output_attentions=output_attentions)
             captured.append(weights)
             return self.layer_scale1(out)
 

@@ -217,9 +217,9 @@ class CapiPreTrainedModel(PreTrainedModel):
             init.trunc_normal_(module.direction, std=0.02)
             init.ones_(module.magnitude)
         elif isinstance(module, CapiClusteringHead):
-            init.normal_(module.layer.weight, std=1.0)
-            if module.layer.bias is not None:
-                init.zeros_(module.layer.bias)
+            init.normal_(module.weight, std=1.0)
+            if module.bias is not None:
+                init.zeros_(module.bias)
 
 
 class CapiModel(CapiPreTrainedModel):
@@ -377,11 +377,13 @@ class CapiClusteringHead(nn.Module):
     def __init__(self, config: CapiConfig):
         super().__init__()
         self.config = config
-        self.layer = nn.Linear(config.hidden_size, config.num_prototypes, bias=config.clustering_bias)
+        # Own parameters rather than an nn.Linear: its N(0, 1) init must not be overwritten by the generic Linear init.
+        self.weight = nn.Parameter(torch.zeros(config.num_prototypes, config.hidden_size))
+        self.bias = nn.Parameter(torch.zeros(config.num_prototypes)) if config.clustering_bias else None
 
     def forward(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """tokens: (positions, batch, D). Returns (assignments (positions, batch, K) without grad, loss)."""
-        logits = self.layer(nn.functional.normalize(tokens, dim=-1, p=2, eps=1e-7))
+        logits = nn.functional.linear(nn.functional.normalize(tokens, dim=-1, p=2, eps=1e-7), self.weight, self.bias)
         scores = logits.detach() / self.config.target_temp
         if self.config.positionwise_sinkhorn:
             assignments = sinkhorn_knopp(scores, self.config.sinkhorn_iterations)

@@ -1,0 +1,261 @@
+#!/usr/bin/env python
+"""Convert a released I-JEPA checkpoint (IN1K-vit.h.14-300e.pth.tar, IN1K-vit.h.16-448px-300e.pth.tar,
+IN22K-vit.h.14-900e.pth.tar, IN22K-vit.g.16-600e.pth.tar) into a Hub-ready folder.
+
+    python scripts/convert/convert_ijepa_to_hf.py --checkpoint_path IN1K-vit.h.14-300e.pth.tar --output_dir ijepa-vith14-in1k \
+        [--encoder context|target] [--model_name NAME] [--push_to_hub REPO_ID]
+
+The folder holds the full pretraining model - context encoder, EMA target encoder and predictor - so
+`AutoModelForPreTraining.from_pretrained(DIR)` can resume pretraining, and `AutoModel.from_pretrained(DIR)` gives the
+encoder chosen with `--encoder` (default `context`: the trained encoder that transformers' and timm's I-JEPA
+weights are; `target` is the EMA encoder the fine-tuning recipe uses). Shapes are read off the tensors; the head
+count is not visible in the weights and defaults to 16 (all four releases). Every key is converted or explicitly
+ignored (optimizer / scaler state and bookkeeping); anything else is an error listing missing and unexpected keys.
+"""
+
+import argparse
+import math
+import re
+import sys
+from pathlib import Path
+
+import torch
+
+from hf_mim import IJepaConfig, IJepaForPreTraining, IJepaImageProcessor
+from hf_mim.conversion import (
+    CheckpointMismatchError,
+    load_original_checkpoint,
+    push_folder_to_hub,
+    raise_on_mismatch,
+    write_model_card,
+)
+from hf_mim.layers import sincos_2d_position_embedding
+
+RELEASES = {
+    "ijepa-vith14-in1k": ("ImageNet-1k", "300 epochs, 224 px"),
+    "ijepa-vith16-448-in1k": ("ImageNet-1k", "300 epochs, 448 px"),
+    "ijepa-vith14-in22k": ("ImageNet-22k", "66 epochs, 224 px"),
+    "ijepa-vitg16-in22k": ("ImageNet-22k", "44 epochs, 224 px"),
+}
+FILE_TO_NAME = {
+    "IN1K-vit.h.14-300e": "ijepa-vith14-in1k",
+    "IN1K-vit.h.16-448px-300e": "ijepa-vith16-448-in1k",
+    "IN22K-vit.h.14-900e": "ijepa-vith14-in22k",
+    "IN22K-vit.g.16-600e": "ijepa-vitg16-in22k",
+}
+PARTS = ("encoder", "predictor", "target_encoder")
+IGNORED_TOP_LEVEL = ("opt", "scaler", "epoch", "loss", "batch_size", "world_size", "lr")
+_BLOCK = {
+    "norm1.weight": "layernorm_before.weight", "norm1.bias": "layernorm_before.bias",
+    "attn.proj.weight": "attention.o_proj.weight", "attn.proj.bias": "attention.o_proj.bias",
+    "norm2.weight": "layernorm_after.weight", "norm2.bias": "layernorm_after.bias",
+    "mlp.fc1.weight": "mlp.fc1.weight", "mlp.fc1.bias": "mlp.fc1.bias",
+    "mlp.fc2.weight": "mlp.fc2.weight", "mlp.fc2.bias": "mlp.fc2.bias",
+}  # fmt: skip
+_ENCODER = {
+    "pos_embed": "embeddings.position_embeddings",
+    "patch_embed.proj.weight": "embeddings.patch_embeddings.projection.weight",
+    "patch_embed.proj.bias": "embeddings.patch_embeddings.projection.bias",
+    "norm.weight": "layernorm.weight",
+    "norm.bias": "layernorm.bias",
+}
+_PREDICTOR = {
+    "mask_token": "mask_token",
+    "predictor_pos_embed": "position_embeddings",
+    "predictor_embed.weight": "input_proj.weight",
+    "predictor_embed.bias": "input_proj.bias",
+    "predictor_norm.weight": "layernorm.weight",
+    "predictor_norm.bias": "layernorm.bias",
+    "predictor_proj.weight": "output_proj.weight",
+    "predictor_proj.bias": "output_proj.bias",
+}
+
+
+def convert_part(state: dict[str, torch.Tensor], top: dict[str, str], block_prefix: str, out_prefix: str):
+    """One original state dict -> (hf_mim tensors, unexpected keys); qkv is split into q/k/v (rows q | k | v)."""
+    converted, unexpected = {}, []
+    pattern = re.compile(rf"^{block_prefix}\.(\d+)\.(.+)$")
+    for key, tensor in state.items():
+        key = key.removeprefix("module.")
+        if key in top:
+            converted[out_prefix + top[key]] = tensor
+            continue
+        match = pattern.match(key)
+        if match is None:
+            unexpected.append(key)
+            continue
+        index, rest = match.groups()
+        layer = f"{out_prefix}layers.{index}."
+        if rest in ("attn.qkv.weight", "attn.qkv.bias"):
+            kind = rest.rsplit(".", 1)[-1]
+            for name, chunk in zip(("q_proj", "k_proj", "v_proj"), tensor.chunk(3, dim=0)):
+                converted[f"{layer}attention.{name}.{kind}"] = chunk.contiguous()
+        elif rest in _BLOCK:
+            converted[layer + _BLOCK[rest]] = tensor
+        else:
+            unexpected.append(key)
+    return converted, unexpected
+
+
+def infer_config(encoder: dict[str, torch.Tensor], predictor: dict[str, torch.Tensor], num_heads: int) -> IJepaConfig:
+    def get(state, key):
+        for candidate in (key, "module." + key):
+            if candidate in state:
+                return state[candidate]
+        raise CheckpointMismatchError(f"Missing key {key!r}: is this an I-JEPA checkpoint?")
+
+    def depth(state, prefix):
+        found = {int(m.group(1)) for k in state if (m := re.match(rf"^(?:module\.)?{prefix}\.(\d+)\.", k))}
+        if not found:
+            raise CheckpointMismatchError(f"No {prefix}.N.* keys found")
+        return max(found) + 1
+
+    patch = get(encoder, "patch_embed.proj.weight")
+    num_patches = get(encoder, "pos_embed").shape[1]
+    side = math.isqrt(num_patches)
+    if side * side != num_patches:
+        raise CheckpointMismatchError(f"pos_embed has {num_patches} positions, not a square grid")
+    hidden = patch.shape[0]
+    if hidden % num_heads:
+        raise CheckpointMismatchError(f"hidden size {hidden} is not divisible by --num_attention_heads {num_heads}")
+    return IJepaConfig(
+        image_size=side * patch.shape[-1],
+        patch_size=patch.shape[-1],
+        num_channels=patch.shape[1],
+        hidden_size=hidden,
+        num_hidden_layers=depth(encoder, "blocks"),
+        num_attention_heads=num_heads,
+        intermediate_size=get(encoder, "blocks.0.mlp.fc1.weight").shape[0],
+        predictor_hidden_size=get(predictor, "predictor_embed.weight").shape[0],
+        predictor_num_hidden_layers=depth(predictor, "predictor_blocks"),
+        predictor_num_attention_heads=num_heads,
+        predictor_intermediate_size=get(predictor, "predictor_blocks.0.mlp.fc1.weight").shape[0],
+    )
+
+
+def convert_checkpoint(checkpoint, checkpoint_path="<checkpoint>", num_heads: int = 16, encoder: str = "context"):
+    """Original .pth.tar dict -> (IJepaConfig, IJepaForPreTraining state dict, report)."""
+    if not isinstance(checkpoint, dict):
+        raise CheckpointMismatchError(f"Expected a dict checkpoint, got {type(checkpoint).__name__}")
+    missing_parts = [p for p in PARTS if not isinstance(checkpoint.get(p), dict)]
+    unknown_top = [k for k in checkpoint if k not in PARTS + IGNORED_TOP_LEVEL]
+    raise_on_mismatch(checkpoint_path, missing_parts, unknown_top, hint="Top-level keys of an I-JEPA .pth.tar.")
+    config = infer_config(checkpoint["encoder"], checkpoint["predictor"], num_heads)
+    config.standalone_encoder = encoder
+    state, unexpected = {}, []
+    for part, prefix in (("encoder", "ijepa."), ("target_encoder", "target_encoder.")):
+        converted, extra = convert_part(checkpoint[part], _ENCODER, "blocks", prefix)
+        state.update(converted)
+        unexpected += [f"{part}.{k}" for k in extra]
+    converted, extra = convert_part(checkpoint["predictor"], _PREDICTOR, "predictor_blocks", "predictor.")
+    state.update(converted)
+    unexpected += [f"predictor.{k}" for k in extra]
+    reference = IJepaForPreTraining(config).state_dict()
+    missing = sorted(set(reference) - set(state))
+    unexpected += sorted(set(state) - set(reference))
+    raise_on_mismatch(checkpoint_path, missing, unexpected)
+    wrong = [
+        f"{k} {tuple(v.shape)} != {tuple(reference[k].shape)}"
+        for k, v in state.items()
+        if v.shape != reference[k].shape
+    ]
+    if wrong:
+        raise CheckpointMismatchError("Tensors with unexpected shapes: " + "; ".join(wrong[:20]))
+    grid = config.image_size // config.patch_size
+    deviation = max(
+        (state["ijepa.embeddings.position_embeddings"][0] - sincos_2d_position_embedding(config.hidden_size, grid, grid)).abs().max().item(),
+        (state["predictor.position_embeddings"][0] - sincos_2d_position_embedding(config.predictor_hidden_size, grid, grid)).abs().max().item(),
+    )  # fmt: skip
+    report = {
+        "converted": len(state),
+        "ignored": [k for k in checkpoint if k in IGNORED_TOP_LEVEL],
+        "sincos_table_max_deviation": deviation,
+        "standalone_encoder": encoder,
+    }
+    return config, {k: v.contiguous().clone() for k, v in state.items()}, report
+
+
+def model_card(model_name: str, config: IJepaConfig, encoder: str) -> tuple[dict, str]:
+    data, schedule = RELEASES.get(model_name, ("unknown", "unknown"))
+    front = {
+        "license": "cc-by-nc-4.0",
+        "library_name": "transformers",
+        "pipeline_tag": "image-feature-extraction",
+        "tags": ["hf_mim", "ijepa", "vision", "self-supervised", "joint-embedding-predictive-architecture"],
+    }
+    body = f"""# {model_name}
+
+I-JEPA (Assran et al., *Self-Supervised Learning from Images with a Joint-Embedding Predictive Architecture*,
+CVPR 2023) ViT ({config.hidden_size} wide, {config.num_hidden_layers} blocks, patch {config.patch_size},
+{config.image_size} px) pretrained on **{data}** ({schedule}). Converted from the official `facebookresearch/ijepa`
+release with hf_mim; weights under **CC-BY-NC 4.0** (non-commercial), as released.
+
+The folder holds the context encoder, the EMA target encoder and the predictor. `AutoModel` loads the
+**{encoder}** encoder; `AutoModelForPreTraining` loads everything (to continue pretraining).
+
+```python
+import hf_mim  # registers hf_mim's I-JEPA with the Auto classes
+from transformers import AutoImageProcessor, AutoModel
+
+processor = AutoImageProcessor.from_pretrained("{model_name}")
+model = AutoModel.from_pretrained("{model_name}")
+outputs = model(**processor(images=image, return_tensors="pt"))
+embedding = outputs.pooler_output          # average-pooled patch tokens, I-JEPA's representation
+```
+
+The encoder's weights use transformers' `IJepaModel` names and load into `transformers.IJepaModel` as well.
+"""
+    return front, body
+
+
+def convert(checkpoint_path, output_dir, encoder="context", model_name=None, push_to_hub=None, num_heads=16) -> dict:
+    checkpoint_path = Path(checkpoint_path)
+    stem = checkpoint_path.name.removesuffix(".tar").removesuffix(".pth")
+    model_name = model_name or FILE_TO_NAME.get(stem, stem.lower().replace(".", "-"))
+    checkpoint = load_original_checkpoint(checkpoint_path)
+    config, state, report = convert_checkpoint(checkpoint, checkpoint_path, num_heads, encoder)
+    model = IJepaForPreTraining(config).eval()
+    model.load_state_dict(state, strict=True)
+    with torch.no_grad():
+        out = model.ijepa(torch.zeros(1, config.num_channels, config.image_size, config.image_size))
+    if not torch.isfinite(out.last_hidden_state).all():
+        raise RuntimeError("The converted encoder produces non-finite outputs.")
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(output_dir)
+    crop = {"height": config.image_size, "width": config.image_size}
+    IJepaImageProcessor(size={"shortest_edge": config.image_size * 256 // 224}, crop_size=crop).save_pretrained(
+        output_dir
+    )
+    write_model_card(output_dir, *model_card(model_name, config, encoder))
+    report.update(model_name=model_name, output_dir=str(output_dir))
+    if push_to_hub:
+        report["hub"] = push_folder_to_hub(output_dir, push_to_hub, f"Upload {model_name} converted with hf_mim")
+    return report
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--checkpoint_path", required=True)
+    parser.add_argument("--output_dir", required=True)
+    parser.add_argument("--encoder", choices=["context", "target"], default="context",
+                        help="Encoder AutoModel loads (default: context, as transformers/timm)")  # fmt: skip
+    parser.add_argument("--model_name", default=None)
+    parser.add_argument("--push_to_hub", default=None, metavar="REPO_ID")
+    parser.add_argument(
+        "--num_attention_heads", type=int, default=16, help="Not visible in the weights; 16 for all releases"
+    )
+    args = parser.parse_args(argv)
+    try:
+        report = convert(args.checkpoint_path, args.output_dir, args.encoder, args.model_name, args.push_to_hub,
+                         args.num_attention_heads)  # fmt: skip
+    except (CheckpointMismatchError, FileNotFoundError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    for key, value in report.items():
+        print(f"{key}: {value}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

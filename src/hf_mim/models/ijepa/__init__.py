@@ -1,0 +1,23 @@
+from .configuration_ijepa import IJepaConfig
+from .image_processing_ijepa import IJepaImageProcessor
+from .modeling_ijepa import (
+    IJepaForImageClassification,
+    IJepaForPreTraining,
+    IJepaForPreTrainingOutput,
+    IJepaModel,
+    IJepaModelOutput,
+    IJepaPreTrainedModel,
+    IJepaPredictor,
+)
+
+__all__ = [
+    "IJepaConfig",
+    "IJepaForImageClassification",
+    "IJepaForPreTraining",
+    "IJepaForPreTrainingOutput",
+    "IJepaImageProcessor",
+    "IJepaModel",
+    "IJepaModelOutput",
+    "IJepaPreTrainedModel",
+    "IJepaPredictor",
+]

@@ -1,0 +1,448 @@
+"""I-JEPA: encoder (weights interchangeable with transformers' `IJepaModel`), narrow predictor, the full
+pretraining objective with an EMA target encoder, and classification heads. Composed from `hf_mim.layers`."""
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import PreTrainedModel
+from transformers import initialization as init
+from transformers.modeling_outputs import BaseModelOutputWithPooling, ImageClassifierOutput
+from transformers.utils import ModelOutput, logging
+
+from ...layers import PatchEmbeddings, ViTLayer, resize_position_embeddings, sincos_2d_position_embedding
+from ...losses import effective_rank
+from ...masking import MultiBlockMasking
+from ...teacher import ema_update
+from .configuration_ijepa import IJepaConfig
+
+logger = logging.get_logger(__name__)
+
+
+def apply_masks(tokens: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """Gather (B, N, D) tokens with (num_masks, B, K) per-image indices; masks are concatenated along the batch
+    (mask-major: row m * B + b), the original's `apply_masks` layout."""
+    gathered = [torch.gather(tokens, 1, m.unsqueeze(-1).expand(-1, -1, tokens.shape[-1])) for m in masks]
+    return torch.cat(gathered, dim=0)
+
+
+def repeat_interleave_batch(x: torch.Tensor, batch_size: int, repeat: int) -> torch.Tensor:
+    """Repeat each consecutive group of `batch_size` rows `repeat` times (the original's helper)."""
+    groups = x.shape[0] // batch_size
+    return torch.cat(
+        [x[i * batch_size : (i + 1) * batch_size].repeat(repeat, *([1] * (x.ndim - 1))) for i in range(groups)]
+    )
+
+
+def _grid(config: IJepaConfig) -> tuple[int, int]:
+    side = config.image_size // config.patch_size
+    return side, side
+
+
+def _layer_kwargs(config: IJepaConfig, width: int, heads: int, intermediate: int, drop_path: float = 0.0) -> dict:
+    return dict(
+        hidden_size=width,
+        num_heads=heads,
+        intermediate_size=intermediate,
+        norm_type="layernorm",
+        norm_eps=config.layer_norm_eps,
+        qkv_bias=config.qkv_bias,
+        proj_bias=True,
+        mlp_bias=True,
+        hidden_act=config.hidden_act,
+        drop_path_rate=drop_path,
+        drop_path_mode="naive",
+        attention_dropout=config.attention_probs_dropout_prob,
+    )
+
+
+class IJepaEmbeddings(nn.Module):
+    """Patch embedding + fixed 2-D sin-cos positions (first half of the channels = column index, as the original).
+
+    At another resolution the table is interpolated bicubically (transformers' semantics), so any multiple of the
+    patch size works - the original code crashes there.
+    """
+
+    def __init__(self, config: IJepaConfig):
+        super().__init__()
+        self.config = config
+        self.patch_embeddings = PatchEmbeddings(config.patch_size, config.num_channels, config.hidden_size, bias=True)
+        num_patches = _grid(config)[0] * _grid(config)[1]
+        self.position_embeddings = nn.Parameter(torch.zeros(1, num_patches, config.hidden_size))
+
+    def forward(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        patches, grid = self.patch_embeddings(pixel_values)
+        positions = resize_position_embeddings(self.position_embeddings, _grid(self.config), grid)
+        return patches + positions.to(patches.dtype), grid
+
+
+class IJepaPreTrainedModel(PreTrainedModel):
+    config_class = IJepaConfig
+    config: IJepaConfig
+    base_model_prefix = "ijepa"
+    main_input_name = "pixel_values"
+    input_modalities = ("image",)
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["ViTLayer"]
+    _supports_sdpa = True
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        """The original init: trunc_normal(0.02) for Linear/Conv, zero biases, LayerNorm (1, 0), analytic sin-cos
+        position tables, trunc_normal(0.02) mask token."""
+        std = self.config.initializer_range
+        if isinstance(module, nn.Linear | nn.Conv2d):
+            init.trunc_normal_(module.weight, std=std)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, nn.LayerNorm):
+            if module.weight is not None:
+                init.ones_(module.weight)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, IJepaEmbeddings):
+            grid = _grid(self.config)
+            table = sincos_2d_position_embedding(self.config.hidden_size, *grid, first_half="column")
+            init.copy_(module.position_embeddings, table[None])
+        elif isinstance(module, IJepaPredictor):
+            grid = _grid(self.config)
+            table = sincos_2d_position_embedding(self.config.predictor_hidden_size, *grid, first_half="column")
+            init.copy_(module.position_embeddings, table[None])
+            init.trunc_normal_(module.mask_token, std=std)
+
+
+class IJepaModel(IJepaPreTrainedModel):
+    """The I-JEPA encoder. `last_hidden_state`: all patch tokens after the final LayerNorm (no CLS);
+    `pooler_output`: their mean (I-JEPA's global representation); `feature_map`: (B, h, w, D) in `feature_maps`.
+
+    Parameter names are transformers' `IJepaModel` ones, so `IJepaModel.from_pretrained` reads checkpoints written by
+    transformers (old or new key names) and transformers reads ours.
+    """
+
+    def __init__(self, config: IJepaConfig):
+        super().__init__(config)
+        self.embeddings = IJepaEmbeddings(config)
+        rates = torch.linspace(0, config.drop_path_rate, config.num_hidden_layers).tolist()
+        self.layers = nn.ModuleList(
+            [
+                ViTLayer(
+                    config,
+                    **_layer_kwargs(
+                        config, config.hidden_size, config.num_attention_heads, config.intermediate_size, rate
+                    ),
+                )  # fmt: skip
+                for rate in rates
+            ]
+        )
+        self.layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.embeddings.patch_embeddings
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        """From a full I-JEPA pretraining checkpoint, `config.standalone_encoder == "target"` selects the EMA target
+        encoder (stored under `target_encoder.`) instead of the context encoder."""
+        config = kwargs.get("config")
+        if config is None:
+            try:
+                config = IJepaConfig.from_pretrained(pretrained_model_name_or_path, **{
+                    k: v for k, v in kwargs.items() if k in ("cache_dir", "revision", "token", "local_files_only")
+                })  # fmt: skip
+            except OSError:
+                config = None
+        if getattr(config, "standalone_encoder", "context") == "target" and "key_mapping" not in kwargs:
+            kwargs["key_mapping"] = {r"^ijepa\.": "context_encoder.", r"^target_encoder\.": "ijepa."}
+        return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+
+    def save_pretrained(self, *args, **kwargs):
+        # Write the current transformers names (layers.N.attention.q_proj ...): both hf_mim and transformers load
+        # them natively, and hf_mim's pretraining model can load them as its encoders.
+        kwargs.setdefault("save_original_format", False)
+        return super().save_pretrained(*args, **kwargs)
+
+    def encode(self, pixel_values: torch.Tensor, masks: torch.Tensor | None = None, output_hidden_states=False,
+               output_attentions=False):  # fmt: skip
+        """Encoder pass; with `masks` (num_masks, B, K) only those tokens are kept (after the positions are added),
+        concatenated mask-major along the batch."""
+        hidden, grid = self.embeddings(pixel_values)
+        if masks is not None:
+            hidden = apply_masks(hidden, masks)
+        all_hidden = (hidden,) if output_hidden_states else None
+        all_attentions = () if output_attentions else None
+        for layer in self.layers:
+            hidden, weights = layer(hidden, None, None, None, output_attentions)
+            if output_hidden_states:
+                all_hidden += (hidden,)
+            if output_attentions:
+                all_attentions += (weights,)
+        return self.layernorm(hidden), grid, all_hidden, all_attentions
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        interpolate_pos_encoding: bool | None = None,  # accepted for transformers compatibility; always on
+        **kwargs,
+    ) -> BaseModelOutputWithPooling | tuple:
+        if pixel_values is None:
+            raise ValueError("You have to specify pixel_values")
+        output_attentions = output_attentions if output_attentions is not None else self.config.output_attentions
+        output_hidden_states = (
+            output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
+        )
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        tokens, grid, hidden_states, attentions = self.encode(
+            pixel_values, None, output_hidden_states, output_attentions
+        )
+        output = IJepaModelOutput(
+            last_hidden_state=tokens,
+            pooler_output=tokens.mean(dim=1),
+            hidden_states=hidden_states,
+            attentions=attentions,
+            feature_map=tokens.reshape(tokens.shape[0], *grid, tokens.shape[-1]),
+        )
+        return output if return_dict else output.to_tuple()
+
+
+@dataclass
+class IJepaModelOutput(BaseModelOutputWithPooling):
+    """BaseModelOutputWithPooling plus `feature_map` (B, h, w, D): the patch tokens as a spatial map."""
+
+    feature_map: torch.FloatTensor | None = None
+
+
+class IJepaPredictor(nn.Module):
+    """Narrow ViT predictor: context tokens (projected to the predictor width, + sin-cos positions) and mask tokens at
+    one target block's positions attend to each other; the mask-token outputs are projected back to the encoder
+    width. Every target block is predicted in its own sequence."""
+
+    def __init__(self, config: IJepaConfig):
+        super().__init__()
+        width = config.predictor_hidden_size
+        num_patches = _grid(config)[0] * _grid(config)[1]
+        self.config = config
+        self.input_proj = nn.Linear(config.hidden_size, width)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, width))
+        self.position_embeddings = nn.Parameter(torch.zeros(1, num_patches, width))
+        self.layers = nn.ModuleList(
+            [
+                ViTLayer(
+                    config,
+                    **_layer_kwargs(
+                        config, width, config.predictor_num_attention_heads, config.predictor_intermediate_size
+                    ),
+                )  # fmt: skip
+                for _ in range(config.predictor_num_hidden_layers)
+            ]
+        )
+        self.layernorm = nn.LayerNorm(width, eps=config.layer_norm_eps)
+        self.output_proj = nn.Linear(width, config.hidden_size)
+
+    def forward(
+        self, context: torch.Tensor, context_masks: torch.Tensor, target_masks: torch.Tensor, grid: tuple[int, int]
+    ) -> torch.Tensor:
+        """context: (n_ctx * B, K_ctx, D); context_masks (n_ctx, B, K_ctx); target_masks (n_tgt, B, K_tgt).
+        Returns (n_tgt * n_ctx * B, K_tgt, D), row t * B + b for one context block."""
+        batch = context.shape[0] // context_masks.shape[0]
+        positions = resize_position_embeddings(self.position_embeddings, _grid(self.config), grid)
+        positions = positions.to(context.dtype).expand(batch, -1, -1)
+        hidden = self.input_proj(context) + apply_masks(positions, context_masks)
+        num_context = hidden.shape[1]
+        target_positions = repeat_interleave_batch(apply_masks(positions, target_masks), batch, context_masks.shape[0])
+        queries = self.mask_token.to(hidden.dtype) + target_positions
+        hidden = torch.cat([hidden.repeat(target_masks.shape[0], 1, 1), queries], dim=1)
+        for layer in self.layers:
+            hidden, _ = layer(hidden)
+        return self.output_proj(self.layernorm(hidden)[:, num_context:])
+
+
+@dataclass
+class IJepaForPreTrainingOutput(ModelOutput):
+    """
+    loss: smooth-L1 (or L2) between predictions and targets, averaged over all elements.
+    predictions: (n_tgt * B, K_tgt, D) predictor outputs, row t * B + b.
+    targets: the layer-normed target-encoder tokens at the same positions.
+    context_tokens: (n_ctx * B, K_ctx, D) context-encoder output.
+    pooled_features: (B, D) mean target-encoder token, for feature-health monitoring.
+    """
+
+    loss: torch.FloatTensor | None = None
+    prediction_loss: torch.FloatTensor | None = None
+    predictions: torch.FloatTensor | None = None
+    targets: torch.FloatTensor | None = None
+    context_tokens: torch.FloatTensor | None = None
+    pooled_features: torch.FloatTensor | None = None
+
+
+class IJepaForPreTraining(IJepaPreTrainedModel):
+    """I-JEPA's objective: context encoder (`ijepa`) on the context block, predictor, EMA target encoder
+    (`target_encoder`) on the full image whose output gets an extra parameter-free LayerNorm; loss between predicted
+    and target tokens of every target block. Pass `context_masks` / `target_masks` ((n, B, K) per-image indices) for
+    deterministic runs; otherwise multi-block masks are drawn from torch's global RNG. Position tables stay frozen."""
+
+    def __init__(self, config: IJepaConfig):
+        super().__init__(config)
+        self.ijepa = IJepaModel(config)
+        self.target_encoder = IJepaModel(config)
+        self.predictor = IJepaPredictor(config)
+        self.mask_generator = MultiBlockMasking(
+            num_targets=config.num_target_blocks,
+            target_scale=config.target_block_scale,
+            target_aspect_ratio=config.target_aspect_ratio,
+            num_context=config.num_context_blocks,
+            context_scale=config.context_block_scale,
+            min_keep=config.min_keep,
+            allow_overlap=config.allow_overlap,
+            sampler=config.mask_sampler,
+        )
+        self.post_init()
+        self.target_encoder.requires_grad_(False)
+        self.ijepa.embeddings.position_embeddings.requires_grad_(False)
+        self.predictor.position_embeddings.requires_grad_(False)
+        self.copy_context_to_target()
+
+    @torch.no_grad()
+    def copy_context_to_target(self) -> None:
+        for target, context in zip(self.target_encoder.parameters(), self.ijepa.parameters()):
+            target.copy_(context)
+
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        """Also accepts a bare encoder checkpoint: the target encoder then starts as a copy of it."""
+        wants_info = kwargs.pop("output_loading_info", False)
+        model, info = super().from_pretrained(*args, output_loading_info=True, **kwargs)
+        if any(key.startswith("target_encoder.") for key in info["missing_keys"]):
+            logger.info("Checkpoint has no target encoder: initialising it from the context encoder.")
+            model.copy_context_to_target()
+        model.ijepa.embeddings.position_embeddings.requires_grad_(False)
+        model.predictor.position_embeddings.requires_grad_(False)
+        return (model, info) if wants_info else model
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.target_encoder.eval()
+        return self
+
+    def update_teacher(self, momentum: float) -> None:
+        ema_update(self.target_encoder, self.ijepa, momentum)
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor | None = None,
+        context_masks: torch.Tensor | None = None,
+        target_masks: torch.Tensor | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> IJepaForPreTrainingOutput | tuple:
+        if pixel_values is None:
+            raise ValueError("You have to specify pixel_values")
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        batch, _, height, width = pixel_values.shape
+        grid = (height // self.config.patch_size, width // self.config.patch_size)
+        if (context_masks is None) != (target_masks is None):
+            raise ValueError("Pass both context_masks and target_masks, or neither.")
+        if context_masks is None:
+            masks = self.mask_generator(batch, grid)
+            context_masks, target_masks = masks.context_indices, masks.target_indices
+        context_masks = context_masks.to(pixel_values.device)
+        target_masks = target_masks.to(pixel_values.device)
+
+        with torch.no_grad():
+            target_tokens = self.target_encoder.encode(pixel_values)[0]
+            normed = nn.functional.layer_norm(target_tokens, (target_tokens.shape[-1],))
+            targets = repeat_interleave_batch(apply_masks(normed, target_masks), batch, context_masks.shape[0])
+        context_tokens = self.ijepa.encode(pixel_values, context_masks)[0]
+        predictions = self.predictor(context_tokens, context_masks, target_masks, grid)
+        if self.config.loss_type == "smooth_l1":
+            loss = nn.functional.smooth_l1_loss(predictions, targets)
+        else:
+            loss = nn.functional.mse_loss(predictions, targets)
+        output = IJepaForPreTrainingOutput(
+            loss=loss,
+            prediction_loss=loss.detach(),
+            predictions=predictions,
+            targets=targets,
+            context_tokens=context_tokens,
+            pooled_features=target_tokens.mean(dim=1),
+        )
+        return output if return_dict else output.to_tuple()
+
+    @staticmethod
+    def feature_health(pooled_features: torch.Tensor) -> dict[str, float]:
+        return {
+            "effective_rank": effective_rank(pooled_features).item(),
+            "feature_std": pooled_features.float().std(dim=0).mean().item(),
+        }
+
+
+class IJepaForImageClassification(IJepaPreTrainedModel):
+    """I-JEPA encoder + linear classifier on average-pooled tokens (`classifier_pooling="mean"`, the same head as
+    transformers' `IJepaForImageClassification`) or on the concatenation of the average-pooled outputs of the last
+    four blocks (`"mean_last4"`, each layer-normed without affine - the recipe's variant, working here)."""
+
+    def __init__(self, config: IJepaConfig):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.ijepa = IJepaModel(config)
+        width = config.hidden_size * (4 if config.classifier_pooling == "mean_last4" else 1)
+        if config.classifier_pooling == "mean_last4" and config.num_hidden_layers < 4:
+            raise ValueError("classifier_pooling='mean_last4' needs at least 4 encoder layers")
+        self.dropout = nn.Dropout(config.classifier_dropout)
+        self.classifier = nn.Linear(width, config.num_labels) if config.num_labels > 0 else nn.Identity()
+        self.post_init()
+
+    def pooled_features(self, outputs) -> torch.Tensor:
+        if self.config.classifier_pooling == "mean_last4":
+            # outputs of the last four blocks; the last one after the encoder's final LayerNorm
+            blocks = list(outputs.hidden_states[-4:-1]) + [outputs.last_hidden_state]
+            pooled = [nn.functional.layer_norm(b.mean(dim=1), (b.shape[-1],)) for b in blocks]
+            return torch.cat(pooled, dim=-1)
+        pooled = outputs.pooler_output
+        if self.config.classifier_layernorm:
+            pooled = nn.functional.layer_norm(pooled, (pooled.shape[-1],))
+        return pooled
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> ImageClassifierOutput | tuple:
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        needs_hidden = self.config.classifier_pooling == "mean_last4"
+        outputs = self.ijepa(
+            pixel_values,
+            output_attentions=output_attentions,
+            output_hidden_states=True if needs_hidden else output_hidden_states,
+            return_dict=True,
+        )
+        logits = self.classifier(self.dropout(self.pooled_features(outputs)))
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(labels, logits, self.config)
+        output = ImageClassifierOutput(
+            loss=loss,
+            logits=logits,
+            hidden_states=outputs.hidden_states if output_hidden_states else None,
+            attentions=outputs.attentions,
+        )
+        return output if return_dict else output.to_tuple()
+
+
+__all__ = [
+    "IJepaForImageClassification",
+    "IJepaForPreTraining",
+    "IJepaForPreTrainingOutput",
+    "IJepaModel",
+    "IJepaModelOutput",
+    "IJepaPreTrainedModel",
+    "IJepaPredictor",
+]
