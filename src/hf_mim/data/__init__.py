@@ -1,7 +1,7 @@
 """Data pieces: transforms with safe decoding, bundled real images, collators that draw masks."""
 
 from .bundled import bundled_photo_dataset, bundled_photos
-from .collators import PretrainingCollator, capi_collator
+from .collators import PretrainingCollator, capi_collator, ijepa_collator
 from .transforms import SafeImageTransform, decode_image, pretraining_transform
 
 __all__ = [
@@ -11,5 +11,6 @@ __all__ = [
     "bundled_photos",
     "capi_collator",
     "decode_image",
+    "ijepa_collator",
     "pretraining_transform",
 ]

@@ -32,6 +32,13 @@ class PretrainingCollator:
         return batch
 
 
+def ijepa_collator(config) -> PretrainingCollator:
+    """The collator for `IJepaForPreTraining`: multi-block `context_indices` / `target_indices` from the config."""
+    from ..models.ijepa.modeling_ijepa import multiblock_masking
+
+    return PretrainingCollator(config.patch_size, multiblock_masking(config))
+
+
 def capi_collator(config) -> PretrainingCollator:
     """The collator for `CapiForPreTraining`, with CAPI's inverse-block masks from the config."""
     generator = InverseBlockMasking(

@@ -42,14 +42,15 @@ def describe(value) -> str:
 
 
 def pretraining_transform(
-    image_size: int | tuple[int, int], crop_scale: tuple[float, float] = (0.6, 1.0), hflip: bool = True
+    image_size: int | tuple[int, int],
+    crop_scale: tuple[float, float] = (0.6, 1.0),
+    hflip: bool = True,
+    interpolation: str = "bicubic",
 ) -> v2.Compose:
-    """CAPI's augmentation: RandomResizedCrop(bicubic) + horizontal flip + ImageNet normalisation (one crop, shared
-    by teacher and student)."""
-    steps = [
-        v2.ToImage(),
-        v2.RandomResizedCrop(image_size, scale=crop_scale, interpolation=v2.InterpolationMode.BICUBIC, antialias=True),
-    ]
+    """One random-resized crop + optional horizontal flip + ImageNet normalisation. CAPI: scale (0.6, 1), bicubic,
+    flip; I-JEPA: scale (0.3, 1), bilinear, no flip."""
+    mode = v2.InterpolationMode(interpolation)
+    steps = [v2.ToImage(), v2.RandomResizedCrop(image_size, scale=crop_scale, interpolation=mode, antialias=True)]
     if hflip:
         steps.append(v2.RandomHorizontalFlip(0.5))
     steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)]

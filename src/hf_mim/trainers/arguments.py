@@ -12,6 +12,9 @@ class MimPretrainingArguments(TrainingArguments):
 
     lr_truncate_cos: float = field(default=1.0, metadata={"help": "Fraction of the cosine period used (CAPI: 0.8)."})
     min_lr_ratio: float = field(default=0.0, metadata={"help": "Final lr as a fraction of the peak."})
+    warmup_start_lr_ratio: float = field(
+        default=0.0, metadata={"help": "lr at step 0 as a fraction of the peak (I-JEPA warms up from 0.2)."}
+    )
     weight_decay_end: float | None = field(
         default=None, metadata={"help": "If set, weight decay follows a cosine from weight_decay to this value."}
     )
@@ -50,3 +53,20 @@ class CapiTrainingArguments(MimPretrainingArguments):
     patch_embed_lr_multiplier: float = field(default=0.2, metadata={"help": "lr multiplier of the patch embedding."})
     clustering_learning_rate: float = field(default=5e-4, metadata={"help": "Peak lr of the clustering head."})
     clustering_weight_decay: float = field(default=0.01, metadata={"help": "Weight decay of the clustering head."})
+
+
+@dataclass
+class IJepaTrainingArguments(MimPretrainingArguments):
+    """I-JEPA's recipe (reference §3.5) as defaults: AdamW (0.9, 0.999), lr 2e-4 -> 1e-3 warmup then cosine to 1e-6,
+    weight decay cosine-increasing 0.04 -> 0.4, EMA momentum linear 0.996 -> 1.0, no gradient clipping."""
+
+    learning_rate: float = field(default=1e-3)
+    weight_decay: float = field(default=0.04)
+    weight_decay_end: float | None = field(default=0.4)
+    min_lr_ratio: float = field(default=1e-3)
+    warmup_start_lr_ratio: float = field(default=0.2)
+    warmup_ratio: float = field(default=40 / 300)
+    max_grad_norm: float = field(default=0.0)
+    teacher_momentum: float = field(default=0.996)
+    teacher_momentum_end: float = field(default=1.0)
+    teacher_momentum_schedule: str = field(default="linear")

@@ -113,7 +113,13 @@ class MimPretrainingTrainer(Trainer):
 
             def factor(step: int) -> float:
                 return warmup_then_cosine(
-                    step, 1.0, args.min_lr_ratio, num_training_steps, warmup, 0.0, args.lr_truncate_cos
+                    step,
+                    1.0,
+                    args.min_lr_ratio,
+                    num_training_steps,
+                    warmup,
+                    args.warmup_start_lr_ratio,
+                    args.lr_truncate_cos,
                 )
 
             self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)

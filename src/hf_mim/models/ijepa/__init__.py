@@ -6,8 +6,8 @@ from .modeling_ijepa import (
     IJepaForPreTrainingOutput,
     IJepaModel,
     IJepaModelOutput,
-    IJepaPreTrainedModel,
     IJepaPredictor,
+    IJepaPreTrainedModel,
 )
 
 __all__ = [

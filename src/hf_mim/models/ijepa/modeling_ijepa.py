@@ -1,7 +1,6 @@
 """I-JEPA: encoder (weights interchangeable with transformers' `IJepaModel`), narrow predictor, the full
 pretraining objective with an EMA target encoder, and classification heads. Composed from `hf_mim.layers`."""
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -32,6 +31,20 @@ def repeat_interleave_batch(x: torch.Tensor, batch_size: int, repeat: int) -> to
     groups = x.shape[0] // batch_size
     return torch.cat(
         [x[i * batch_size : (i + 1) * batch_size].repeat(repeat, *([1] * (x.ndim - 1))) for i in range(groups)]
+    )
+
+
+def multiblock_masking(config: IJepaConfig) -> MultiBlockMasking:
+    """The multi-block mask generator a config describes (used by the model and by the data collator)."""
+    return MultiBlockMasking(
+        num_targets=config.num_target_blocks,
+        target_scale=config.target_block_scale,
+        target_aspect_ratio=config.target_aspect_ratio,
+        num_context=config.num_context_blocks,
+        context_scale=config.context_block_scale,
+        min_keep=config.min_keep,
+        allow_overlap=config.allow_overlap,
+        sampler=config.mask_sampler,
     )
 
 
@@ -244,18 +257,20 @@ class IJepaPredictor(nn.Module):
         self.output_proj = nn.Linear(width, config.hidden_size)
 
     def forward(
-        self, context: torch.Tensor, context_masks: torch.Tensor, target_masks: torch.Tensor, grid: tuple[int, int]
+        self, context: torch.Tensor, context_indices: torch.Tensor, target_indices: torch.Tensor, grid: tuple[int, int]
     ) -> torch.Tensor:
-        """context: (n_ctx * B, K_ctx, D); context_masks (n_ctx, B, K_ctx); target_masks (n_tgt, B, K_tgt).
+        """context: (n_ctx * B, K_ctx, D); context_indices (n_ctx, B, K_ctx); target_indices (n_tgt, B, K_tgt).
         Returns (n_tgt * n_ctx * B, K_tgt, D), row t * B + b for one context block."""
-        batch = context.shape[0] // context_masks.shape[0]
+        batch = context.shape[0] // context_indices.shape[0]
         positions = resize_position_embeddings(self.position_embeddings, _grid(self.config), grid)
         positions = positions.to(context.dtype).expand(batch, -1, -1)
-        hidden = self.input_proj(context) + apply_masks(positions, context_masks)
+        hidden = self.input_proj(context) + apply_masks(positions, context_indices)
         num_context = hidden.shape[1]
-        target_positions = repeat_interleave_batch(apply_masks(positions, target_masks), batch, context_masks.shape[0])
+        target_positions = repeat_interleave_batch(
+            apply_masks(positions, target_indices), batch, context_indices.shape[0]
+        )
         queries = self.mask_token.to(hidden.dtype) + target_positions
-        hidden = torch.cat([hidden.repeat(target_masks.shape[0], 1, 1), queries], dim=1)
+        hidden = torch.cat([hidden.repeat(target_indices.shape[0], 1, 1), queries], dim=1)
         for layer in self.layers:
             hidden, _ = layer(hidden)
         return self.output_proj(self.layernorm(hidden)[:, num_context:])
@@ -282,7 +297,7 @@ class IJepaForPreTrainingOutput(ModelOutput):
 class IJepaForPreTraining(IJepaPreTrainedModel):
     """I-JEPA's objective: context encoder (`ijepa`) on the context block, predictor, EMA target encoder
     (`target_encoder`) on the full image whose output gets an extra parameter-free LayerNorm; loss between predicted
-    and target tokens of every target block. Pass `context_masks` / `target_masks` ((n, B, K) per-image indices) for
+    and target tokens of every target block. Pass `context_indices` / `target_indices` ((n, B, K) per-image indices) for
     deterministic runs; otherwise multi-block masks are drawn from torch's global RNG. Position tables stay frozen."""
 
     def __init__(self, config: IJepaConfig):
@@ -290,16 +305,7 @@ class IJepaForPreTraining(IJepaPreTrainedModel):
         self.ijepa = IJepaModel(config)
         self.target_encoder = IJepaModel(config)
         self.predictor = IJepaPredictor(config)
-        self.mask_generator = MultiBlockMasking(
-            num_targets=config.num_target_blocks,
-            target_scale=config.target_block_scale,
-            target_aspect_ratio=config.target_aspect_ratio,
-            num_context=config.num_context_blocks,
-            context_scale=config.context_block_scale,
-            min_keep=config.min_keep,
-            allow_overlap=config.allow_overlap,
-            sampler=config.mask_sampler,
-        )
+        self.mask_generator = multiblock_masking(config)
         self.post_init()
         self.target_encoder.requires_grad_(False)
         self.ijepa.embeddings.position_embeddings.requires_grad_(False)
@@ -334,8 +340,8 @@ class IJepaForPreTraining(IJepaPreTrainedModel):
     def forward(
         self,
         pixel_values: torch.Tensor | None = None,
-        context_masks: torch.Tensor | None = None,
-        target_masks: torch.Tensor | None = None,
+        context_indices: torch.Tensor | None = None,
+        target_indices: torch.Tensor | None = None,
         return_dict: bool | None = None,
         **kwargs,
     ) -> IJepaForPreTrainingOutput | tuple:
@@ -344,20 +350,20 @@ class IJepaForPreTraining(IJepaPreTrainedModel):
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         batch, _, height, width = pixel_values.shape
         grid = (height // self.config.patch_size, width // self.config.patch_size)
-        if (context_masks is None) != (target_masks is None):
-            raise ValueError("Pass both context_masks and target_masks, or neither.")
-        if context_masks is None:
+        if (context_indices is None) != (target_indices is None):
+            raise ValueError("Pass both context_indices and target_indices, or neither.")
+        if context_indices is None:
             masks = self.mask_generator(batch, grid)
-            context_masks, target_masks = masks.context_indices, masks.target_indices
-        context_masks = context_masks.to(pixel_values.device)
-        target_masks = target_masks.to(pixel_values.device)
+            context_indices, target_indices = masks.context_indices, masks.target_indices
+        context_indices = context_indices.to(pixel_values.device)
+        target_indices = target_indices.to(pixel_values.device)
 
         with torch.no_grad():
             target_tokens = self.target_encoder.encode(pixel_values)[0]
             normed = nn.functional.layer_norm(target_tokens, (target_tokens.shape[-1],))
-            targets = repeat_interleave_batch(apply_masks(normed, target_masks), batch, context_masks.shape[0])
-        context_tokens = self.ijepa.encode(pixel_values, context_masks)[0]
-        predictions = self.predictor(context_tokens, context_masks, target_masks, grid)
+            targets = repeat_interleave_batch(apply_masks(normed, target_indices), batch, context_indices.shape[0])
+        context_tokens = self.ijepa.encode(pixel_values, context_indices)[0]
+        predictions = self.predictor(context_tokens, context_indices, target_indices, grid)
         if self.config.loss_type == "smooth_l1":
             loss = nn.functional.smooth_l1_loss(predictions, targets)
         else:

@@ -1,0 +1,224 @@
+"""The body of `examples/pytorch/pretraining/run_<method>.py`, shared by every method (the scripts only describe
+their method as a `PretrainingRecipe`). Follows transformers' `run_mae.py`: `HfArgumentParser` over model / data /
+training dataclasses or one JSON file, datasets or image folders, resume from the last checkpoint."""
+
+import logging
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import datasets
+import torch
+import transformers
+from transformers import AutoConfig, HfArgumentParser
+from transformers.trainer_utils import get_last_checkpoint
+
+from ..data import SafeImageTransform, bundled_photo_dataset, pretraining_transform
+from .pretraining_trainer import NonFiniteLossError
+
+logger = logging.getLogger(__name__)
+DEFAULT_DEMO_STEPS = 300
+
+
+@dataclass
+class PretrainingRecipe:
+    """What a pretraining script needs to know about its method."""
+
+    name: str
+    config_class: type
+    config_presets: dict[str, Callable]
+    default_preset: str
+    model_class: type
+    image_processor_class: type
+    trainer_class: type
+    arguments_class: type
+    collator: Callable  # config -> data collator
+    backbone: Callable  # pretraining model -> the PreTrainedModel exported as the backbone
+    backbone_description: str
+    license: str
+    crop_scale_min: float
+    hflip: bool
+    interpolation: str
+
+
+@dataclass
+class ModelArguments:
+    model_name_or_path: str | None = field(
+        default=None, metadata={"help": "Start from these weights (a converted release or an earlier run)."}
+    )
+    config_name: str | None = field(default=None, metadata={"help": "A preset name, or a config path / Hub id."})
+    config_overrides: str | None = field(
+        default=None, metadata={"help": "Comma-separated overrides, e.g. 'hidden_size=128,num_hidden_layers=4'."}
+    )
+
+
+@dataclass
+class DataTrainingArguments:
+    dataset_name: str | None = field(default=None, metadata={"help": "A `datasets` name or local dataset script."})
+    dataset_config_name: str | None = field(default=None)
+    train_split: str = field(default="train")
+    train_dir: str | None = field(default=None, metadata={"help": "An image folder (any nesting) to train on."})
+    image_column_name: str = field(default="image")
+    streaming: bool = field(default=False, metadata={"help": "Stream the dataset (needs --max_steps)."})
+    max_train_samples: int | None = field(default=None)
+    image_size: int | None = field(default=None, metadata={"help": "Crop size (default: config.image_size)."})
+    crop_scale_min: float | None = field(default=None, metadata={"help": "RandomResizedCrop minimum scale."})
+    bundled_dataset: str = field(
+        default="photos", metadata={"help": "Embedded default data: 'photos' (bundled photos) or 'digits'."}
+    )
+
+    @property
+    def has_data(self) -> bool:
+        return bool(self.dataset_name or self.train_dir)
+
+
+def build_config(recipe: PretrainingRecipe, model_args: ModelArguments):
+    name = model_args.config_name or recipe.default_preset
+    if model_args.model_name_or_path:
+        config = AutoConfig.from_pretrained(model_args.model_name_or_path)
+    elif name in recipe.config_presets:
+        config = recipe.config_presets[name]()
+    else:
+        config = AutoConfig.from_pretrained(name)
+    if not isinstance(config, recipe.config_class):
+        raise ValueError(f"run_{recipe.name}.py needs a {recipe.config_class.__name__}, got {type(config).__name__}")
+    if model_args.config_overrides:
+        config.update_from_string(model_args.config_overrides)
+    return config
+
+
+def load_training_data(data_args: DataTrainingArguments):
+    if data_args.dataset_name:
+        dataset = datasets.load_dataset(
+            data_args.dataset_name,
+            data_args.dataset_config_name,
+            split=data_args.train_split,
+            streaming=data_args.streaming,
+        )
+    elif data_args.train_dir:
+        dataset = datasets.load_dataset(
+            "imagefolder", data_dir=data_args.train_dir, split="train", streaming=data_args.streaming
+        )
+    elif data_args.bundled_dataset == "digits":
+        from ..data.labelled import digits_dataset
+
+        dataset = digits_dataset("train")
+    else:
+        dataset = bundled_photo_dataset()
+    column = data_args.image_column_name
+    if dataset.column_names is not None and column not in dataset.column_names:
+        raise ValueError(f"Column {column!r} not in the dataset; columns are {dataset.column_names}")
+    # Decode ourselves, so one corrupt file is skipped and counted instead of crashing the run.
+    dataset = dataset.cast_column(column, datasets.Image(decode=False))
+    if data_args.max_train_samples is not None:
+        dataset = dataset.take(data_args.max_train_samples)
+    return dataset
+
+
+def write_backbone(recipe: PretrainingRecipe, output_dir: Path, data_args, train_result) -> Path:
+    """Export the backbone (e.g. CAPI's EMA teacher) as a standalone model + processor + model card."""
+    full = recipe.model_class.from_pretrained(output_dir)
+    backbone = recipe.backbone(full)
+    backbone_dir = output_dir / "backbone"
+    backbone.save_pretrained(backbone_dir)
+    config = backbone.config
+    crop = {"height": config.image_size, "width": config.image_size}
+    processor = recipe.image_processor_class(size={"shortest_edge": config.image_size * 256 // 224}, crop_size=crop)
+    processor.save_pretrained(backbone_dir)
+    data = data_args.dataset_name or data_args.train_dir or f"bundled {data_args.bundled_dataset}"
+    (backbone_dir / "README.md").write_text(
+        f"""---
+library_name: transformers
+license: {recipe.license}
+pipeline_tag: image-feature-extraction
+tags: ["hf_mim", "{recipe.name}", "self-supervised"]
+---
+
+# {recipe.name.upper()} backbone pretrained with hf_mim
+
+{recipe.backbone_description} of a run of `examples/pytorch/pretraining/run_{recipe.name}.py`:
+{config.hidden_size} wide, {config.num_hidden_layers} blocks, patch {config.patch_size}, {config.image_size} px.
+Data: {data}. Steps: {train_result.global_step}; final training loss {train_result.training_loss:.4f}.
+
+```python
+import hf_mim
+from transformers import AutoModel
+model = AutoModel.from_pretrained("{backbone_dir}")
+```
+"""
+    )
+    return backbone_dir
+
+
+def run(recipe: PretrainingRecipe, argv: list[str] | None = None) -> int:
+    parser = HfArgumentParser((ModelArguments, DataTrainingArguments, recipe.arguments_class))
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) == 1 and argv[0].endswith(".json"):
+        model_args, data_args, training_args = parser.parse_json_file(json_file=argv[0])
+    else:
+        if not any(a == "--output_dir" or a.startswith("--output_dir=") for a in argv):
+            argv = [*argv, "--output_dir", f"outputs/{recipe.name}-pretraining"]
+        model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
+    training_args.remove_unused_columns = False  # the collator builds the model inputs itself
+    if not data_args.has_data and training_args.max_steps <= 0:
+        training_args.max_steps = DEFAULT_DEMO_STEPS
+    if data_args.streaming and training_args.max_steps <= 0:
+        raise ValueError("--streaming needs --max_steps (a streamed dataset has no length).")
+
+    logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", level=logging.INFO)
+    transformers.utils.logging.set_verbosity(training_args.get_process_log_level())
+    logger.info("%s pretraining; world size %d", recipe.name, training_args.world_size)
+
+    config = build_config(recipe, model_args)
+    image_size = data_args.image_size or config.image_size
+    if model_args.model_name_or_path:
+        model = recipe.model_class.from_pretrained(model_args.model_name_or_path, config=config)
+    else:
+        model = recipe.model_class(config)
+
+    dataset = load_training_data(data_args)
+    crop_scale = (data_args.crop_scale_min or recipe.crop_scale_min, 1.0)
+    transform = SafeImageTransform(
+        pretraining_transform(image_size, crop_scale, recipe.hflip, recipe.interpolation), data_args.image_column_name
+    )
+    if isinstance(dataset, datasets.IterableDataset):
+        dataset = dataset.map(transform, batched=True, remove_columns=list(dataset.column_names or []))
+    else:
+        dataset = dataset.with_transform(transform)
+
+    last_checkpoint = training_args.resume_from_checkpoint
+    if last_checkpoint is None and Path(training_args.output_dir).is_dir():
+        last_checkpoint = get_last_checkpoint(training_args.output_dir)
+        if last_checkpoint:
+            logger.info("Resuming from %s", last_checkpoint)
+
+    trainer = recipe.trainer_class(
+        model=model,
+        args=training_args,
+        train_dataset=dataset,
+        data_collator=recipe.collator(config),
+        processing_class=recipe.image_processor_class(),
+    )
+    try:
+        train_result = trainer.train(resume_from_checkpoint=last_checkpoint)
+    except NonFiniteLossError as error:
+        logger.error(str(error))
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    trainer.save_model()
+    trainer.log_metrics("train", train_result.metrics)
+    trainer.save_metrics("train", train_result.metrics)
+    trainer.save_state()
+    skipped = trainer.total_skipped_images()
+    output_dir = Path(training_args.output_dir)
+    if trainer.is_world_process_zero():
+        backbone_dir = write_backbone(recipe, output_dir, data_args, train_result)
+        if skipped:
+            print(f"Skipped {skipped} undecodable image(s) during training: {trainer.skipped_files}")
+        print(f"Pretraining model saved to {output_dir.resolve()}")
+        print(f"Backbone ({recipe.backbone_description}, AutoModel-loadable) saved to {backbone_dir.resolve()}")
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+    return 0
