@@ -84,6 +84,8 @@ class IJepaConfig(PreTrainedConfig):
         standalone_encoder: str = "context",
         **kwargs,
     ):
+        # A transformers IJepa config.json says model_type "ijepa": keep ours, so our key renaming applies.
+        kwargs.pop("model_type", None)
         super().__init__(**kwargs)
         if classifier_pooling not in ("mean", "mean_last4"):
             raise ValueError(f"classifier_pooling must be 'mean' or 'mean_last4', got {classifier_pooling!r}")

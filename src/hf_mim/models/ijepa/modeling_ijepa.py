@@ -100,6 +100,13 @@ class IJepaPreTrainedModel(PreTrainedModel):
     _no_split_modules = ["ViTLayer"]
     _supports_sdpa = True
 
+    def save_pretrained(self, *args, **kwargs):
+        # Write the current transformers names (layers.N.attention.q_proj ...), which both hf_mim and transformers
+        # load natively; transformers' older names (encoder.layer.N.attention.attention.query ...) are still read,
+        # through the ViT renaming registered for this model type.
+        kwargs.setdefault("save_original_format", False)
+        return super().save_pretrained(*args, **kwargs)
+
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
         """The original init: trunc_normal(0.02) for Linear/Conv, zero biases, LayerNorm (1, 0), analytic sin-cos
@@ -169,12 +176,6 @@ class IJepaModel(IJepaPreTrainedModel):
         if getattr(config, "standalone_encoder", "context") == "target" and "key_mapping" not in kwargs:
             kwargs["key_mapping"] = {r"^ijepa\.": "context_encoder.", r"^target_encoder\.": "ijepa."}
         return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
-
-    def save_pretrained(self, *args, **kwargs):
-        # Write the current transformers names (layers.N.attention.q_proj ...): both hf_mim and transformers load
-        # them natively, and hf_mim's pretraining model can load them as its encoders.
-        kwargs.setdefault("save_original_format", False)
-        return super().save_pretrained(*args, **kwargs)
 
     def encode(self, pixel_values: torch.Tensor, masks: torch.Tensor | None = None, output_hidden_states=False,
                output_attentions=False):  # fmt: skip
