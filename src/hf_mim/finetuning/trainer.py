@@ -49,7 +49,9 @@ class FinetuningArguments(TrainingArguments):
     label_smoothing: float = field(default=0.1, metadata={"help": "Label smoothing of the (mixed) targets."})
     linear_probe: bool = field(
         default=False,
-        metadata={"help": "Train only the head (classifier and pooler); the backbone is frozen and runs in eval mode."},
+        metadata={
+            "help": "Train only the head (classifier and pooler); the backbone is frozen and runs in eval mode."
+        },
     )
     top_k: int = field(default=5, metadata={"help": "Report top-1 and top-k accuracy."})
 
@@ -165,7 +167,10 @@ class FinetuningTrainer(Trainer):
         layer_decay = getattr(self.args, "layer_decay", 1.0)
         groups = layer_decay_parameter_groups(opt_model, self.args.learning_rate, self.args.weight_decay, layer_decay)
         logger.info(
-            "Layer decay %.3g over %d blocks: %d parameter groups", layer_decay, num_backbone_layers(opt_model), len(groups)
+            "Layer decay %.3g over %d blocks: %d parameter groups",
+            layer_decay,
+            num_backbone_layers(opt_model),
+            len(groups),
         )
         optimizer_kwargs.pop("lr", None)
         self.optimizer = optimizer_cls(groups, lr=self.args.learning_rate, **optimizer_kwargs)

@@ -8,7 +8,7 @@ from transformers import TrainingArguments
 @dataclass
 class MimPretrainingArguments(TrainingArguments):
     """`TrainingArguments` plus the schedules SSL methods use. The lr follows linear warmup (`warmup_steps` /
-    `warmup_ratio`) then a cosine to `min_lr_ratio * learning_rate`, optionally truncated (`lr_truncate_cos`)."""
+    a fraction < 1 in `warmup_steps`) then a cosine to `min_lr_ratio * learning_rate`, optionally truncated (`lr_truncate_cos`)."""
 
     lr_truncate_cos: float = field(default=1.0, metadata={"help": "Fraction of the cosine period used (CAPI: 0.8)."})
     min_lr_ratio: float = field(default=0.0, metadata={"help": "Final lr as a fraction of the peak."})
@@ -27,6 +27,9 @@ class MimPretrainingArguments(TrainingArguments):
     nan_check_steps: int = field(
         default=1, metadata={"help": "Check the loss for NaN/inf every N steps (0: never). 1 keeps checkpoints clean."}
     )
+    ddp_find_unused_parameters: bool | None = field(
+        default=False, metadata={"help": "Every trainable parameter gets a gradient in these objectives."}
+    )
     log_feature_health: bool = field(
         default=True, metadata={"help": "Log effective rank and per-dimension std of pooled features."}
     )
@@ -42,7 +45,7 @@ class CapiTrainingArguments(MimPretrainingArguments):
     adam_beta2: float = field(default=0.95)
     max_grad_norm: float = field(default=0.0, metadata={"help": "CAPI clips no gradients."})
     lr_truncate_cos: float = field(default=0.8)
-    warmup_ratio: float = field(default=0.1)
+    warmup_steps: float = field(default=0.1, metadata={"help": "Warmup steps, or a fraction of training if < 1."})
     teacher_momentum: float = field(default=0.999)
     teacher_momentum_end: float = field(default=1.0)
     teacher_momentum_warmup_start: float = field(default=1.0)
@@ -65,7 +68,7 @@ class IJepaTrainingArguments(MimPretrainingArguments):
     weight_decay_end: float | None = field(default=0.4)
     min_lr_ratio: float = field(default=1e-3)
     warmup_start_lr_ratio: float = field(default=0.2)
-    warmup_ratio: float = field(default=40 / 300)
+    warmup_steps: float = field(default=40 / 300, metadata={"help": "Warmup steps, or a fraction if < 1."})
     max_grad_norm: float = field(default=0.0)
     teacher_momentum: float = field(default=0.996)
     teacher_momentum_end: float = field(default=1.0)
