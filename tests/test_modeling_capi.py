@@ -238,3 +238,14 @@ class TestCapiConversion:
         converter = load_script("scripts/convert/convert_capi_to_hf.py")
         with pytest.raises(ValueError, match="weights_only"):
             converter.convert(evil, tmp_path / "out")
+
+
+def test_classifier_keeps_only_the_predictor_blocks_it_uses():
+    config = tiny_config(num_labels=3, decoder_num_hidden_layers=3)
+    assert CapiForImageClassification(config).capi.predictor is None  # attentive: no predictor at all
+    model = CapiForImageClassification(
+        tiny_config(num_labels=3, decoder_num_hidden_layers=3, classifier_pooling="global")
+    )
+    assert len(model.capi.predictor.layer) == 1
+    model.train()(torch.randn(2, 3, 56, 56), labels=torch.tensor([0, 1])).loss.backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)  # DDP-safe: every parameter used

@@ -259,3 +259,14 @@ def test_pretraining_from_encoder_checkpoint_copies_target(tmp_path):
         assert torch.equal(model.target_encoder.state_dict()[name], tensor), name
         assert torch.equal(model.ijepa.state_dict()[name], tensor), name
     assert not model.ijepa.embeddings.position_embeddings.requires_grad
+
+
+def test_classifier_from_full_checkpoint_takes_the_chosen_encoder(converted):
+    from transformers import AutoModelForImageClassification
+
+    target = AutoModel.from_pretrained(converted["target"])
+    classifier = AutoModelForImageClassification.from_pretrained(converted["target"], num_labels=3)
+    for name, tensor in target.state_dict().items():
+        assert torch.equal(classifier.ijepa.state_dict()[name], tensor), name
+    context = IJepaForPreTraining.from_pretrained(converted["target"]).ijepa
+    assert not torch.equal(context.layers[0].mlp.fc1.weight, target.layers[0].mlp.fc1.weight)

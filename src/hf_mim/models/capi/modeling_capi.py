@@ -289,7 +289,7 @@ class CapiModel(CapiPreTrainedModel):
         tokens = encoding.tokens
         num_registers = self.config.num_register_tokens
         global_repr = None
-        if compute_global_representation:
+        if compute_global_representation and self.predictor is not None:
             # Only predictor block 0 defines the global representation; later blocks would not change it.
             global_repr = self.predict(encoding, encoding.patch_coords, num_layers=1).mean(dim=1)
         feature_map = tokens[:, num_registers:].reshape(tokens.shape[0], *encoding.grid, tokens.shape[-1])
@@ -316,6 +316,12 @@ class CapiForImageClassification(CapiPreTrainedModel):
         self.num_labels = config.num_labels
         self.capi = CapiModel(config)
         pooling = config.classifier_pooling
+        # Keep only the predictor blocks the head uses: block 0 for the global representation, none otherwise, so
+        # no parameter is left without a gradient (DDP) and nothing is computed twice.
+        if pooling in ("global", "global_avg_patch"):
+            self.capi.predictor.layer = self.capi.predictor.layer[:1]
+        else:
+            self.capi.predictor = None
         width = {
             "attentive": config.hidden_size,
             "global": config.decoder_hidden_size,

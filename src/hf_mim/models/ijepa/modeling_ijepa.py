@@ -90,6 +90,27 @@ class IJepaEmbeddings(nn.Module):
         return patches + positions.to(patches.dtype), grid
 
 
+def _load_target_encoder(model, pretrained_model_name_or_path, kwargs) -> None:
+    """Copy `target_encoder.*` tensors of a full checkpoint into the model's encoder (if the file has them)."""
+    from safetensors.torch import load_file
+    from transformers.utils import cached_file
+
+    hub_kwargs = {k: kwargs[k] for k in ("cache_dir", "revision", "token", "local_files_only") if k in kwargs}
+    path = cached_file(pretrained_model_name_or_path, "model.safetensors", _raise_exceptions_for_missing_entries=False,
+                       **hub_kwargs)  # fmt: skip
+    if path is None:
+        return
+    prefix = "target_encoder."
+    state = {k[len(prefix) :]: v for k, v in load_file(path).items() if k.startswith(prefix)}
+    if not state:
+        return
+    encoder = model if isinstance(model, IJepaModel) else model.ijepa
+    result = encoder.load_state_dict(state, strict=False)
+    if result.missing_keys:
+        raise ValueError(f"Target encoder in {pretrained_model_name_or_path} lacks {result.missing_keys}")
+    logger.info("Loaded the EMA target encoder (config.standalone_encoder='target').")
+
+
 class IJepaPreTrainedModel(PreTrainedModel):
     config_class = IJepaConfig
     config: IJepaConfig
@@ -99,6 +120,18 @@ class IJepaPreTrainedModel(PreTrainedModel):
     supports_gradient_checkpointing = True
     _no_split_modules = ["ViTLayer"]
     _supports_sdpa = True
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        """From a full I-JEPA pretraining checkpoint whose `config.standalone_encoder == "target"`, the encoder of
+        `IJepaModel` / `IJepaForImageClassification` is the EMA target encoder (stored under `target_encoder.`)."""
+        model = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        loaded = model[0] if isinstance(model, tuple) else model
+        if cls._uses_standalone_encoder and loaded.config.standalone_encoder == "target":
+            _load_target_encoder(loaded, pretrained_model_name_or_path, kwargs)
+        return model
+
+    _uses_standalone_encoder = True
 
     def save_pretrained(self, *args, **kwargs):
         # Write the current transformers names (layers.N.attention.q_proj ...), which both hf_mim and transformers
@@ -160,22 +193,6 @@ class IJepaModel(IJepaPreTrainedModel):
 
     def get_input_embeddings(self) -> nn.Module:
         return self.embeddings.patch_embeddings
-
-    @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
-        """From a full I-JEPA pretraining checkpoint, `config.standalone_encoder == "target"` selects the EMA target
-        encoder (stored under `target_encoder.`) instead of the context encoder."""
-        config = kwargs.get("config")
-        if config is None:
-            try:
-                config = IJepaConfig.from_pretrained(pretrained_model_name_or_path, **{
-                    k: v for k, v in kwargs.items() if k in ("cache_dir", "revision", "token", "local_files_only")
-                })  # fmt: skip
-            except OSError:
-                config = None
-        if getattr(config, "standalone_encoder", "context") == "target" and "key_mapping" not in kwargs:
-            kwargs["key_mapping"] = {r"^ijepa\.": "context_encoder.", r"^target_encoder\.": "ijepa."}
-        return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
 
     def encode(self, pixel_values: torch.Tensor, masks: torch.Tensor | None = None, output_hidden_states=False,
                output_attentions=False):  # fmt: skip
@@ -300,6 +317,8 @@ class IJepaForPreTraining(IJepaPreTrainedModel):
     (`target_encoder`) on the full image whose output gets an extra parameter-free LayerNorm; loss between predicted
     and target tokens of every target block. Pass `context_indices` / `target_indices` ((n, B, K) per-image indices) for
     deterministic runs; otherwise multi-block masks are drawn from torch's global RNG. Position tables stay frozen."""
+
+    _uses_standalone_encoder = False  # it holds both encoders under their own names
 
     def __init__(self, config: IJepaConfig):
         super().__init__(config)
