@@ -110,7 +110,10 @@ def test_layer_decay_ijepa_classifier():
 
 
 def test_layer_decay_capi_classifier():
-    model = hf_mim.CapiForImageClassification(hf_mim.CapiConfig.tiny(num_labels=10))
+    # global_avg_patch pooling keeps predictor block 0, which must count as head, not as an encoder block
+    model = hf_mim.CapiForImageClassification(
+        hf_mim.CapiConfig.tiny(num_labels=10, classifier_pooling="global_avg_patch")
+    )
     L = num_backbone_layers(model)
     assert L == 2  # the predictor's blocks are not encoder blocks
     by_name = groups_by_name(layer_decay_parameter_groups(model, BASE_LR, WD, DECAY))
@@ -120,10 +123,14 @@ def test_layer_decay_capi_classifier():
     registers = by_name["capi.embeddings.register_tokens"]
     assert registers["lr"] == pytest.approx(BASE_LR * DECAY**3) and registers["weight_decay"] == 0.0
     assert by_name["capi.embeddings.patch_embeddings.projection.weight"]["lr"] == pytest.approx(BASE_LR * DECAY**3)
-    for name in ("classifier.weight", "pooler.kv.weight", "capi.predictor.layer.0.mlp.fc1.weight"):
+    for name in ("classifier.weight", "capi.predictor.layer.0.mlp.fc1.weight"):
         assert by_name[name]["lr"] == pytest.approx(BASE_LR), name
-    for name in ("classifier.bias", "pooler.query", "capi.encoder.layer.0.norm1.weight", "capi.predictor.mask_token"):
+    for name in ("classifier.bias", "capi.encoder.layer.0.norm1.weight", "capi.predictor.mask_token"):
         assert by_name[name]["weight_decay"] == 0.0, name
+    attentive = hf_mim.CapiForImageClassification(hf_mim.CapiConfig.tiny(num_labels=10))
+    by_name = groups_by_name(layer_decay_parameter_groups(attentive, BASE_LR, WD, DECAY))
+    assert by_name["pooler.kv.weight"]["lr"] == pytest.approx(BASE_LR)
+    assert by_name["pooler.query"]["weight_decay"] == 0.0
 
 
 def test_layer_decay_transformers_vit_and_frozen_parameters():
