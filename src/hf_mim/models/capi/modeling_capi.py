@@ -22,9 +22,9 @@ from ...layers import (
     edge_register_coordinates,
     normalized_grid_coordinates,
 )
-from ...losses import effective_rank, sinkhorn_knopp, soft_cross_entropy
+from ...losses import sinkhorn_knopp, soft_cross_entropy
 from ...masking import InverseBlockMasking, to_absolute
-from ...teacher import ema_update
+from ...teacher import EmaTeacherMixin
 from .configuration_capi import CapiConfig
 
 logger = logging.get_logger(__name__)
@@ -449,14 +449,15 @@ class CapiForPreTrainingOutput(ModelOutput):
     pooled_features: torch.FloatTensor | None = None
 
 
-class CapiForPreTraining(CapiPreTrainedModel):
+class CapiForPreTraining(EmaTeacherMixin, CapiPreTrainedModel):
     """The full CAPI objective: student encoder + predictor (`capi`), EMA teacher (`teacher`, same architecture),
     online clustering head on the teacher's patch tokens, and the student's prediction head.
 
     Pass `visible_indices` / `predict_indices` (per-image (B, n) or the original's flat absolute indices) for
     deterministic runs; otherwise CAPI's inverse-block masks are drawn from torch's global RNG. The teacher is updated
     by `update_teacher(momentum)` after each optimizer step (the trainer does it). `model.teacher` is a complete
-    `CapiModel`: the EMA weights CAPI releases.
+    `CapiModel`: the EMA weights CAPI releases. A bare `CapiModel` checkpoint (e.g. a converted release) also loads:
+    the teacher then starts as a copy of the student, as CAPI starts training.
 
     Sharding: wrap the blocks (`_no_split_modules`) and the root, as accelerate's FSDP2 transformer-based policy does.
     If you also `fully_shard` `model.capi` / `model.teacher` themselves, register their `encode` and `predict` methods
@@ -473,36 +474,13 @@ class CapiForPreTraining(CapiPreTrainedModel):
             config.mask_ratio, config.prediction_subsampling, config.mask_min_aspect, roll=config.mask_roll
         )
         self.post_init()
-        self.teacher.requires_grad_(False)
-        self.copy_student_to_teacher()
-
-    @torch.no_grad()
-    def copy_student_to_teacher(self) -> None:
-        for teacher_param, student_param in zip(self.teacher.parameters(), self.capi.parameters()):
-            teacher_param.copy_(student_param)
-
-    @classmethod
-    def from_pretrained(cls, *args, **kwargs):
-        """Also accepts a bare `CapiModel` checkpoint (e.g. a converted release): the teacher then starts as a copy of
-        the student, exactly as CAPI starts training; heads missing from the checkpoint are freshly initialised."""
-        wants_info = kwargs.pop("output_loading_info", False)
-        model, info = super().from_pretrained(*args, output_loading_info=True, **kwargs)
-        if any(key.startswith("teacher.") for key in info["missing_keys"]):
-            logger.info("Checkpoint has no teacher weights: initialising the teacher from the student.")
-            model.copy_student_to_teacher()
-        return (model, info) if wants_info else model
-
-    def train(self, mode: bool = True):
-        super().train(mode)
-        self.teacher.eval()  # the teacher never uses stochastic depth
-        return self
-
-    def update_teacher(self, momentum: float) -> None:
-        ema_update(self.teacher, self.capi, momentum)
+        self.init_teacher()
 
     @staticmethod
     def _absolute_indices(indices: torch.Tensor, num_tokens: int) -> torch.Tensor:
         return to_absolute(indices, num_tokens) if indices.ndim == 2 else indices
+
+    student_attribute, teacher_attribute = "capi", "teacher"
 
     def forward(
         self,
@@ -557,14 +535,6 @@ class CapiForPreTraining(CapiPreTrainedModel):
             pooled_features=teacher_tokens.mean(dim=1),
         )
         return output if return_dict else output.to_tuple()
-
-    @staticmethod
-    def feature_health(pooled_features: torch.Tensor) -> dict[str, float]:
-        """Effective rank and mean per-dimension std of pooled features: both fall towards 0/1 under collapse."""
-        return {
-            "effective_rank": effective_rank(pooled_features).item(),
-            "feature_std": pooled_features.float().std(dim=0).mean().item(),
-        }
 
 
 __all__ = [

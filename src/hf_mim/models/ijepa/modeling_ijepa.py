@@ -11,9 +11,8 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling, ImageClass
 from transformers.utils import ModelOutput, logging
 
 from ...layers import PatchEmbeddings, ViTLayer, resize_position_embeddings, sincos_2d_position_embedding
-from ...losses import effective_rank
 from ...masking import MultiBlockMasking
-from ...teacher import ema_update
+from ...teacher import EmaTeacherMixin
 from .configuration_ijepa import IJepaConfig
 
 logger = logging.get_logger(__name__)
@@ -312,13 +311,19 @@ class IJepaForPreTrainingOutput(ModelOutput):
     pooled_features: torch.FloatTensor | None = None
 
 
-class IJepaForPreTraining(IJepaPreTrainedModel):
+class IJepaForPreTraining(EmaTeacherMixin, IJepaPreTrainedModel):
     """I-JEPA's objective: context encoder (`ijepa`) on the context block, predictor, EMA target encoder
     (`target_encoder`) on the full image whose output gets an extra parameter-free LayerNorm; loss between predicted
     and target tokens of every target block. Pass `context_indices` / `target_indices` ((n, B, K) per-image indices) for
     deterministic runs; otherwise multi-block masks are drawn from torch's global RNG. Position tables stay frozen."""
 
     _uses_standalone_encoder = False  # it holds both encoders under their own names
+    student_attribute, teacher_attribute = "ijepa", "target_encoder"
+
+    def _after_load(self) -> None:
+        # the sin-cos tables are fixed, as in the original (requires_grad=False)
+        self.ijepa.embeddings.position_embeddings.requires_grad_(False)
+        self.predictor.position_embeddings.requires_grad_(False)
 
     def __init__(self, config: IJepaConfig):
         super().__init__(config)
@@ -327,35 +332,7 @@ class IJepaForPreTraining(IJepaPreTrainedModel):
         self.predictor = IJepaPredictor(config)
         self.mask_generator = multiblock_masking(config)
         self.post_init()
-        self.target_encoder.requires_grad_(False)
-        self.ijepa.embeddings.position_embeddings.requires_grad_(False)
-        self.predictor.position_embeddings.requires_grad_(False)
-        self.copy_context_to_target()
-
-    @torch.no_grad()
-    def copy_context_to_target(self) -> None:
-        for target, context in zip(self.target_encoder.parameters(), self.ijepa.parameters()):
-            target.copy_(context)
-
-    @classmethod
-    def from_pretrained(cls, *args, **kwargs):
-        """Also accepts a bare encoder checkpoint: the target encoder then starts as a copy of it."""
-        wants_info = kwargs.pop("output_loading_info", False)
-        model, info = super().from_pretrained(*args, output_loading_info=True, **kwargs)
-        if any(key.startswith("target_encoder.") for key in info["missing_keys"]):
-            logger.info("Checkpoint has no target encoder: initialising it from the context encoder.")
-            model.copy_context_to_target()
-        model.ijepa.embeddings.position_embeddings.requires_grad_(False)
-        model.predictor.position_embeddings.requires_grad_(False)
-        return (model, info) if wants_info else model
-
-    def train(self, mode: bool = True):
-        super().train(mode)
-        self.target_encoder.eval()
-        return self
-
-    def update_teacher(self, momentum: float) -> None:
-        ema_update(self.target_encoder, self.ijepa, momentum)
+        self.init_teacher()
 
     def forward(
         self,
@@ -397,13 +374,6 @@ class IJepaForPreTraining(IJepaPreTrainedModel):
             pooled_features=target_tokens.mean(dim=1),
         )
         return output if return_dict else output.to_tuple()
-
-    @staticmethod
-    def feature_health(pooled_features: torch.Tensor) -> dict[str, float]:
-        return {
-            "effective_rank": effective_rank(pooled_features).item(),
-            "feature_std": pooled_features.float().std(dim=0).mean().item(),
-        }
 
 
 class IJepaForImageClassification(IJepaPreTrainedModel):
