@@ -24,6 +24,7 @@ from hf_mim.conversion import (
     load_original_checkpoint,
     push_folder_to_hub,
     raise_on_mismatch,
+    run_converter,
     write_model_card,
 )
 from hf_mim.layers import CapiRope2D
@@ -291,16 +292,9 @@ def main(argv=None) -> int:
         "loads the backbone from it.",
     )
     args = parser.parse_args(argv)
-    try:
-        report = convert(
-            args.checkpoint_path, args.output_dir, args.model_name, args.push_to_hub, args.with_pretraining_heads
-        )
-    except (CheckpointMismatchError, FileNotFoundError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    for key, value in report.items():
-        print(f"{key}: {value}")
-    return 0
+    return run_converter(
+        convert, args.checkpoint_path, args.output_dir, args.model_name, args.push_to_hub, args.with_pretraining_heads
+    )
 
 
 if __name__ == "__main__":

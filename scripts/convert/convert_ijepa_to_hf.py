@@ -27,6 +27,7 @@ from hf_mim.conversion import (
     load_original_checkpoint,
     push_folder_to_hub,
     raise_on_mismatch,
+    run_converter,
     write_model_card,
 )
 from hf_mim.layers import sincos_2d_position_embedding
@@ -246,15 +247,8 @@ def main(argv=None) -> int:
         "--num_attention_heads", type=int, default=16, help="Not visible in the weights; 16 for all releases"
     )
     args = parser.parse_args(argv)
-    try:
-        report = convert(args.checkpoint_path, args.output_dir, args.encoder, args.model_name, args.push_to_hub,
-                         args.num_attention_heads)  # fmt: skip
-    except (CheckpointMismatchError, FileNotFoundError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    for key, value in report.items():
-        print(f"{key}: {value}")
-    return 0
+    return run_converter(convert, args.checkpoint_path, args.output_dir, args.encoder, args.model_name,
+                         args.push_to_hub, args.num_attention_heads)  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -77,3 +77,17 @@ def push_folder_to_hub(output_dir: str | Path, repo_id: str, commit_message: str
     api.create_repo(repo_id, exist_ok=True)
     info = api.upload_folder(folder_path=str(output_dir), repo_id=repo_id, commit_message=commit_message)
     return str(info)
+
+
+def run_converter(convert, *args) -> int:
+    """Run a converter's `convert(*args)` for a command line: print its report, or the error and return 2."""
+    import sys
+
+    try:
+        report = convert(*args)
+    except (CheckpointMismatchError, FileNotFoundError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    for key, value in report.items():
+        print(f"{key}: {value}")
+    return 0

@@ -24,6 +24,7 @@ from ...layers import (
 )
 from ...losses import sinkhorn_knopp, soft_cross_entropy
 from ...masking import InverseBlockMasking, to_absolute
+from ...modeling_utils import classification_output
 from ...teacher import EmaTeacherMixin
 from .configuration_capi import CapiConfig
 
@@ -362,14 +363,9 @@ class CapiForImageClassification(CapiPreTrainedModel):
             return_dict=True,
             compute_global_representation=needs_global,
         )
-        logits = self.classifier(self._features(outputs))
-        loss = None
-        if labels is not None:
-            loss = self.loss_function(labels, logits, self.config)
-        output = ImageClassifierOutput(
-            loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
+        return classification_output(
+            self, self._features(outputs), labels, outputs, outputs.hidden_states, return_dict
         )
-        return output if return_dict else output.to_tuple()
 
 
 class CapiClusteringHead(nn.Module):

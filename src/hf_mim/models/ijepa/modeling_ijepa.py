@@ -12,6 +12,7 @@ from transformers.utils import ModelOutput, logging
 
 from ...layers import PatchEmbeddings, ViTLayer, resize_position_embeddings, sincos_2d_position_embedding
 from ...masking import MultiBlockMasking
+from ...modeling_utils import classification_output
 from ...teacher import EmaTeacherMixin
 from .configuration_ijepa import IJepaConfig
 
@@ -420,17 +421,9 @@ class IJepaForImageClassification(IJepaPreTrainedModel):
             output_hidden_states=True if needs_hidden else output_hidden_states,
             return_dict=True,
         )
-        logits = self.classifier(self.dropout(self.pooled_features(outputs)))
-        loss = None
-        if labels is not None:
-            loss = self.loss_function(labels, logits, self.config)
-        output = ImageClassifierOutput(
-            loss=loss,
-            logits=logits,
-            hidden_states=outputs.hidden_states if output_hidden_states else None,
-            attentions=outputs.attentions,
-        )
-        return output if return_dict else output.to_tuple()
+        hidden_states = outputs.hidden_states if output_hidden_states else None
+        features = self.dropout(self.pooled_features(outputs))
+        return classification_output(self, features, labels, outputs, hidden_states, return_dict)
 
 
 __all__ = [
