@@ -426,3 +426,33 @@ def test_pretraining_draws_masks_when_not_given():
     assert out.student_logits.shape == (3 * 5, 32) and torch.isfinite(out.loss)
     with pytest.raises(ValueError, match="both"):
         model(torch.randn(1, 3, 56, 56), visible_indices=torch.tensor([[0]]))
+
+
+def test_nan_check_interval_never_lets_a_broken_checkpoint_through(tmp_path):
+    """With nan_check_steps > 1 the step before every checkpoint is still checked."""
+    trainer = make_trainer(tmp_path, photo_dataset(), max_steps=8, save_steps=2, nan_check_steps=3)
+    model = trainer.model
+    original_forward = model.forward
+    calls = {"n": 0}
+
+    def poisoned(*args, **kwargs):
+        calls["n"] += 1
+        out = original_forward(*args, **kwargs)
+        if calls["n"] == 4:  # step 4: not a multiple of 3, but followed by checkpoint-4
+            out.loss = out.loss * float("nan")
+        return out
+
+    model.forward = poisoned
+    with pytest.raises(NonFiniteLossError, match="checkpoint-2"):
+        trainer.train()
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("checkpoint-")) == ["checkpoint-2"]
+
+
+def test_original_weight_decay_groups(tmp_path):
+    trainer = make_trainer(tmp_path, photo_dataset(4), original_weight_decay_groups=True)
+    optimizer = trainer.create_optimizer()
+    model = trainer.model
+    by_param = {id(p): g for g in optimizer.param_groups for p in g["params"]}
+    assert by_param[id(model.capi.embeddings.register_tokens)]["weight_decay"] == pytest.approx(0.1)
+    assert by_param[id(model.capi.encoder.layer[0].norm1.weight)]["weight_decay"] == pytest.approx(0.01)
+    assert by_param[id(model.capi.embeddings.patch_embeddings.projection.bias)]["weight_decay"] == 0.0

@@ -138,3 +138,18 @@ def test_run_ijepa_embedded_default(tmp_path):
     assert isinstance(backbone, IJepaModel)
     for name, tensor in backbone.state_dict().items():
         assert torch.equal(tensor, full.target_encoder.state_dict()[name]), name
+
+
+def test_block_sizes_vary_across_loader_workers():
+    """Sizes come from the RNG (seeded differently per worker and restored on resume), not a per-copy counter."""
+    sizes = set()
+    for seed in range(6):
+        torch.manual_seed(seed)
+        masks = MultiBlockMasking()(2, (16, 16))
+        sizes.add(masks.target_indices.shape[-1])
+    assert len(sizes) > 1
+    a, b = MultiBlockMasking(sampler="original"), MultiBlockMasking(sampler="original")
+    torch.manual_seed(0)
+    first = a(2, (16, 16)).target_indices.shape
+    torch.manual_seed(1)
+    assert b(2, (16, 16)).target_indices.shape == first  # the original's counter: same size sequence

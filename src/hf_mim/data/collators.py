@@ -24,7 +24,7 @@ class PretrainingCollator:
         if not good:
             raise RuntimeError(f"Every image in this batch failed to decode: {skipped}")
         pixel_values = torch.stack([e["pixel_values"] for e in good])
-        batch = {"pixel_values": pixel_values, "num_skipped": torch.tensor(len(skipped)), "skipped_files": skipped}
+        batch = {"pixel_values": pixel_values, "num_skipped": torch.tensor([len(skipped)]), "skipped_files": skipped}
         if self.mask_generator is not None:
             grid = (pixel_values.shape[-2] // self.patch_size, pixel_values.shape[-1] // self.patch_size)
             masks = self.mask_generator(pixel_values.shape[0], grid)

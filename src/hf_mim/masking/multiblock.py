@@ -97,10 +97,15 @@ class MultiBlockMasking:
     def __call__(
         self, batch_size: int, grid: tuple[int, int], generator: torch.Generator | None = None
     ) -> MultiBlockMasks:
-        self._iteration += 1
-        size_generator = torch.Generator().manual_seed(self._iteration if generator is None else int(
-            torch.randint(0, 2**31 - 1, (1,), generator=generator).item()
-        ))  # fmt: skip
+        if self.sampler == "original" and generator is None:
+            # the original seeds block sizes with an iteration counter (shared across its loader workers; here
+            # per process, so exact replication needs num_workers=0)
+            self._iteration += 1
+            seed = self._iteration
+        else:
+            # drawn from the (restorable, per-worker-seeded) RNG, so workers and epochs get different sizes
+            seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator).item())
+        size_generator = torch.Generator().manual_seed(seed)
         target_size = self.block_size(grid, self.target_scale, self.target_aspect_ratio, size_generator)
         context_size = self.block_size(grid, self.context_scale, self.context_aspect_ratio, size_generator)
         for name, (h, w) in (("target", target_size), ("context", context_size)):

@@ -56,6 +56,13 @@ class CapiTrainingArguments(MimPretrainingArguments):
     patch_embed_lr_multiplier: float = field(default=0.2, metadata={"help": "lr multiplier of the patch embedding."})
     clustering_learning_rate: float = field(default=5e-4, metadata={"help": "Peak lr of the clustering head."})
     clustering_weight_decay: float = field(default=0.01, metadata={"help": "Weight decay of the clustering head."})
+    original_weight_decay_groups: bool = field(
+        default=False,
+        metadata={
+            "help": "Use the original CAPI multipliers (biases 0, norm weights x0.1, tokens x1) instead of hf_mim's "
+            "(no decay on norms, biases and tokens)."
+        },
+    )
 
 
 @dataclass

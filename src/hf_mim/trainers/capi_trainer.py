@@ -9,7 +9,8 @@ class CapiTrainer(MimPretrainingTrainer):
     """Parameter groups (reference §3.4/§3.6 and the hf_mim issue spec):
 
     * student backbone, predictor and prediction head: AdamW(0.9, 0.95), weight decay `weight_decay` except on
-      norms, biases and tokens (0); the patch embedding trains at `patch_embed_lr_multiplier` x lr;
+      norms, biases and tokens (0; `original_weight_decay_groups=True` gives the original's multipliers instead:
+      biases 0, norm weights x0.1, tokens x1); the patch embedding trains at `patch_embed_lr_multiplier` x lr;
     * RoPE tables are analytic buffers, never parameters, so they are frozen by construction;
     * clustering head: its own peak lr (`clustering_learning_rate`, same warmup/cosine shape) and a fixed weight
       decay `clustering_weight_decay` (torch's AdamW default 0.01 in the original);
@@ -27,7 +28,12 @@ class CapiTrainer(MimPretrainingTrainer):
                 clustering.append(param)
                 continue
             lr_multiplier = args.patch_embed_lr_multiplier if "patch_embeddings" in name else 1.0
-            wd_multiplier = 0.0 if self.is_no_decay(name, param) else 1.0
+            if args.original_weight_decay_groups:  # utils.get_params_groups of the original
+                wd_multiplier = (
+                    0.0 if name.endswith(".bias") else (0.1 if "norm" in name and "weight" in name else 1.0)
+                )
+            else:
+                wd_multiplier = 0.0 if self.is_no_decay(name, param) else 1.0
             groups.setdefault((lr_multiplier, wd_multiplier), []).append(param)
         result = [
             {"params": params, "lr_multiplier": lr, "weight_decay_multiplier": wd}

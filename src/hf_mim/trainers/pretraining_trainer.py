@@ -6,8 +6,9 @@ What it adds to Trainer, once for every method:
 * the EMA teacher update after every optimizer step that was not skipped (via `model.update_teacher(m)`);
 * logging of every loss part the model returns, the momentum, and feature health (effective rank, feature std);
 * skipped (undecodable) images counted across ranks and reported at the end;
-* a NaN/inf loss stops training before the optimizer step, so no checkpoint with broken weights is written and
-  the last good checkpoint stays.
+* a NaN/inf loss stops training before the optimizer step (under DeepSpeed, whose engine steps inside backward:
+  before anything is saved), so no checkpoint with broken weights is written and the last good one stays. The loss
+  is checked every `nan_check_steps` steps and always on the step before a checkpoint.
 """
 
 import math
@@ -189,22 +190,36 @@ class MimPretrainingTrainer(Trainer):
         skipped = inputs.pop("num_skipped", None)
         files = inputs.pop("skipped_files", None)
         if skipped is not None:
-            self.num_skipped_images += int(skipped)
+            self.num_skipped_images += int(skipped.sum())
             if files:
                 self.skipped_files.extend(files)
                 logger.warning("Skipped %d undecodable image(s): %s", len(files), "; ".join(files))
         loss = super().training_step(model, inputs, num_items_in_batch)
-        interval = self.args.nan_check_steps
-        if interval and self.state.global_step % interval == 0:
+        if self._should_check_loss(self.state.global_step + 1):
             finite = torch.isfinite(loss.detach()).float().reshape(1)
             finite = self.accelerator.reduce(finite, reduction="min") if self.accelerator.num_processes > 1 else finite
             if finite.item() < 1:
                 last = get_last_checkpoint(self.args.output_dir) if self.args.output_dir else None
+                when = (
+                    "DeepSpeed's engine has already applied this step, but nothing was saved"
+                    if self.is_deepspeed_enabled
+                    else "training stopped before the optimizer step, nothing was saved"
+                )
                 raise NonFiniteLossError(
-                    f"Non-finite loss ({loss.item()}) at step {self.state.global_step + 1}: training stopped before "
-                    f"the optimizer step, nothing was saved. Last good checkpoint: {last or 'none yet'}."
+                    f"Non-finite loss ({loss.item()}) at step {self.state.global_step + 1}: {when}. "
+                    f"Last good checkpoint: {last or 'none yet'}."
                 )
         return loss
+
+    def _should_check_loss(self, step: int) -> bool:
+        """Every `nan_check_steps` steps, and always on a step that is followed by a checkpoint or ends training, so
+        no checkpoint is ever written from weights updated by a non-finite loss."""
+        interval = self.args.nan_check_steps
+        if not interval:
+            return False
+        saving = self.args.save_strategy == "steps" and self.args.save_steps and step % self.args.save_steps == 0
+        last = self.state.max_steps and step >= self.state.max_steps
+        return step % interval == 0 or bool(saving) or bool(last)
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if "loss" in logs and self._parts_count:
@@ -222,8 +237,9 @@ class MimPretrainingTrainer(Trainer):
                     pooled = self.accelerator.gather(pooled)
                 logs["effective_rank"] = round(float(effective_rank(pooled)), 4)
                 logs["feature_std"] = round(float(pooled.std(dim=0).mean()), 6)
-            if self.num_skipped_images:
-                logs["skipped_images"] = self.num_skipped_images
+            skipped = self.total_skipped_images()  # collective: every rank logs
+            if skipped:
+                logs["skipped_images"] = skipped
         super().log(logs, start_time)
 
     def total_skipped_images(self) -> int:

@@ -184,6 +184,9 @@ def run(recipe: PretrainingRecipe, argv: list[str] | None = None) -> int:
     )
     if isinstance(dataset, datasets.IterableDataset):
         dataset = dataset.map(transform, batched=True, remove_columns=list(dataset.column_names or []))
+        # Each rank reads its own shard: accelerate's default for iterable data (rank 0 reads and concatenates
+        # every rank's batch) cannot concatenate the skipped-file names the collator reports.
+        training_args.accelerator_config.dispatch_batches = False
     else:
         dataset = dataset.with_transform(transform)
 
