@@ -157,7 +157,7 @@ class IJepaConfig(PreTrainedConfig):
         defaults = dict(image_size=56, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
                         intermediate_size=256, predictor_hidden_size=32, predictor_num_hidden_layers=2,
                         predictor_num_attention_heads=4, predictor_intermediate_size=128, min_keep=1,
-                        num_target_blocks=2, target_block_scale=(0.15, 0.25), context_block_scale=(0.7, 1.0))  # fmt: skip
+                        num_target_blocks=2, target_block_scale=(0.2, 0.3), context_block_scale=(0.7, 1.0))  # fmt: skip
         return cls(**{**defaults, **kwargs})
 
 
