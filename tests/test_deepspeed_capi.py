@@ -3,7 +3,6 @@ parameter is partitioned (in-place updates of `.data` would silently do nothing)
 
 import json
 import os
-import socket
 import subprocess
 import sys
 
@@ -11,22 +10,17 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from .distributed_launch import free_ports
 from .helpers import REPO
 
 pytest.importorskip("deepspeed")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def test_zero3_teacher_equals_ema_formula(tmp_path):
     out = tmp_path / "zero3.safetensors"
     env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     command = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_ports(1)[0]),
         str(REPO / "tests" / "distributed" / "capi_zero3_train.py"), "--out", str(out), "--steps", "3",
     ]  # fmt: skip
     result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)

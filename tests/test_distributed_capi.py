@@ -8,83 +8,23 @@ float32 + Adam, not the parallel layout; float64 removes it and lets the test us
 gradient-scale mistakes that Adam's scale invariance would otherwise hide.
 """
 
-import os
-import signal
-import socket
-import subprocess
-import sys
-
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from hf_mim.models.capi.configuration_capi import CapiConfig
 from hf_mim.models.capi.modeling_capi import CapiForPreTraining
 from hf_mim.teacher import ema_update
 
-from .helpers import REPO, load_script
+from .distributed_launch import assert_same_teacher, run_layouts, weights
+from .helpers import load_script
 
 SCRIPT = "tests/distributed/capi_train_loop.py"
 STEPS = 3
-META = ("__world_size__", "__teacher_sharded__")
-
-
-def _free_ports(count: int) -> list[int]:
-    """Distinct free ports (the sockets stay open until all are chosen, so the OS cannot hand one out twice)."""
-    sockets = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(count)]
-    try:
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
-
-
-def _launch(mode: str, nproc: int, port: int, out) -> tuple[subprocess.Popen, str]:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    command = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
-        "--master_addr", "127.0.0.1", "--master_port", str(port),
-        str(REPO / SCRIPT), "--mode", mode, "--steps", str(STEPS), "--dtype", "float64", "--out", str(out),
-    ]  # fmt: skip
-    process = subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=REPO, start_new_session=True
-    )
-    return process, str(out)
-
-
-def _kill(process: subprocess.Popen) -> None:
-    """Kill a launcher and its ranks (its own session, so its process group id is its pid)."""
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGKILL)
-
-
-def _collect(mode: str, launched: tuple[subprocess.Popen, str]) -> dict[str, torch.Tensor]:
-    process, out = launched
-    try:
-        log, _ = process.communicate(timeout=300)
-    except subprocess.TimeoutExpired:
-        _kill(process)
-        log, _ = process.communicate()
-        raise AssertionError(f"{mode} run timed out:\n{log[-6000:]}") from None
-    assert process.returncode == 0, f"{mode} run failed:\n{log[-6000:]}"
-    return load_file(out)
 
 
 @pytest.fixture(scope="module")
 def teachers(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("capi_dist")
-    # The 1-process run shares the 2 cores with the DDP run (startup, mostly imports, dominates all three runs).
-    ports = _free_ports(3)
-    single = _launch("single", 1, ports[0], tmp / "single.safetensors")
-    ddp = _launch("ddp", 2, ports[1], tmp / "ddp.safetensors")
-    try:
-        results = {"single": _collect("single", single), "ddp": _collect("ddp", ddp)}
-    finally:
-        _kill(ddp[0])  # still running only if the single run failed
-    results["fsdp2"] = _collect("fsdp2", _launch("fsdp2", 2, ports[2], tmp / "fsdp2.safetensors"))
-    return results
+    return run_layouts(SCRIPT, {"single": 1, "ddp": 2, "fsdp2": 2}, tmp_path_factory.mktemp("capi_dist"), STEPS)
 
 
 @pytest.fixture(scope="module")
@@ -93,26 +33,8 @@ def initial_teacher():
     return {name: tensor.detach().clone() for name, tensor in model.teacher.state_dict(keep_vars=False).items()}
 
 
-def _weights(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {name: tensor for name, tensor in state.items() if name not in META}
-
-
-def _max_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
-    return max((a[name] - b[name]).abs().max().item() for name in b)
-
-
-def _assert_same_teacher(other: dict[str, torch.Tensor], single: dict[str, torch.Tensor]) -> None:
-    other, single = _weights(other), _weights(single)
-    assert other.keys() == single.keys()
-    for name in single:
-        assert other[name].dtype == torch.float64
-        torch.testing.assert_close(other[name], single[name], atol=1e-5, rtol=1e-4, msg=name)
-    # float64: the layouts agree to rounding (measured 7.2e-14 for DDP, 7.6e-14 for FSDP2).
-    assert _max_diff(other, single) < 1e-9
-
-
 def test_teacher_moves(teachers, initial_teacher):
-    single = _weights(teachers["single"])
+    single = weights(teachers["single"])
     assert initial_teacher.keys() <= single.keys()
     # Every teacher parameter moved (measured: 5.6e-4 to 5.9e-4 per tensor after 3 steps at momentum 0.9).
     moved = {name: (single[name] - initial_teacher[name]).abs().max().item() for name in initial_teacher}
@@ -122,13 +44,13 @@ def test_teacher_moves(teachers, initial_teacher):
 def test_ddp_teacher_matches_single_process(teachers):
     assert teachers["ddp"]["__world_size__"].item() == 2
     assert teachers["single"]["__world_size__"].item() == 1
-    _assert_same_teacher(teachers["ddp"], teachers["single"])  # measured max |diff|: 7.2e-14
+    assert_same_teacher(teachers["ddp"], teachers["single"], 1e-9)  # measured max |diff|: 7.2e-14
 
 
 def test_fsdp2_teacher_matches_single_process(teachers):
     assert teachers["fsdp2"]["__world_size__"].item() == 2
     assert teachers["fsdp2"]["__teacher_sharded__"].item() == 1, "FSDP2 teacher parameters were not sharded DTensors"
-    _assert_same_teacher(teachers["fsdp2"], teachers["single"])  # measured max |diff|: 7.6e-14
+    assert_same_teacher(teachers["fsdp2"], teachers["single"], 1e-9)  # measured max |diff|: 7.6e-14
 
 
 def test_ema_update_formula():
