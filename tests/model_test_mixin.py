@@ -1,14 +1,19 @@
 """transformers-style common tests, reused by every hf_mim model.
 
-A test class sets `base_model_class`, `classification_class`, and implements `get_config(**overrides)` (a tiny
-config with drop path off) and optionally `image_size` / `non_square_size`. Every test compares real numbers.
+A test class sets `base_model_class`, `classification_class`, `pretraining_class` (whose `mask_generator(batch,
+grid, generator)` draws its masks) and `pretraining_batch_fields` (output fields whose first dimension is the batch),
+and implements `get_config(**overrides)` (a tiny config with drop path off) and optionally `image_size` /
+`non_square_size`. Every test compares real numbers.
 """
 
 import copy
+import logging
 
+import pytest
 import torch
-from safetensors.torch import load_file
-from transformers import AutoConfig, AutoModel, AutoModelForImageClassification
+from safetensors.torch import load_file, save_file
+from transformers import AutoConfig, AutoModel, AutoModelForImageClassification, AutoModelForPreTraining
+from transformers.utils import logging as hf_logging
 
 
 def assert_close(actual, expected, atol=1e-5, rtol=1e-5, msg=""):
@@ -30,9 +35,24 @@ def initialise_from_nan(model_class, config):
     return model
 
 
+def unregistered_tensors(model: torch.nn.Module) -> list[str]:
+    """Tensors held as plain attributes of a module (or of a helper object a module holds): they are invisible to
+    `.to()`, `state_dict`, meta-device construction and `_init_weights`."""
+    found = []
+    for name, module in model.named_modules():
+        for attr, value in vars(module).items():
+            if isinstance(value, torch.Tensor):
+                found.append(f"{name}.{attr}")
+            elif not isinstance(value, torch.nn.Module) and hasattr(value, "__dict__") and not isinstance(value, type):
+                found += [f"{name}.{attr}.{k}" for k, v in vars(value).items() if isinstance(v, torch.Tensor)]
+    return found
+
+
 class ModelTesterMixin:
     base_model_class = None
     classification_class = None
+    pretraining_class = None
+    pretraining_batch_fields: tuple[str, ...] = ()
     extra_model_classes = ()
     image_size = (56, 56)
     non_square_size = (70, 42)
@@ -49,7 +69,20 @@ class ModelTesterMixin:
         return torch.randn(batch_size or self.batch_size, channels, height, width, generator=generator)
 
     def all_model_classes(self):
-        return [c for c in (self.base_model_class, self.classification_class, *self.extra_model_classes) if c]
+        classes = (self.base_model_class, self.classification_class, self.pretraining_class, *self.extra_model_classes)
+        return [c for c in classes if c]
+
+    def model_inputs(self, model_class, pixel_values, seed=0) -> dict:
+        """Inputs for one forward; the pretraining model also gets masks drawn with a seeded generator."""
+        inputs = {"pixel_values": pixel_values}
+        if model_class is self.pretraining_class:
+            patch = self.get_config().patch_size
+            grid = (pixel_values.shape[-2] // patch, pixel_values.shape[-1] // patch)
+            masks = self.build(model_class).mask_generator(
+                pixel_values.shape[0], grid, torch.Generator().manual_seed(seed)
+            )
+            inputs.update(vars(masks))
+        return inputs
 
     def build(self, model_class, **overrides):
         config = self.get_config(num_labels=self.num_labels, **overrides)
@@ -73,15 +106,15 @@ class ModelTesterMixin:
     def test_save_load_roundtrip(self, tmp_path):
         for model_class in self.all_model_classes():
             model = self.build(model_class)
-            pixel_values = self.pixel_values()
+            inputs = self.model_inputs(model_class, self.pixel_values())
             with torch.no_grad():
-                before = self.main_output(model, model(pixel_values))
+                before = self.main_output(model, model(**inputs))
             model.save_pretrained(tmp_path / model_class.__name__)
             weights = load_file(tmp_path / model_class.__name__ / "model.safetensors")
             assert set(weights) == set(model.state_dict()), f"{model_class.__name__}: safetensors keys differ"
             reloaded = model_class.from_pretrained(tmp_path / model_class.__name__).eval()
             with torch.no_grad():
-                after = self.main_output(reloaded, reloaded(pixel_values))
+                after = self.main_output(reloaded, reloaded(**inputs))
             assert_close(after, before, atol=0, rtol=0, msg=model_class.__name__)
 
     def test_auto_classes(self, tmp_path):
@@ -206,3 +239,142 @@ class ModelTesterMixin:
         clone = copy.deepcopy(model)
         with torch.no_grad():
             assert_close(clone(self.pixel_values()).last_hidden_state, model(self.pixel_values()).last_hidden_state)
+
+    # ------------------------------------------------ output flags, keyword arguments, pretraining outputs
+    @staticmethod
+    def recorded(outputs):
+        return getattr(outputs, "hidden_states", None), getattr(outputs, "attentions", None)
+
+    def test_output_flags_follow_config(self):
+        """As in transformers: `config.output_hidden_states` / `output_attentions` / `return_dict` apply when the
+        argument is not passed; an explicit argument wins."""
+        pixel_values = self.pixel_values()
+        for model_class in self.all_model_classes():
+            model = self.build(
+                model_class, attn_implementation="eager", output_hidden_states=True, output_attentions=True
+            )
+            inputs = self.model_inputs(model_class, pixel_values)
+            with torch.no_grad():
+                hidden, attentions = self.recorded(model(**inputs))
+                assert hidden is not None and len(hidden) == model.config.num_hidden_layers + 1, model_class
+                assert attentions is not None and len(attentions) == model.config.num_hidden_layers, model_class
+                assert all(a.shape[0] == h.shape[0] for a, h in zip(attentions, hidden))
+                hidden, attentions = self.recorded(
+                    model(**inputs, output_hidden_states=False, output_attentions=False)
+                )
+                assert hidden is None and attentions is None, model_class
+            model.config.return_dict = False
+            with torch.no_grad():
+                assert isinstance(model(**inputs), tuple), model_class
+
+    def test_hidden_states_by_argument_every_class(self):
+        pixel_values = self.pixel_values()
+        for model_class in self.all_model_classes():
+            model = self.build(model_class, attn_implementation="eager")
+            inputs = self.model_inputs(model_class, pixel_values)
+            with torch.no_grad():
+                assert self.recorded(model(**inputs)) == (None, None), model_class
+                hidden, attentions = self.recorded(model(**inputs, output_hidden_states=True, output_attentions=True))
+            assert len(hidden) == model.config.num_hidden_layers + 1 and len(attentions) == len(hidden) - 1
+            for weights in attentions:
+                assert_close(weights.sum(-1), torch.ones_like(weights.sum(-1)), atol=1e-5, rtol=0)
+
+    def test_unknown_keyword_arguments_are_an_error(self):
+        pixel_values = self.pixel_values()
+        for model_class in self.all_model_classes():
+            model = self.build(model_class)
+            with pytest.raises(TypeError, match="not_an_argument"):
+                model(**self.model_inputs(model_class, pixel_values), not_an_argument=1)
+
+    def test_pretraining_eager_matches_sdpa(self):
+        if self.pretraining_class is None:
+            pytest.skip("no pretraining class")
+        inputs = self.model_inputs(self.pretraining_class, self.pixel_values())
+        results = {}
+        for implementation in ("eager", "sdpa"):
+            model = self.build(self.pretraining_class, attn_implementation=implementation)
+            with torch.no_grad():
+                results[implementation] = model(**inputs)
+        eager, sdpa = results["eager"], results["sdpa"]
+        assert_close(sdpa.loss, eager.loss, atol=1e-5, rtol=1e-5, msg="loss")
+        for field in self.pretraining_batch_fields:
+            assert_close(getattr(sdpa, field), getattr(eager, field), atol=1e-5, rtol=1e-4, msg=field)
+
+    def test_pretraining_batch_first_splits(self):
+        """Every mask and every batch-first output splits along dim 0: the first k images with their masks give the
+        first k rows of the full batch (what DataParallel and gradient-accumulation splits rely on)."""
+        if self.pretraining_class is None:
+            pytest.skip("no pretraining class")
+        model = self.build(self.pretraining_class)
+        inputs = self.model_inputs(self.pretraining_class, self.pixel_values())
+        for name, tensor in inputs.items():
+            assert tensor.shape[0] == self.batch_size, f"{name} is not batch-first: {tuple(tensor.shape)}"
+        with torch.no_grad():
+            full = model(**inputs)
+            for start, stop in ((0, 1), (1, self.batch_size)):
+                part = model(**{k: v[start:stop] for k, v in inputs.items()})
+                for field in self.pretraining_batch_fields:
+                    expected = getattr(full, field)
+                    assert expected.shape[0] == self.batch_size, f"{field} is not batch-first"
+                    assert_close(getattr(part, field), expected[start:stop], atol=1e-5, rtol=1e-4, msg=field)
+
+    # ------------------------------------------------ construction on the meta device
+    def test_construction_on_meta_device(self):
+        for model_class in self.all_model_classes():
+            config = self.get_config(num_labels=self.num_labels)
+            with torch.device("meta"):
+                model = model_class(config)
+            tensors = [*model.parameters(), *model.buffers()]
+            assert tensors and all(t.device.type == "meta" for t in tensors), model_class.__name__
+
+    def test_every_tensor_is_a_parameter_or_buffer(self):
+        for model_class in self.all_model_classes():
+            model = self.build(model_class)
+            assert not unregistered_tensors(model), f"{model_class.__name__}: {unregistered_tensors(model)}"
+
+    # ------------------------------------------------ quiet loading of pretraining folders
+    @staticmethod
+    def load_quietly(auto_class, path, **kwargs):
+        """from_pretrained with transformers' load report captured; returns (model, loading info, report text)."""
+        records = []
+        handler = logging.Handler()
+        handler.emit = lambda record: records.append(record.getMessage())
+        logger = hf_logging.get_logger("transformers.modeling_utils")
+        logger.addHandler(handler)
+        try:
+            model, info = auto_class.from_pretrained(path, output_loading_info=True, **kwargs)
+        finally:
+            logger.removeHandler(handler)
+        return model, info, "\n".join(records)
+
+    def test_backbone_loads_quietly_from_pretraining_folder(self, tmp_path):
+        if self.pretraining_class is None:
+            pytest.skip("no pretraining class")
+        self.build(self.pretraining_class).save_pretrained(tmp_path)
+        base, info, report = self.load_quietly(AutoModel, tmp_path)
+        assert type(base) is self.base_model_class
+        assert not info["unexpected_keys"] and not info["missing_keys"], info
+        assert "UNEXPECTED" not in report and "MISSING" not in report, report
+        if self.classification_class is not None:
+            classifier, info, report = self.load_quietly(AutoModelForImageClassification, tmp_path, num_labels=3)
+            assert not info["unexpected_keys"], info
+            assert all(k.startswith(("classifier", "pooler")) for k in info["missing_keys"]), info
+            assert "UNEXPECTED" not in report
+        pretraining, info, _ = self.load_quietly(AutoModelForPreTraining, tmp_path)
+        assert type(pretraining) is self.pretraining_class
+        assert not info["unexpected_keys"] and not info["missing_keys"], info
+
+    def test_wrong_keys_still_reported(self, tmp_path):
+        if self.pretraining_class is None:
+            pytest.skip("no pretraining class")
+        self.build(self.pretraining_class).save_pretrained(tmp_path)
+        weights = load_file(tmp_path / "model.safetensors")
+        prefix = self.base_model_class.base_model_prefix
+        weights[f"{prefix}.bogus_layer.weight"] = torch.zeros(2)
+        weights["bogus_head.weight"] = torch.zeros(2)
+        save_file(weights, tmp_path / "model.safetensors", metadata={"format": "pt"})
+        for auto_class in (AutoModel, AutoModelForPreTraining):
+            _, info, report = self.load_quietly(auto_class, tmp_path)
+            unexpected = set(info["unexpected_keys"])
+            assert {k for k in unexpected if "bogus" in k} == {f"{prefix}.bogus_layer.weight", "bogus_head.weight"}
+            assert "UNEXPECTED" in report

@@ -456,3 +456,15 @@ def test_original_weight_decay_groups(tmp_path):
     assert by_param[id(model.capi.embeddings.register_tokens)]["weight_decay"] == pytest.approx(0.1)
     assert by_param[id(model.capi.encoder.layer[0].norm1.weight)]["weight_decay"] == pytest.approx(0.01)
     assert by_param[id(model.capi.embeddings.patch_embeddings.projection.bias)]["weight_decay"] == 0.0
+
+
+def test_converted_pretraining_folder_loads_quietly(converted_pretraining_dir):
+    """Backbone and classifier from a converted folder with the pretraining heads: no UNEXPECTED wall."""
+    from transformers import AutoModel, AutoModelForImageClassification
+
+    from .model_test_mixin import ModelTesterMixin
+
+    for auto_class, kwargs in ((AutoModel, {}), (AutoModelForImageClassification, {"num_labels": 3})):
+        _, info, report = ModelTesterMixin.load_quietly(auto_class, converted_pretraining_dir, **kwargs)
+        assert not info["unexpected_keys"], info
+        assert "UNEXPECTED" not in report, report

@@ -23,11 +23,12 @@ def draw(masking, grid, n, batch=4, seed=0):
 def test_multiblock_shapes_and_disjointness(sampler):
     masking = MultiBlockMasking(sampler=sampler)
     for masks in draw(masking, (16, 16), 10):
-        assert masks.context_indices.shape[:2] == (1, 4) and masks.target_indices.shape[:2] == (4, 4)
+        # batch-first: (batch, num_masks, K)
+        assert masks.context_indices.shape[:2] == (4, 1) and masks.target_indices.shape[:2] == (4, 4)
         assert masks.context_indices.shape[2] > 10 and masks.target_indices.shape[2] > 10
         for b in range(4):
-            context = set(masks.context_indices[0, b].tolist())
-            targets = set(masks.target_indices[:, b].flatten().tolist())
+            context = set(masks.context_indices[b, 0].tolist())
+            targets = set(masks.target_indices[b].flatten().tolist())
             assert not context & targets  # allow_overlap=False
             assert len(context) == masks.context_indices.shape[2]  # no duplicates
 

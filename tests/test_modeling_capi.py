@@ -3,7 +3,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModel, pipeline
 
-from hf_mim import CapiConfig, CapiForImageClassification, CapiImageProcessor, CapiModel
+from hf_mim import CapiConfig, CapiForImageClassification, CapiForPreTraining, CapiImageProcessor, CapiModel
 from hf_mim.layers import CapiRope2D, edge_register_coordinates, normalized_grid_coordinates
 
 from .helpers import FIXTURES, convert_capi_fixture, fixture_tolerance, load_script, run_script
@@ -20,6 +20,8 @@ def tiny_config(**overrides):
 class TestCapiModelCommon(ModelTesterMixin):
     base_model_class = CapiModel
     classification_class = CapiForImageClassification
+    pretraining_class = CapiForPreTraining
+    pretraining_batch_fields = ("teacher_patch_tokens", "pooled_features")
 
     def get_config(self, **overrides):
         return tiny_config(**overrides)

@@ -6,6 +6,7 @@ from transformers import AutoModel, AutoModelForPreTraining
 
 from hf_mim import IJepaConfig, IJepaForImageClassification, IJepaForPreTraining, IJepaImageProcessor, IJepaModel
 from hf_mim.layers import sincos_2d_position_embedding
+from hf_mim.masking import from_mask_major
 
 from .helpers import FIXTURES, fixture_tolerance, load_script, run_script
 from .image_processor_test_mixin import ImageProcessorTesterMixin
@@ -21,6 +22,8 @@ def tiny(**overrides):
 class TestIJepaModelCommon(ModelTesterMixin):
     base_model_class = IJepaModel
     classification_class = IJepaForImageClassification
+    pretraining_class = IJepaForPreTraining
+    pretraining_batch_fields = ("predictions", "targets", "context_tokens", "pooled_features")
 
     def get_config(self, **overrides):
         return tiny(**overrides)
@@ -130,6 +133,11 @@ def fixture_tensors():
     return load_file(IJEPA_FIXTURE / "inputs.safetensors"), load_file(IJEPA_FIXTURE / "expected.safetensors")
 
 
+def mask_major_rows(batch_first: torch.Tensor) -> torch.Tensor:
+    """(B, n, K, D) -> the original's (n * B, K, D), row m * B + b."""
+    return batch_first.transpose(0, 1).flatten(0, 1)
+
+
 def check(actual, expected, name):
     torch.testing.assert_close(actual, expected, rtol=0, atol=fixture_tolerance(expected), msg=name)
 
@@ -160,12 +168,15 @@ def test_pretraining_paths_reproduce_original(converted, fixture_tensors):
     model = AutoModelForPreTraining.from_pretrained(converted["context"]).eval()
     assert isinstance(model, IJepaForPreTraining)
     with torch.no_grad():
+        # the fixture's masks are in the original's mask-major layout (num_masks, B, K); hf_mim's are batch-first
         out = model(
-            inputs["pixel_values"], context_indices=inputs["context_indices"], target_indices=inputs["target_indices"]
+            inputs["pixel_values"],
+            context_indices=from_mask_major(inputs["context_indices"]),
+            target_indices=from_mask_major(inputs["target_indices"]),
         )
-    check(out.context_tokens, expected["encoder_context_output"], "context output")
-    check(out.predictions, expected["predictor_output"], "predictor")
-    check(out.targets, expected["training_targets"], "targets")
+    check(mask_major_rows(out.context_tokens), expected["encoder_context_output"], "context output")
+    check(mask_major_rows(out.predictions), expected["predictor_output"], "predictor")
+    check(mask_major_rows(out.targets), expected["training_targets"], "targets")
     check(out.loss, expected["loss"], "loss")
 
 
@@ -174,12 +185,16 @@ def test_float64_parity(converted):
     expected = load_file(IJEPA_FIXTURE / "expected_fp64.safetensors")
     model = IJepaForPreTraining.from_pretrained(converted["context"]).double().eval()
     with torch.no_grad():
-        out = model(inputs["pixel_values"].double(), inputs["context_indices"], inputs["target_indices"])
+        out = model(
+            inputs["pixel_values"].double(),
+            from_mask_major(inputs["context_indices"]),
+            from_mask_major(inputs["target_indices"]),
+        )
         encoder = model.ijepa(inputs["pixel_values"].double()).last_hidden_state
     for name, actual in (
         ("encoder_last_hidden_state", encoder),
-        ("predictor_output", out.predictions),
-        ("training_targets", out.targets),
+        ("predictor_output", mask_major_rows(out.predictions)),
+        ("training_targets", mask_major_rows(out.targets)),
     ):
         torch.testing.assert_close(actual, expected[name], rtol=0, atol=1e-9 * expected[name].abs().max().item())
 
@@ -212,13 +227,14 @@ def test_loss_and_gradient_routing():
     torch.manual_seed(0)
     model = IJepaForPreTraining(tiny()).train()
     x = torch.randn(2, 3, 56, 56)
-    context = torch.tensor([[[0, 1, 2, 4, 5, 6]] * 2])  # (1, B, 6)
-    targets = torch.tensor([[[10, 11], [14, 15]], [[8, 12], [3, 7]]])  # (2, B, 2)
+    context = torch.tensor([[[0, 1, 2, 4, 5, 6]]] * 2)  # (B, 1, 6)
+    targets = torch.tensor([[[10, 11], [8, 12]], [[14, 15], [3, 7]]])  # (B, 2, 2)
     out = model(x, context_indices=context, target_indices=targets)
     with torch.no_grad():
         full = model.target_encoder(x).last_hidden_state
         normed = torch.nn.functional.layer_norm(full, (64,))
-        expected_targets = torch.cat([torch.stack([normed[b, targets[t, b]] for b in range(2)]) for t in range(2)])
+        expected_targets = torch.stack([torch.stack([normed[b, targets[b, t]] for t in range(2)]) for b in range(2)])
+    assert out.targets.shape == (2, 2, 2, 64) and out.predictions.shape == (2, 2, 2, 64)
     torch.testing.assert_close(out.targets, expected_targets)
     torch.testing.assert_close(out.loss, torch.nn.functional.smooth_l1_loss(out.predictions, expected_targets))
     out.loss.backward()
@@ -270,3 +286,15 @@ def test_classifier_from_full_checkpoint_takes_the_chosen_encoder(converted):
         assert torch.equal(classifier.ijepa.state_dict()[name], tensor), name
     context = IJepaForPreTraining.from_pretrained(converted["target"]).ijepa
     assert not torch.equal(context.layers[0].mlp.fc1.weight, target.layers[0].mlp.fc1.weight)
+
+
+def test_converted_folder_loads_quietly(converted):
+    """A converted release folder holds both encoders and the predictor; loading the backbone or a classifier from it
+    reports nothing unexpected (only the new head is missing)."""
+    from transformers import AutoModelForImageClassification
+
+    for auto_class, kwargs in ((AutoModel, {}), (AutoModelForImageClassification, {"num_labels": 3})):
+        _, info, report = ModelTesterMixin.load_quietly(auto_class, converted["context"], **kwargs)
+        assert not info["unexpected_keys"], info
+        assert "UNEXPECTED" not in report, report
+        assert all(key.startswith("classifier") for key in info["missing_keys"]), info

@@ -13,3 +13,13 @@ def classification_output(model, features: torch.Tensor, labels, backbone_output
         loss=loss, logits=logits, hidden_states=hidden_states, attentions=backbone_outputs.attentions
     )
     return output if return_dict else output.to_tuple()
+
+
+def output_flags(config, output_attentions, output_hidden_states, return_dict) -> tuple[bool, bool, bool]:
+    """Resolve the three output switches the way transformers models do: an explicit argument wins, otherwise the
+    config's `output_attentions` / `output_hidden_states` / `return_dict` apply."""
+    return (
+        config.output_attentions if output_attentions is None else output_attentions,
+        config.output_hidden_states if output_hidden_states is None else output_hidden_states,
+        config.return_dict if return_dict is None else return_dict,
+    )

@@ -38,7 +38,7 @@ def build_model(dtype: torch.dtype = torch.float32) -> IJepaForPreTraining:
 
 
 def global_batch(step: int, config: IJepaConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The step's images, context indices (n_ctx, B, K_ctx) and target indices (n_tgt, B, K_tgt), identical for every
+    """The step's images, batch-first context indices (B, n_ctx, K_ctx) and target indices (B, n_tgt, K_tgt), identical for every
     layout. Every image gets NUM_TARGETS disjoint target sets of K_tgt patches and a context of all other patches."""
     pixels = torch.randn(GLOBAL_BATCH, 3, IMAGE_SIZE, IMAGE_SIZE, generator=torch.Generator().manual_seed(1000 + step))
     num_patches = (IMAGE_SIZE // config.patch_size) ** 2
@@ -50,7 +50,7 @@ def global_batch(step: int, config: IJepaConfig) -> tuple[torch.Tensor, torch.Te
         targets.append(chosen.sort(dim=-1).values)
         rest = order[NUM_TARGETS * keep_target :].sort().values
         contexts.append(rest.expand(NUM_CONTEXT, -1))
-    return pixels, torch.stack(contexts, dim=1), torch.stack(targets, dim=1)
+    return pixels, torch.stack(contexts), torch.stack(targets)
 
 
 def shard_fsdp2(model: IJepaForPreTraining, world: int) -> None:
@@ -112,7 +112,7 @@ def main() -> None:
         pixels, context, target = global_batch(step, config)
         rows = slice(rank * local, (rank + 1) * local)
         output = wrapped(
-            pixel_values=pixels[rows].to(dtype), context_indices=context[:, rows], target_indices=target[:, rows]
+            pixel_values=pixels[rows].to(dtype), context_indices=context[rows], target_indices=target[rows]
         )
         optimizer.zero_grad(set_to_none=True)
         output.loss.backward()

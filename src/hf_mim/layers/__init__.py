@@ -13,7 +13,7 @@ from .positions import (
     resize_position_embeddings,
     sincos_2d_position_embedding,
 )
-from .regularization import DropPath, LayerScale, drop_path, residual_with_drop_path
+from .regularization import DropPath, LayerScale, drop_path, drop_path_schedule, residual_with_drop_path
 
 __all__ = [
     "Attention",
@@ -30,6 +30,7 @@ __all__ = [
     "build_mlp",
     "build_norm",
     "drop_path",
+    "drop_path_schedule",
     "eager_attention_forward",
     "edge_register_coordinates",
     "normalized_grid_coordinates",

@@ -35,4 +35,7 @@ class PatchEmbeddings(nn.Module):
         pixel_values = pixel_values.to(self.projection.weight.dtype)
         embeddings = self.projection(pixel_values)
         grid = (embeddings.shape[-2], embeddings.shape[-1])
-        return embeddings.flatten(2).transpose(1, 2), grid
+        # (B, D, h, w) -> (B, h*w, D) made contiguous once here: a transposed view would otherwise be kept by every
+        # `x + branch(x)` residual downstream (elementwise ops follow their first input's strides), costing copies
+        # in every block.
+        return embeddings.flatten(2).transpose(1, 2).contiguous(), grid

@@ -15,6 +15,14 @@ def drop_path(x: torch.Tensor, drop_prob: float, training: bool) -> torch.Tensor
     return x * mask / keep_prob
 
 
+def drop_path_schedule(max_rate: float, depth: int) -> list[float]:
+    """Linearly increasing stochastic-depth rates 0 ... max_rate over `depth` blocks, in plain Python (no tensor is
+    created, so models can be built on the meta device)."""
+    if depth <= 1:
+        return [0.0] * depth
+    return [max_rate * i / (depth - 1) for i in range(depth)]
+
+
 class DropPath(nn.Module):
     def __init__(self, drop_prob: float = 0.0):
         super().__init__()

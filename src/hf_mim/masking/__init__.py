@@ -1,8 +1,8 @@
 """Masking strategies shared by every masked-image-modeling method. Each returns index tensors with fixed counts per
-image, is seeded through a `torch.Generator`, and never loops unboundedly."""
+image, is seeded through a `torch.Generator`, and never loops unboundedly. Every mask tensor is batch-first: its first dimension is the batch."""
 
 from .inverse_block import InverseBlockMasking, PatchMasks, block_mask, masking_counts, to_absolute
-from .multiblock import MultiBlockMasking, MultiBlockMasks
+from .multiblock import MultiBlockMasking, MultiBlockMasks, from_mask_major, to_mask_major
 
 __all__ = [
     "InverseBlockMasking",
@@ -10,6 +10,8 @@ __all__ = [
     "MultiBlockMasks",
     "PatchMasks",
     "block_mask",
+    "from_mask_major",
     "masking_counts",
     "to_absolute",
+    "to_mask_major",
 ]

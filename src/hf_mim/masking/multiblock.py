@@ -5,6 +5,11 @@ scale and the aspect ratio of a block, as in the original); per image, `num_targ
 `num_context` context blocks are placed, the context restricted to the complement of the targets. Every index list
 is truncated to the batch minimum so they stack. All loops are bounded.
 
+Layout: every mask tensor is batch-first, (batch, num_masks, K), so anything that splits a batch along dim 0
+(batching-equivalence checks, `nn.DataParallel`, gradient-accumulation splits) splits the masks with it. The
+original code uses the mask-major layout (num_masks, batch, K); `from_mask_major` / `to_mask_major` convert at the
+boundary (fixtures, the original's collator).
+
 `sampler="uniform"` (default) can place a block anywhere, last row and column included. `sampler="original"`
 reproduces the released sampler exactly (blocks strictly smaller than the grid, top-left corner drawn with an
 exclusive upper bound), which never covers the last patch row or column; use it only to replicate the paper's runs.
@@ -16,10 +21,27 @@ from dataclasses import dataclass
 import torch
 
 
+def from_mask_major(indices) -> torch.Tensor:
+    """The original's mask-major indices ((num_masks, batch, K) tensor, or a list of (batch, K) tensors as its
+    collator returns) -> hf_mim's batch-first (batch, num_masks, K)."""
+    if isinstance(indices, list | tuple):
+        return torch.stack(list(indices), dim=1)
+    if indices.ndim != 3:
+        raise ValueError(f"Expected mask-major indices of shape (num_masks, batch, K), got {tuple(indices.shape)}.")
+    return indices.transpose(0, 1).contiguous()
+
+
+def to_mask_major(indices: torch.Tensor) -> torch.Tensor:
+    """hf_mim's batch-first (batch, num_masks, K) indices -> the original's mask-major (num_masks, batch, K)."""
+    if indices.ndim != 3:
+        raise ValueError(f"Expected batch-first indices of shape (batch, num_masks, K), got {tuple(indices.shape)}.")
+    return indices.transpose(0, 1)
+
+
 @dataclass
 class MultiBlockMasks:
-    """context_indices: (num_context, batch, K_ctx); target_indices: (num_targets, batch, K_tgt). Row-major patch
-    indices per image, in the original's mask-major layout."""
+    """context_indices: (batch, num_context, K_ctx); target_indices: (batch, num_targets, K_tgt). Row-major patch
+    indices per image, batch-first (see the module docstring for the original's layout)."""
 
     context_indices: torch.Tensor
     target_indices: torch.Tensor
@@ -129,10 +151,6 @@ class MultiBlockMasking:
             contexts.append(image_contexts)
         keep_target = min(len(i) for image in targets for i in image)
         keep_context = min(len(i) for image in contexts for i in image)
-        target_indices = torch.stack(
-            [torch.stack([image[t][:keep_target] for image in targets]) for t in range(self.num_targets)]
-        )
-        context_indices = torch.stack(
-            [torch.stack([image[c][:keep_context] for image in contexts]) for c in range(self.num_context)]
-        )
+        target_indices = torch.stack([torch.stack([block[:keep_target] for block in image]) for image in targets])
+        context_indices = torch.stack([torch.stack([block[:keep_context] for block in image]) for image in contexts])
         return MultiBlockMasks(context_indices, target_indices)

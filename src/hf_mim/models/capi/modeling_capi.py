@@ -24,7 +24,7 @@ from ...layers import (
 )
 from ...losses import sinkhorn_knopp, soft_cross_entropy
 from ...masking import InverseBlockMasking, to_absolute
-from ...modeling_utils import classification_output
+from ...modeling_utils import classification_output, output_flags
 from ...teacher import EmaTeacherMixin
 from .configuration_capi import CapiConfig
 
@@ -228,6 +228,10 @@ class CapiModel(CapiPreTrainedModel):
     map, and CAPI's global representation as `pooler_output` (pass `compute_global_representation=False` to skip
     the predictor block that produces it)."""
 
+    # A pretraining folder (a run, or a converted release with its heads) also holds these; loading the backbone
+    # alone is silent.
+    _keys_to_ignore_on_load_unexpected = [r"^teacher\.", r"^clustering_head\.", r"^prediction_head\."]
+
     def __init__(self, config: CapiConfig):
         super().__init__(config)
         self.embeddings = CapiEmbeddings(config)
@@ -276,15 +280,12 @@ class CapiModel(CapiPreTrainedModel):
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
         compute_global_representation: bool = True,
-        **kwargs,
     ) -> CapiModelOutput | tuple:
         if pixel_values is None:
             raise ValueError("You have to specify pixel_values")
-        output_attentions = output_attentions if output_attentions is not None else self.config.output_attentions
-        output_hidden_states = (
-            output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
+        output_attentions, output_hidden_states, return_dict = output_flags(
+            self.config, output_attentions, output_hidden_states, return_dict
         )
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
 
         encoding = self.encode(pixel_values, None, output_hidden_states, output_attentions)
         tokens = encoding.tokens
@@ -319,10 +320,13 @@ class CapiForImageClassification(CapiPreTrainedModel):
         pooling = config.classifier_pooling
         # Keep only the predictor blocks the head uses: block 0 for the global representation, none otherwise, so
         # no parameter is left without a gradient (DDP) and nothing is computed twice.
+        # The dropped blocks' weights in a backbone or pretraining folder are expected, not reported on load.
         if pooling in ("global", "global_avg_patch"):
             self.capi.predictor.layer = self.capi.predictor.layer[:1]
+            self._keys_to_ignore_on_load_unexpected = [r"^capi\.predictor\.layer\.([1-9]|\d{2,})\."]
         else:
             self.capi.predictor = None
+            self._keys_to_ignore_on_load_unexpected = [r"^capi\.predictor\."]
         width = {
             "attentive": config.hidden_size,
             "global": config.decoder_hidden_size,
@@ -352,9 +356,10 @@ class CapiForImageClassification(CapiPreTrainedModel):
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
-        **kwargs,
     ) -> ImageClassifierOutput | tuple:
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        output_attentions, output_hidden_states, return_dict = output_flags(
+            self.config, output_attentions, output_hidden_states, return_dict
+        )
         needs_global = self.config.classifier_pooling in ("global", "global_avg_patch")
         outputs = self.capi(
             pixel_values,
@@ -432,6 +437,10 @@ class CapiForPreTrainingOutput(ModelOutput):
     predictions (`(n_predict_total, decoder_hidden_size)`): normalised predictor outputs, image-major.
     teacher_patch_tokens (`(batch, num_patches, hidden_size)`): teacher encoder output (registers removed).
     pooled_features (`(batch, hidden_size)`): mean teacher patch token, for feature-health monitoring.
+    hidden_states (`tuple`, *optional*): student-encoder input embeddings and block outputs, each
+        `(batch, num_register_tokens + n_visible, hidden_size)`, when asked (argument or config).
+    attentions (`tuple`, *optional*): student-encoder attention probabilities, each
+        `(batch, heads, tokens, tokens)`, when asked.
     """
 
     loss: torch.FloatTensor | None = None
@@ -443,6 +452,8 @@ class CapiForPreTrainingOutput(ModelOutput):
     predictions: torch.FloatTensor | None = None
     teacher_patch_tokens: torch.FloatTensor | None = None
     pooled_features: torch.FloatTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
 
 
 class CapiForPreTraining(EmaTeacherMixin, CapiPreTrainedModel):
@@ -470,6 +481,9 @@ class CapiForPreTraining(EmaTeacherMixin, CapiPreTrainedModel):
             config.mask_ratio, config.prediction_subsampling, config.mask_min_aspect, roll=config.mask_roll
         )
         self.post_init()
+        # post_init inherits the backbone's ignore patterns; every key of a pretraining folder is expected here, so an
+        # unexpected one must be reported.
+        self._keys_to_ignore_on_load_unexpected = set()
         self.init_teacher()
 
     @staticmethod
@@ -483,12 +497,15 @@ class CapiForPreTraining(EmaTeacherMixin, CapiPreTrainedModel):
         pixel_values: torch.Tensor | None = None,
         visible_indices: torch.Tensor | None = None,
         predict_indices: torch.Tensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
-        **kwargs,
     ) -> CapiForPreTrainingOutput | tuple:
         if pixel_values is None:
             raise ValueError("You have to specify pixel_values")
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        output_attentions, output_hidden_states, return_dict = output_flags(
+            self.config, output_attentions, output_hidden_states, return_dict
+        )
         batch, _, height, width = pixel_values.shape
         grid = (height // self.config.patch_size, width // self.config.patch_size)
         num_tokens = grid[0] * grid[1]
@@ -510,7 +527,7 @@ class CapiForPreTraining(EmaTeacherMixin, CapiPreTrainedModel):
             targets = targets.float()  # the cross-entropy runs in float32 under mixed precision, as in CAPI
 
         # Student: visible patches only; predictor queries at the positions to predict.
-        student = self.capi.encode(pixel_values, visible)
+        student = self.capi.encode(pixel_values, visible, output_hidden_states, output_attentions)
         query_coords = student.patch_coords.flatten(0, 1)[predict].reshape(batch, -1, 2)
         predictions = self.capi.predict(student, query_coords).flatten(0, 1)
         student_logits = self.prediction_head(predictions)
@@ -529,6 +546,8 @@ class CapiForPreTraining(EmaTeacherMixin, CapiPreTrainedModel):
             predictions=predictions,
             teacher_patch_tokens=teacher_tokens,
             pooled_features=teacher_tokens.mean(dim=1),
+            hidden_states=student.hidden_states,
+            attentions=student.attentions,
         )
         return output if return_dict else output.to_tuple()
 

@@ -10,9 +10,15 @@ from transformers import initialization as init
 from transformers.modeling_outputs import BaseModelOutputWithPooling, ImageClassifierOutput
 from transformers.utils import ModelOutput, logging
 
-from ...layers import PatchEmbeddings, ViTLayer, resize_position_embeddings, sincos_2d_position_embedding
+from ...layers import (
+    PatchEmbeddings,
+    ViTLayer,
+    drop_path_schedule,
+    resize_position_embeddings,
+    sincos_2d_position_embedding,
+)
 from ...masking import MultiBlockMasking
-from ...modeling_utils import classification_output
+from ...modeling_utils import classification_output, output_flags
 from ...teacher import EmaTeacherMixin
 from .configuration_ijepa import IJepaConfig
 
@@ -20,18 +26,18 @@ logger = logging.get_logger(__name__)
 
 
 def apply_masks(tokens: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-    """Gather (B, N, D) tokens with (num_masks, B, K) per-image indices; masks are concatenated along the batch
-    (mask-major: row m * B + b), the original's `apply_masks` layout."""
-    gathered = [torch.gather(tokens, 1, m.unsqueeze(-1).expand(-1, -1, tokens.shape[-1])) for m in masks]
-    return torch.cat(gathered, dim=0)
+    """Gather (B, N, D) tokens with batch-first (B, n_masks, K) per-image indices -> (B, n_masks, K, D)."""
+    batch, num_masks, keep = masks.shape
+    index = masks.reshape(batch, num_masks * keep, 1).expand(-1, -1, tokens.shape[-1])
+    return torch.gather(tokens, 1, index).reshape(batch, num_masks, keep, tokens.shape[-1])
 
 
-def repeat_interleave_batch(x: torch.Tensor, batch_size: int, repeat: int) -> torch.Tensor:
-    """Repeat each consecutive group of `batch_size` rows `repeat` times (the original's helper)."""
-    groups = x.shape[0] // batch_size
-    return torch.cat(
-        [x[i * batch_size : (i + 1) * batch_size].repeat(repeat, *([1] * (x.ndim - 1))) for i in range(groups)]
-    )
+def _check_masks(name: str, indices: torch.Tensor, batch: int) -> None:
+    if indices.ndim != 3 or indices.shape[0] != batch:
+        raise ValueError(
+            f"{name} must be batch-first (batch={batch}, num_masks, K) indices, got shape {tuple(indices.shape)}; "
+            "convert the original's mask-major layout with hf_mim.masking.from_mask_major."
+        )
 
 
 def multiblock_masking(config: IJepaConfig) -> MultiBlockMasking:
@@ -173,10 +179,13 @@ class IJepaModel(IJepaPreTrainedModel):
     transformers (old or new key names) and transformers reads ours.
     """
 
+    # A full pretraining folder (converted release or a run) also holds these; loading the encoder alone is silent.
+    _keys_to_ignore_on_load_unexpected = [r"^predictor\.", r"^target_encoder\."]
+
     def __init__(self, config: IJepaConfig):
         super().__init__(config)
         self.embeddings = IJepaEmbeddings(config)
-        rates = torch.linspace(0, config.drop_path_rate, config.num_hidden_layers).tolist()
+        rates = drop_path_schedule(config.drop_path_rate, config.num_hidden_layers)
         self.layers = nn.ModuleList(
             [
                 ViTLayer(
@@ -194,13 +203,18 @@ class IJepaModel(IJepaPreTrainedModel):
     def get_input_embeddings(self) -> nn.Module:
         return self.embeddings.patch_embeddings
 
-    def encode(self, pixel_values: torch.Tensor, masks: torch.Tensor | None = None, output_hidden_states=False,
-               output_attentions=False):  # fmt: skip
-        """Encoder pass; with `masks` (num_masks, B, K) only those tokens are kept (after the positions are added),
-        concatenated mask-major along the batch."""
+    def encode(
+        self,
+        pixel_values: torch.Tensor,
+        masks: torch.Tensor | None = None,
+        output_hidden_states: bool = False,
+        output_attentions: bool = False,
+    ):
+        """Encoder pass. With batch-first `masks` (B, n_masks, K) only those tokens are kept (after the positions are
+        added); each mask is its own sequence, image-major: row b * n_masks + m of the (B * n_masks, K, D) output."""
         hidden, grid = self.embeddings(pixel_values)
         if masks is not None:
-            hidden = apply_masks(hidden, masks)
+            hidden = apply_masks(hidden, masks).flatten(0, 1)
         all_hidden = (hidden,) if output_hidden_states else None
         all_attentions = () if output_attentions else None
         for layer in self.layers:
@@ -218,15 +232,12 @@ class IJepaModel(IJepaPreTrainedModel):
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
         interpolate_pos_encoding: bool | None = None,  # accepted for transformers compatibility; always on
-        **kwargs,
     ) -> BaseModelOutputWithPooling | tuple:
         if pixel_values is None:
             raise ValueError("You have to specify pixel_values")
-        output_attentions = output_attentions if output_attentions is not None else self.config.output_attentions
-        output_hidden_states = (
-            output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
+        output_attentions, output_hidden_states, return_dict = output_flags(
+            self.config, output_attentions, output_hidden_states, return_dict
         )
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
         tokens, grid, hidden_states, attentions = self.encode(
             pixel_values, None, output_hidden_states, output_attentions
         )
@@ -277,31 +288,47 @@ class IJepaPredictor(nn.Module):
     def forward(
         self, context: torch.Tensor, context_indices: torch.Tensor, target_indices: torch.Tensor, grid: tuple[int, int]
     ) -> torch.Tensor:
-        """context: (n_ctx * B, K_ctx, D); context_indices (n_ctx, B, K_ctx); target_indices (n_tgt, B, K_tgt).
-        Returns (n_tgt * n_ctx * B, K_tgt, D), row t * B + b for one context block."""
-        batch = context.shape[0] // context_indices.shape[0]
+        """context: (B * n_ctx, K_ctx, D) context-encoder output (image-major, as `IJepaModel.encode` returns it);
+        context_indices (B, n_ctx, K_ctx); target_indices (B, n_tgt, K_tgt), batch-first.
+
+        Every (target block, context block) pair is one sequence: the projected context tokens plus mask tokens at
+        that target block's positions. Returns (B, n_tgt * n_ctx, K_tgt, D), pair index t * n_ctx + c (the
+        original's order within an image)."""
+        batch, num_context, context_keep = context_indices.shape
+        num_targets, target_keep = target_indices.shape[1:]
         positions = resize_position_embeddings(self.position_embeddings, _grid(self.config), grid)
         positions = positions.to(context.dtype).expand(batch, -1, -1)
-        hidden = self.input_proj(context) + apply_masks(positions, context_indices)
-        num_context = hidden.shape[1]
-        target_positions = repeat_interleave_batch(
-            apply_masks(positions, target_indices), batch, context_indices.shape[0]
-        )
-        queries = self.mask_token.to(hidden.dtype) + target_positions
-        hidden = torch.cat([hidden.repeat(target_indices.shape[0], 1, 1), queries], dim=1)
+        hidden = self.input_proj(context).reshape(batch, num_context, context_keep, -1)
+        hidden = hidden + apply_masks(positions, context_indices)
+        queries = self.mask_token.to(hidden.dtype) + apply_masks(positions, target_indices)
+        width = hidden.shape[-1]
+        pairs = (batch, num_targets, num_context)
+        hidden = torch.cat(
+            [
+                hidden[:, None].expand(*pairs, context_keep, width),
+                queries[:, :, None].expand(*pairs, target_keep, width),
+            ],
+            dim=3,
+        ).reshape(-1, context_keep + target_keep, width)
         for layer in self.layers:
             hidden, _ = layer(hidden)
-        return self.output_proj(self.layernorm(hidden)[:, num_context:])
+        predictions = self.output_proj(self.layernorm(hidden)[:, context_keep:])
+        return predictions.reshape(batch, num_targets * num_context, target_keep, -1)
 
 
 @dataclass
 class IJepaForPreTrainingOutput(ModelOutput):
     """
+    Every tensor is batch-first (its first dimension is the batch).
+
     loss: smooth-L1 (or L2) between predictions and targets, averaged over all elements.
-    predictions: (n_tgt * B, K_tgt, D) predictor outputs, row t * B + b.
-    targets: the layer-normed target-encoder tokens at the same positions.
-    context_tokens: (n_ctx * B, K_ctx, D) context-encoder output.
+    predictions: (B, n_tgt * n_ctx, K_tgt, D) predictor outputs, one row per (target block t, context block c) pair,
+        index t * n_ctx + c.
+    targets: (B, n_tgt * n_ctx, K_tgt, D) the layer-normed target-encoder tokens at the same positions.
+    context_tokens: (B, n_ctx, K_ctx, D) context-encoder output.
     pooled_features: (B, D) mean target-encoder token, for feature-health monitoring.
+    hidden_states: context-encoder input embeddings and block outputs, each (B * n_ctx, K_ctx, D), when asked.
+    attentions: context-encoder attention probabilities, each (B * n_ctx, heads, K_ctx, K_ctx), when asked.
     """
 
     loss: torch.FloatTensor | None = None
@@ -310,6 +337,8 @@ class IJepaForPreTrainingOutput(ModelOutput):
     targets: torch.FloatTensor | None = None
     context_tokens: torch.FloatTensor | None = None
     pooled_features: torch.FloatTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
 
 
 class IJepaForPreTraining(EmaTeacherMixin, IJepaPreTrainedModel):
@@ -333,6 +362,9 @@ class IJepaForPreTraining(EmaTeacherMixin, IJepaPreTrainedModel):
         self.predictor = IJepaPredictor(config)
         self.mask_generator = multiblock_masking(config)
         self.post_init()
+        # post_init inherits the encoder's ignore patterns; every key of a pretraining folder is expected here, so an
+        # unexpected one must be reported.
+        self._keys_to_ignore_on_load_unexpected = set()
         self.init_teacher()
 
     def forward(
@@ -340,12 +372,18 @@ class IJepaForPreTraining(EmaTeacherMixin, IJepaPreTrainedModel):
         pixel_values: torch.Tensor | None = None,
         context_indices: torch.Tensor | None = None,
         target_indices: torch.Tensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
-        **kwargs,
     ) -> IJepaForPreTrainingOutput | tuple:
+        """context_indices (B, n_ctx, K_ctx) / target_indices (B, n_tgt, K_tgt): batch-first per-image patch
+        indices (`hf_mim.masking.from_mask_major` converts the original's layout). Drawn from torch's global RNG
+        when not given."""
         if pixel_values is None:
             raise ValueError("You have to specify pixel_values")
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        output_attentions, output_hidden_states, return_dict = output_flags(
+            self.config, output_attentions, output_hidden_states, return_dict
+        )
         batch, _, height, width = pixel_values.shape
         grid = (height // self.config.patch_size, width // self.config.patch_size)
         if (context_indices is None) != (target_indices is None):
@@ -353,14 +391,20 @@ class IJepaForPreTraining(EmaTeacherMixin, IJepaPreTrainedModel):
         if context_indices is None:
             masks = self.mask_generator(batch, grid)
             context_indices, target_indices = masks.context_indices, masks.target_indices
+        _check_masks("context_indices", context_indices, batch)
+        _check_masks("target_indices", target_indices, batch)
         context_indices = context_indices.to(pixel_values.device)
         target_indices = target_indices.to(pixel_values.device)
+        num_context = context_indices.shape[1]
 
         with torch.no_grad():
             target_tokens = self.target_encoder.encode(pixel_values)[0]
             normed = nn.functional.layer_norm(target_tokens, (target_tokens.shape[-1],))
-            targets = repeat_interleave_batch(apply_masks(normed, target_indices), batch, context_indices.shape[0])
-        context_tokens = self.ijepa.encode(pixel_values, context_indices)[0]
+            targets = apply_masks(normed, target_indices)  # (B, n_tgt, K, D), each repeated per context block
+            targets = targets[:, :, None].expand(-1, -1, num_context, -1, -1).flatten(1, 2)
+        context_tokens, _, hidden_states, attentions = self.ijepa.encode(
+            pixel_values, context_indices, output_hidden_states, output_attentions
+        )
         predictions = self.predictor(context_tokens, context_indices, target_indices, grid)
         if self.config.loss_type == "smooth_l1":
             loss = nn.functional.smooth_l1_loss(predictions, targets)
@@ -371,8 +415,10 @@ class IJepaForPreTraining(EmaTeacherMixin, IJepaPreTrainedModel):
             prediction_loss=loss.detach(),
             predictions=predictions,
             targets=targets,
-            context_tokens=context_tokens,
+            context_tokens=context_tokens.reshape(batch, num_context, *context_tokens.shape[1:]),
             pooled_features=target_tokens.mean(dim=1),
+            hidden_states=hidden_states,
+            attentions=attentions,
         )
         return output if return_dict else output.to_tuple()
 
@@ -411,14 +457,16 @@ class IJepaForImageClassification(IJepaPreTrainedModel):
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
-        **kwargs,
+        interpolate_pos_encoding: bool | None = None,  # accepted for transformers compatibility; always on
     ) -> ImageClassifierOutput | tuple:
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        output_attentions, output_hidden_states, return_dict = output_flags(
+            self.config, output_attentions, output_hidden_states, return_dict
+        )
         needs_hidden = self.config.classifier_pooling == "mean_last4"
         outputs = self.ijepa(
             pixel_values,
             output_attentions=output_attentions,
-            output_hidden_states=True if needs_hidden else output_hidden_states,
+            output_hidden_states=output_hidden_states or needs_hidden,
             return_dict=True,
         )
         hidden_states = outputs.hidden_states if output_hidden_states else None
