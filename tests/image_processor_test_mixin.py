@@ -1,10 +1,15 @@
-"""Common tests for hf_mim image processors: round trip, input types, odd image modes, rejection of tiny images."""
+"""Common tests for hf_mim image processors: round trip, input types, odd image modes, rejection of tiny images,
+channel pass-through with `do_convert_rgb=False` (feeding a model configured with that many channels)."""
+
+import importlib
 
 import numpy as np
 import PIL.Image
 import pytest
 import torch
-from transformers import AutoImageProcessor
+from transformers import AutoImageProcessor, AutoModel, PreTrainedConfig
+
+from hf_mim.image_processing_utils import HfMimImagesKwargs
 
 
 def photo(height=64, width=80, seed=0) -> np.ndarray:
@@ -15,13 +20,38 @@ def photo(height=64, width=80, seed=0) -> np.ndarray:
     return np.clip(base + rng.normal(0, 10, base.shape), 0, 255).astype(np.uint8)
 
 
+def normalised(array_chw: np.ndarray, mean, std) -> torch.Tensor:
+    """The reference `(x / 255 - mean) / std` of a uint8 (C, H, W) array, as a (1, C, H, W) float32 tensor."""
+    x = torch.from_numpy(array_chw.astype(np.float64) / 255.0)
+    mean, std = torch.tensor(mean, dtype=torch.float64), torch.tensor(std, dtype=torch.float64)
+    return ((x - mean[:, None, None]) / std[:, None, None]).float()[None]
+
+
 class ImageProcessorTesterMixin:
     processor_class = None
-    config_class = None
+    config_class = None  # defaults to the one configuration class exported next to the processor
     expected_size = (224, 224)
 
     def make(self, **kwargs):
         return self.processor_class(**kwargs)
+
+    def get_config_class(self):
+        """`config_class`, or the configuration class of the processor's model package (e.g. `hf_mim.models.capi`)."""
+        if self.config_class is not None:
+            return self.config_class
+        package = importlib.import_module(self.processor_class.__module__.rpartition(".")[0])
+        found = {
+            obj
+            for obj in vars(package).values()
+            if isinstance(obj, type) and issubclass(obj, PreTrainedConfig) and obj is not PreTrainedConfig
+        }
+        assert len(found) == 1, f"set config_class: {package.__name__} exports {found or 'no config class'}"
+        return found.pop()
+
+    def get_small_config(self, **overrides):
+        """The smallest preset of the config class (`tiny` where it has one) with `overrides`."""
+        config_class = self.get_config_class()
+        return config_class.tiny(**overrides) if hasattr(config_class, "tiny") else config_class(**overrides)
 
     def run_processor(self, processor, images):
         return processor(images=images, return_tensors="pt")["pixel_values"]
@@ -112,3 +142,92 @@ class ImageProcessorTesterMixin:
         path.write_bytes(path.read_bytes()[:100])  # truncated
         with pytest.raises(OSError):
             self.run_processor(self.make(), PIL.Image.open(path))
+
+    # ------------------------------------------------- channels with do_convert_rgb=False
+    def test_has_own_kwargs_class(self):
+        kwargs_class = self.processor_class.valid_kwargs
+        assert kwargs_class is not HfMimImagesKwargs
+        assert kwargs_class.__name__ == f"{self.processor_class.__name__}Kwargs"
+        assert kwargs_class.__module__ == self.processor_class.__module__
+        # a TypedDict subclass keeps every key of its bases (TypedDicts do not support issubclass)
+        assert set(HfMimImagesKwargs.__annotations__) <= set(kwargs_class.__annotations__)
+        assert not kwargs_class.__required_keys__  # total=False, as every transformers kwargs class
+        package = importlib.import_module(self.processor_class.__module__.rpartition(".")[0])
+        assert getattr(package, kwargs_class.__name__) is kwargs_class and kwargs_class.__name__ in package.__all__
+
+    def test_four_channel_numpy_passes_without_rgb_conversion(self):
+        rgba = np.concatenate([photo(), photo(seed=3)[..., :1]], -1)  # (H, W, 4), a non-trivial 4th channel
+        mean, std = [0.485, 0.456, 0.406, 0.5], [0.229, 0.224, 0.225, 0.25]
+        plain = self.make(do_convert_rgb=False, do_resize=False, do_center_crop=False, image_mean=mean, image_std=std)
+        expected = normalised(rgba.transpose(2, 0, 1), mean, std)
+        for image in (rgba, np.ascontiguousarray(rgba.transpose(2, 0, 1))):  # HWC and CHW
+            out = self.run_processor(plain, image)
+            assert out.shape == (1, 4, *rgba.shape[:2])
+            torch.testing.assert_close(out, expected, atol=1e-5, rtol=0)
+        # with resize + crop, the channels are processed independently: the first three are the RGB result
+        out = self.run_processor(self.make(do_convert_rgb=False, image_mean=mean, image_std=std), rgba)
+        assert out.shape == (1, 4, *self.expected_size)
+        rgb = self.run_processor(self.make(), rgba[..., :3])
+        torch.testing.assert_close(out[:, :3], rgb)
+        # do_convert_rgb=True (the default) still composites the 4th channel as alpha on white
+        assert self.run_processor(self.make(), rgba).shape == (1, 3, *self.expected_size)
+
+    def test_pil_modes_keep_their_channels_without_rgb_conversion(self):
+        array = photo()
+        kwargs = dict(do_convert_rgb=False, do_resize=False, do_center_crop=False)
+        gray = self.make(image_mean=[0.5], image_std=[0.5], **kwargs)
+        expected = normalised(array[None, ..., 0], [0.5], [0.5])
+        torch.testing.assert_close(self.run_processor(gray, PIL.Image.fromarray(array[..., 0], "L")), expected)
+        sixteen = PIL.Image.fromarray(array[..., 0].astype(np.uint16) * 257)  # 16-bit -> 8-bit still applies
+        torch.testing.assert_close(self.run_processor(gray, sixteen), expected)
+        mask = array[..., 0] > 128  # bool -> 0 / 255 still applies
+        torch.testing.assert_close(
+            self.run_processor(gray, mask), normalised(mask[None].astype(np.uint8) * 255, [0.5], [0.5])
+        )
+        four = self.make(image_mean=[0.5] * 4, image_std=[0.5] * 4, **kwargs)
+        rgba = np.concatenate([array, np.full(array.shape[:2] + (1,), 7, np.uint8)], -1)
+        out = self.run_processor(four, PIL.Image.fromarray(rgba, "RGBA"))  # alpha kept, not composited
+        torch.testing.assert_close(out, normalised(rgba.transpose(2, 0, 1), [0.5] * 4, [0.5] * 4))
+        palette = PIL.Image.fromarray(array).convert("P", palette=PIL.Image.Palette.ADAPTIVE, colors=64)
+        rgb = self.make(**kwargs)  # palette indices are not pixel values: P decodes to its colours
+        expected = normalised(np.asarray(palette.convert("RGB")).transpose(2, 0, 1), rgb.image_mean, rgb.image_std)
+        torch.testing.assert_close(self.run_processor(rgb, palette), expected)
+
+    def test_one_channel_feeds_a_single_channel_model(self):
+        gray = photo()[..., 0]
+        processor = self.make(
+            do_convert_rgb=False, image_mean=[0.5], image_std=[0.5], size={"shortest_edge": 56}, crop_size=56
+        )
+        out = self.run_processor(processor, [PIL.Image.fromarray(gray, "L"), gray])  # PIL "L" and 2-D numpy
+        assert out.shape == (2, 1, 56, 56)
+        torch.testing.assert_close(out[0], out[1], atol=0, rtol=0)
+        for image in (gray[..., None], gray[None], torch.from_numpy(gray)[None]):  # (H, W, 1), (1, H, W), tensor
+            torch.testing.assert_close(self.run_processor(processor, image), out[:1], atol=0, rtol=0)
+        # the one channel is the grayscale channel of the default (RGB) processing, renormalised
+        rgb = self.run_processor(self.make(size={"shortest_edge": 56}, crop_size=56), gray)
+        mean, std = self.processor_class.image_mean[0], self.processor_class.image_std[0]
+        torch.testing.assert_close(out[:1], ((rgb[:, :1] * std + mean) - 0.5) / 0.5, atol=1e-5, rtol=0)
+
+        config = self.get_small_config(num_channels=1)
+        torch.manual_seed(0)
+        model = AutoModel.from_config(config).eval()
+        assert type(model).config_class is self.get_config_class()
+        with torch.no_grad():
+            hidden = model(pixel_values=out).last_hidden_state
+        assert hidden.shape[0] == 2 and torch.isfinite(hidden).all()
+
+    def test_mean_std_length_must_match_channels(self):
+        rgba = np.concatenate([photo(), photo(seed=3)[..., :1]], -1)
+        with pytest.raises(ValueError, match=r"4 channels.*image_mean has 3 entries"):
+            self.run_processor(self.make(do_convert_rgb=False), rgba)
+        with pytest.raises(ValueError, match=r"1 channel.*image_mean has 3 entries.*image_mean=\[0\.5\]"):
+            self.run_processor(self.make(do_convert_rgb=False), PIL.Image.fromarray(photo()[..., 0], "L"))
+        with pytest.raises(ValueError, match=r"4 channels.*image_std has 3 entries"):
+            self.run_processor(self.make(do_convert_rgb=False, image_mean=[0.5] * 4), rgba)
+        with pytest.raises(ValueError, match=r"3 channels.*image_mean has 1 entry"):
+            self.run_processor(self.make(image_mean=[0.5], image_std=[0.5]), photo())  # RGB after conversion
+        # a single float applies to every channel; without normalisation there is nothing to match
+        out = self.run_processor(self.make(do_convert_rgb=False, image_mean=0.5, image_std=0.5), rgba)
+        assert out.shape == (1, 4, *self.expected_size)
+        out = self.run_processor(self.make(do_convert_rgb=False, do_normalize=False), rgba)
+        assert out.shape == (1, 4, *self.expected_size)

@@ -1,15 +1,21 @@
 """Shared image-processor base: transformers' torchvision backend plus the input hygiene every hf_mim model needs.
 
 Real-world images come as grayscale, palette, RGBA/LA, 16-bit PNGs, bool masks or tiny thumbnails. This base turns
-all of those into 8-bit RGB before the usual resize / crop / normalise pipeline, and rejects with a clear message
-what cannot be processed meaningfully (an image smaller than `min_image_size`, empty arrays, unknown dtypes).
+all of those into 8-bit RGB (or, with `do_convert_rgb=False`, 8-bit images with their own channels) before the usual
+resize / crop / normalise pipeline, and rejects with a clear message what cannot be processed meaningfully (an image
+smaller than `min_image_size`, empty arrays, unknown dtypes, `image_mean` / `image_std` of the wrong length).
 """
 
 import numpy as np
 import PIL.Image
 import torch
 from transformers.image_processing_backends import TorchvisionBackend
-from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, PILImageResampling
+from transformers.image_utils import (
+    IMAGENET_DEFAULT_MEAN,
+    IMAGENET_DEFAULT_STD,
+    ChannelDimension,
+    PILImageResampling,
+)
 from transformers.processing_utils import ImagesKwargs
 
 
@@ -53,11 +59,69 @@ def _pil_to_rgb_array(image: PIL.Image.Image) -> np.ndarray:
     return np.array(image.convert("RGB"))
 
 
+def _pil_to_array(image: PIL.Image.Image) -> np.ndarray:
+    """A PIL image to a uint8 array with the mode's own bands (no RGB conversion): (H, W) for one band, else (H, W, C).
+
+    Only what is not pixel values is decoded: palette modes become RGB (RGBA with transparency), 16-bit / 32-bit
+    integer and float modes become 8-bit single-channel images as in `_pil_to_rgb_array`, mode "1" becomes 0 / 255.
+    """
+    if image.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N"):
+        return _integer_array_to_uint8(np.asarray(image))
+    if image.mode == "F":
+        return np.clip(np.asarray(image, dtype=np.float32), 0, 255).round().astype(np.uint8)
+    if image.mode == "P":
+        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+    elif image.mode == "PA":
+        image = image.convert("RGBA")
+    return _integer_array_to_uint8(np.array(image))
+
+
+def _check_mean_std_length(channels: int, image_mean, image_std, converted_to_rgb: bool) -> None:
+    """`image_mean` / `image_std` must be a single number or have one entry per channel.
+
+    torchvision would otherwise broadcast silently: a 1-channel image normalised with 3 means becomes 3 channels.
+    """
+    for name, value in (("image_mean", image_mean), ("image_std", image_std)):
+        if value is None or np.ndim(value) == 0 or len(value) == channels:
+            continue
+        count = len(value)
+        described = f"{channels} channel{'' if channels == 1 else 's'}"
+        hint = (
+            f"Pass image_mean and image_std with one value per channel (e.g. image_mean={[0.5] * channels}, "
+            f"image_std={[0.5] * channels}) or a single float for every channel"
+        )
+        if converted_to_rgb:
+            described += " (after RGB conversion)"
+            hint += ", or do_convert_rgb=False to keep the image's own channels"
+        else:
+            hint += ", or do_convert_rgb=True to get RGB images"
+        raise ValueError(
+            f"The image has {described} but {name} has {count} entr{'y' if count == 1 else 'ies'} "
+            f"({tuple(value)}). {hint}."
+        )
+
+
 class HfMimImageProcessor(TorchvisionBackend):
     """Resize (shortest edge) + center crop + ImageNet normalisation, torchvision-backed, with robust input handling.
 
-    Accepts PIL images of any mode, numpy arrays and torch tensors (HWC or CHW, 1/3/4 channels, uint8, uint16, bool
-    or float in [0, 1] with `do_rescale=False`); every integer image is first turned into 8-bit RGB.
+    Accepts PIL images of any mode, numpy arrays and torch tensors (HWC or CHW, uint8, uint16, bool or float in
+    [0, 1] with `do_rescale=False`; 2-D arrays are single-channel images). Integer images are always made 8-bit
+    first (16-bit -> 8-bit with rounding, bool -> 0 / 255).
+
+    Channels:
+
+    - `do_convert_rgb=True` (default): every image becomes RGB. Grayscale is repeated over three channels, RGBA / LA
+      and palette transparency are composited on white, 4-channel arrays are read as RGBA (transformers' rule).
+    - `do_convert_rgb=False`: the channels are kept as given. Arrays and tensors pass through with any channel count
+      (1, 3 or 4 are recognised in HWC or CHW; pass `input_data_format` for other counts); PIL images keep their
+      mode's bands ("L" -> 1, "LA" -> 2, "RGB" -> 3, "RGBA" / "CMYK" -> 4), only palette modes are decoded to their
+      colours and 16-bit / float modes to one 8-bit channel. Use it for models configured with
+      `num_channels != 3`, e.g. grayscale: `CapiImageProcessor(do_convert_rgb=False, image_mean=[0.5],
+      image_std=[0.5])` gives (B, 1, H, W) pixel values for `CapiConfig(num_channels=1)`.
+
+    `image_mean` / `image_std` must have one entry per channel of the processed image, or be a single float used for
+    every channel; anything else raises a `ValueError` naming both counts (the 3-entry ImageNet defaults do not fit
+    a 1- or 4-channel image, and are not silently broadcast or truncated).
     """
 
     valid_kwargs = HfMimImagesKwargs
@@ -89,7 +153,7 @@ class HfMimImageProcessor(TorchvisionBackend):
     def process_image(self, image, do_convert_rgb=None, input_data_format=None, device=None, **kwargs):
         if isinstance(image, PIL.Image.Image):
             image.load()  # surface truncated/corrupt files here, with PIL's own message
-            image = _pil_to_rgb_array(image)
+            image = _pil_to_rgb_array(image) if do_convert_rgb else _pil_to_array(image)
             input_data_format = "channels_last"
         elif isinstance(image, np.ndarray) and not np.issubdtype(image.dtype, np.floating):
             image = _integer_array_to_uint8(image)
@@ -97,13 +161,22 @@ class HfMimImageProcessor(TorchvisionBackend):
             image = torch.from_numpy(_integer_array_to_uint8(image.cpu().numpy()))
         if getattr(image, "size", 1) == 0 or (hasattr(image, "numel") and image.numel() == 0):
             raise ValueError("Received an empty image.")
+        # RGB conversion after the layout is known (PIL images are already converted above), so that a channel
+        # count transformers cannot convert gets a clear message.
         tensor = super().process_image(
-            image, do_convert_rgb=do_convert_rgb, input_data_format=input_data_format, device=device, **kwargs
+            image, do_convert_rgb=False, input_data_format=input_data_format, device=device, **kwargs
         )
-        if tensor.shape[0] not in (1, 3):
-            raise ValueError(f"Expected a 1-, 3- or 4-channel image, got {tensor.shape[0]} channels.")
-        if tensor.shape[0] == 1:
-            tensor = tensor.expand(3, -1, -1).contiguous()
+        channels = tensor.shape[0]
+        if do_convert_rgb and channels != 3:
+            if channels not in (1, 4):
+                raise ValueError(
+                    f"Cannot convert an image with {channels} channels to RGB (only 1-, 3- or 4-channel images can "
+                    "be); pass do_convert_rgb=False to keep its channels."
+                )
+            tensor = self.convert_to_rgb(tensor, input_data_format=ChannelDimension.FIRST).contiguous()
+            channels = tensor.shape[0]
+        if kwargs.get("do_normalize"):
+            _check_mean_std_length(channels, kwargs.get("image_mean"), kwargs.get("image_std"), bool(do_convert_rgb))
         height, width = tensor.shape[-2:]
         min_size = self.min_image_size or 1
         if height < min_size or width < min_size:

@@ -1,5 +1,5 @@
 from .configuration_capi import CapiConfig
-from .image_processing_capi import CapiImageProcessor
+from .image_processing_capi import CapiImageProcessor, CapiImageProcessorKwargs
 from .modeling_capi import (
     CapiForImageClassification,
     CapiForPreTraining,
@@ -15,6 +15,7 @@ __all__ = [
     "CapiForPreTraining",
     "CapiForPreTrainingOutput",
     "CapiImageProcessor",
+    "CapiImageProcessorKwargs",
     "CapiModel",
     "CapiModelOutput",
     "CapiPreTrainedModel",

@@ -1,11 +1,27 @@
 """CAPI configuration."""
 
+import numbers
+
 from transformers import PreTrainedConfig
+
+_CHOICES = {
+    "register_coordinates": ("edge", "zeros"),
+    "drop_path_mode": ("efficient", "naive"),
+    "classifier_pooling": ("attentive", "global", "avg_patch", "global_avg_patch"),
+}
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 class CapiConfig(PreTrainedConfig):
     r"""Configuration of a CAPI model (Darcet et al., "Cluster and Predict Latent Patches for Improved Masked Image
     Modeling", TMLR 2025). The defaults are the released ViT-L/14 (`CapiConfig.vitl14()` says so explicitly).
+
+    Values the model cannot use (a width not divisible by the heads, a head dim not divisible by 4, an unknown
+    option string, a register count `"edge"` coordinates cannot place, ratios out of range) raise a `ValueError`
+    naming the field when the config is built (or loaded), and again in `save_pretrained`.
 
     Args:
         image_size (`int`, *optional*, defaults to 224):
@@ -20,7 +36,7 @@ class CapiConfig(PreTrainedConfig):
         num_hidden_layers (`int`, *optional*, defaults to 24):
             Encoder depth.
         num_attention_heads (`int`, *optional*, defaults to 16):
-            Encoder heads.
+            Encoder heads; `hidden_size / num_attention_heads` must be divisible by 4 (2-D RoPE).
         intermediate_size (`int`, *optional*, defaults to 4096):
             Encoder MLP width.
         hidden_act (`str`, *optional*, defaults to `"gelu"`):
@@ -32,7 +48,7 @@ class CapiConfig(PreTrainedConfig):
         mlp_bias (`bool`, *optional*, defaults to `False`):
             Bias in the MLP (none in CAPI).
         num_register_tokens (`int`, *optional*, defaults to 16):
-            Register tokens prepended to the patch tokens.
+            Register tokens prepended to the patch tokens; a multiple of 4 with `register_coordinates="edge"`.
         register_coordinates (`str`, *optional*, defaults to `"edge"`):
             Where registers sit for RoPE: `"edge"` (on the border of the unit square) or `"zeros"`.
         scale_registers_to_visible (`bool`, *optional*, defaults to `True`):
@@ -47,7 +63,7 @@ class CapiConfig(PreTrainedConfig):
             Predictor depth. Only block 0 runs at inference (it defines the global representation); all run in
             pretraining.
         decoder_num_attention_heads (`int`, *optional*, defaults to 16):
-            Predictor heads.
+            Predictor heads; `decoder_hidden_size / decoder_num_attention_heads` must be divisible by 4 (2-D RoPE).
         decoder_intermediate_size (`int`, *optional*, defaults to 4096):
             Predictor MLP width.
         drop_path_rate (`float`, *optional*, defaults to 0.2):
@@ -126,18 +142,6 @@ class CapiConfig(PreTrainedConfig):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        if register_coordinates not in ("edge", "zeros"):
-            raise ValueError(f"register_coordinates must be 'edge' or 'zeros', got {register_coordinates!r}")
-        if classifier_pooling not in ("attentive", "global", "avg_patch", "global_avg_patch"):
-            raise ValueError(f"Unknown classifier_pooling {classifier_pooling!r}")
-        if drop_path_mode not in ("efficient", "naive"):
-            raise ValueError(f"drop_path_mode must be 'efficient' or 'naive', got {drop_path_mode!r}")
-        for name, width, heads in (
-            ("encoder", hidden_size, num_attention_heads),
-            ("decoder", decoder_hidden_size, decoder_num_attention_heads),
-        ):
-            if width % heads or (width // heads) % 4:
-                raise ValueError(f"{name}: width {width} / {heads} heads must give a head dim divisible by 4 (RoPE).")
         self.image_size = image_size
         self.patch_size = patch_size
         self.num_channels = num_channels
@@ -173,6 +177,61 @@ class CapiConfig(PreTrainedConfig):
         self.sinkhorn_iterations = sinkhorn_iterations
         self.positionwise_sinkhorn = positionwise_sinkhorn
         self.clustering_bias = clustering_bias
+        self._check_fields()
+
+    def validate(self):
+        """transformers' checks plus CAPI's own (`save_pretrained` runs this, so a config edited after construction
+        is checked again before it is written)."""
+        super().validate()
+        self._check_fields()
+
+    def _check_fields(self) -> None:
+        """Raise a `ValueError` naming the field for a value the model cannot be built or run with (instead of a
+        failure at model construction or in the first forward)."""
+
+        def fail(message: str):
+            raise ValueError(f"{type(self).__name__}: {message}")
+
+        for name in (
+            "patch_size", "num_channels", "hidden_size", "num_attention_heads", "intermediate_size",
+            "decoder_hidden_size", "decoder_num_attention_heads", "decoder_intermediate_size", "num_prototypes",
+        ):  # fmt: skip
+            value = getattr(self, name)
+            if not _is_int(value) or value < 1:
+                fail(f"{name} must be a positive integer, got {value!r}.")
+        for name in ("num_hidden_layers", "decoder_num_hidden_layers", "num_register_tokens", "sinkhorn_iterations"):
+            value = getattr(self, name)
+            if not _is_int(value) or value < 0:
+                fail(f"{name} must be a non-negative integer, got {value!r}.")
+        for prefix in ("", "decoder_"):
+            width, heads = getattr(self, f"{prefix}hidden_size"), getattr(self, f"{prefix}num_attention_heads")
+            if width % heads:
+                fail(f"{prefix}hidden_size={width} must be divisible by {prefix}num_attention_heads={heads}.")
+            if (width // heads) % 4:
+                fail(
+                    f"{prefix}hidden_size={width} / {prefix}num_attention_heads={heads} gives a head dim of "
+                    f"{width // heads}; CAPI's 2-D RoPE needs a head dim divisible by 4."
+                )
+        for name, choices in _CHOICES.items():
+            value = getattr(self, name)
+            if value not in choices:
+                fail(f"{name} must be one of {', '.join(map(repr, choices))}; got {value!r}.")
+        if self.register_coordinates == "edge" and self.num_register_tokens % 4:
+            fail(
+                f"num_register_tokens={self.num_register_tokens} cannot be placed by register_coordinates='edge', "
+                "which spreads the registers evenly over the 4 sides of the unit square: use a multiple of 4, or "
+                "register_coordinates='zeros'."
+            )
+        if not 0 < self.mask_ratio < 1:
+            fail(f"mask_ratio must lie in (0, 1) (some patches visible, some masked), got {self.mask_ratio!r}.")
+        if not 0 < self.prediction_subsampling <= 1:
+            fail(f"prediction_subsampling must lie in (0, 1], got {self.prediction_subsampling!r}.")
+        if not 0 <= self.drop_path_rate < 1:
+            fail(f"drop_path_rate must lie in [0, 1), got {self.drop_path_rate!r}.")
+        for name in ("mask_min_aspect", "student_temp", "target_temp", "clustering_pred_temp", "rms_norm_eps"):
+            value = getattr(self, name)
+            if not value > 0:
+                fail(f"{name} must be positive, got {value!r}.")
 
     @classmethod
     def vitl14(cls, **kwargs) -> "CapiConfig":

@@ -1,5 +1,5 @@
 from .configuration_ijepa import IJepaConfig
-from .image_processing_ijepa import IJepaImageProcessor
+from .image_processing_ijepa import IJepaImageProcessor, IJepaImageProcessorKwargs
 from .modeling_ijepa import (
     IJepaForImageClassification,
     IJepaForPreTraining,
@@ -31,6 +31,7 @@ __all__ = [
     "IJepaForPreTraining",
     "IJepaForPreTrainingOutput",
     "IJepaImageProcessor",
+    "IJepaImageProcessorKwargs",
     "IJepaModel",
     "IJepaModelOutput",
     "IJepaPreTrainedModel",

@@ -1,6 +1,19 @@
 """I-JEPA configuration (encoder fields named as transformers' `IJepaConfig`, plus predictor and masking)."""
 
+import numbers
+
 from transformers import PreTrainedConfig
+
+_CHOICES = {
+    "mask_sampler": ("uniform", "original"),
+    "loss_type": ("smooth_l1", "l2"),
+    "classifier_pooling": ("mean", "mean_last4"),
+    "standalone_encoder": ("context", "target"),
+}
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 class IJepaConfig(PreTrainedConfig):
@@ -8,6 +21,10 @@ class IJepaConfig(PreTrainedConfig):
 
     `model_type` is `"hf_mim_ijepa"`, distinct from transformers' `"ijepa"`; the encoder's field and weight names are
     transformers' own, so encoder checkpoints are interchangeable with `transformers.IJepaModel`.
+
+    Values the model cannot use (a width not divisible by the heads or by 4, an unknown option string, block scales
+    out of range, ...) raise a `ValueError` naming the field when the config is built (or loaded), and again in
+    `save_pretrained`.
 
     Args:
         image_size (`int`, *optional*, defaults to 224): Pretraining resolution; defines the position-table grid.
@@ -87,14 +104,6 @@ class IJepaConfig(PreTrainedConfig):
         # A transformers IJepa config.json says model_type "ijepa": keep ours, so our key renaming applies.
         kwargs.pop("model_type", None)
         super().__init__(**kwargs)
-        if classifier_pooling not in ("mean", "mean_last4"):
-            raise ValueError(f"classifier_pooling must be 'mean' or 'mean_last4', got {classifier_pooling!r}")
-        if loss_type not in ("smooth_l1", "l2"):
-            raise ValueError(f"loss_type must be 'smooth_l1' or 'l2', got {loss_type!r}")
-        if standalone_encoder not in ("context", "target"):
-            raise ValueError(f"standalone_encoder must be 'context' or 'target', got {standalone_encoder!r}")
-        if mask_sampler not in ("uniform", "original"):
-            raise ValueError(f"mask_sampler must be 'uniform' or 'original', got {mask_sampler!r}")
         self.image_size = image_size
         self.patch_size = patch_size
         self.num_channels = num_channels
@@ -125,6 +134,60 @@ class IJepaConfig(PreTrainedConfig):
         self.classifier_layernorm = classifier_layernorm
         self.classifier_dropout = classifier_dropout
         self.standalone_encoder = standalone_encoder
+        self._check_fields()
+
+    def validate(self):
+        """transformers' checks plus I-JEPA's own (`save_pretrained` runs this, so a config edited after
+        construction is checked again before it is written)."""
+        super().validate()
+        self._check_fields()
+
+    def _check_fields(self) -> None:
+        """Raise a `ValueError` naming the field for a value the model cannot be built or run with (instead of a
+        failure at model construction, in the first forward or in the mask sampler)."""
+
+        def fail(message: str):
+            raise ValueError(f"{type(self).__name__}: {message}")
+
+        for name in (
+            "image_size", "patch_size", "num_channels", "hidden_size", "num_attention_heads", "intermediate_size",
+            "predictor_hidden_size", "predictor_num_attention_heads", "predictor_intermediate_size",
+            "num_target_blocks", "num_context_blocks",
+        ):  # fmt: skip
+            value = getattr(self, name)
+            if not _is_int(value) or value < 1:
+                fail(f"{name} must be a positive integer, got {value!r}.")
+        for name in ("num_hidden_layers", "predictor_num_hidden_layers", "min_keep"):
+            value = getattr(self, name)
+            if not _is_int(value) or value < 0:
+                fail(f"{name} must be a non-negative integer, got {value!r}.")
+        if self.image_size < self.patch_size:
+            fail(f"image_size={self.image_size} must be at least patch_size={self.patch_size} (one patch).")
+        for prefix in ("", "predictor_"):
+            width, heads = getattr(self, f"{prefix}hidden_size"), getattr(self, f"{prefix}num_attention_heads")
+            if width % heads:
+                fail(f"{prefix}hidden_size={width} must be divisible by {prefix}num_attention_heads={heads}.")
+            if width % 4:
+                fail(f"{prefix}hidden_size={width} must be divisible by 4 (2-D sin-cos position embedding).")
+        for name, choices in _CHOICES.items():
+            value = getattr(self, name)
+            if value not in choices:
+                fail(f"{name} must be one of {', '.join(map(repr, choices))}; got {value!r}.")
+        for name, upper in (
+            ("target_block_scale", 1),
+            ("context_block_scale", 1),
+            ("target_aspect_ratio", None),
+        ):
+            value = getattr(self, name)
+            if len(value) != 2 or not 0 < value[0] <= value[1] or (upper is not None and value[1] > upper):
+                bounds = "0 < low <= high <= 1" if upper is not None else "0 < low <= high"
+                fail(f"{name} must be a (low, high) pair with {bounds}, got {value!r}.")
+        for name in ("attention_probs_dropout_prob", "drop_path_rate", "classifier_dropout"):
+            value = getattr(self, name)
+            if not 0 <= value < 1:
+                fail(f"{name} must lie in [0, 1), got {value!r}.")
+        if not self.layer_norm_eps > 0:
+            fail(f"layer_norm_eps must be positive, got {self.layer_norm_eps!r}.")
 
     @classmethod
     def vith14(cls, **kwargs) -> "IJepaConfig":
