@@ -48,12 +48,16 @@ def pretraining_transform(
     interpolation: str = "bicubic",
 ) -> v2.Compose:
     """One random-resized crop + optional horizontal flip + ImageNet normalisation. CAPI: scale (0.6, 1), bicubic,
-    flip; I-JEPA: scale (0.3, 1), bilinear, no flip."""
+    flip; I-JEPA: scale (0.3, 1), bilinear, no flip.
+
+    Crop and resize run on the PIL image, as in the originals (torchvision v1 on PIL): the same RNG draws give the
+    same crop boxes, and PIL's resampling matches theirs exactly, where a tensor resize differs by up to one 8-bit
+    step (tests/test_trajectory_*.py compare against the originals' transforms)."""
     mode = v2.InterpolationMode(interpolation)
-    steps = [v2.ToImage(), v2.RandomResizedCrop(image_size, scale=crop_scale, interpolation=mode, antialias=True)]
+    steps = [v2.RandomResizedCrop(image_size, scale=crop_scale, interpolation=mode, antialias=True)]
     if hflip:
         steps.append(v2.RandomHorizontalFlip(0.5))
-    steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
+    steps += [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
     return v2.Compose(steps)
 
 

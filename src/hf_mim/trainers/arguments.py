@@ -18,6 +18,13 @@ class MimPretrainingArguments(TrainingArguments):
     weight_decay_end: float | None = field(
         default=None, metadata={"help": "If set, weight decay follows a cosine from weight_decay to this value."}
     )
+    schedule_step_offset: int = field(
+        default=0,
+        metadata={
+            "help": "Optimizer step k uses the lr / weight decay of schedule step k + offset. 1 reproduces originals "
+            "that advance their schedulers before the optimizer step (I-JEPA), 0 those that index them by step."
+        },
+    )
     teacher_momentum: float = field(default=0.996, metadata={"help": "EMA momentum after warmup (base value)."})
     teacher_momentum_end: float = field(default=1.0, metadata={"help": "EMA momentum at the end of training."})
     teacher_momentum_warmup_steps: int = field(default=0, metadata={"help": "Steps of linear momentum warmup."})
@@ -77,6 +84,9 @@ class IJepaTrainingArguments(MimPretrainingArguments):
     warmup_start_lr_ratio: float = field(default=0.2)
     warmup_steps: float = field(default=40 / 300, metadata={"help": "Warmup steps, or a fraction if < 1."})
     max_grad_norm: float = field(default=0.0)
+    schedule_step_offset: int = field(
+        default=1, metadata={"help": "The original calls scheduler.step() before optimizer.step(): step k uses k + 1."}
+    )
     teacher_momentum: float = field(default=0.996)
     teacher_momentum_end: float = field(default=1.0)
     teacher_momentum_schedule: str = field(default="linear")

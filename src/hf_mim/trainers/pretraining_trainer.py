@@ -114,7 +114,7 @@ class MimPretrainingTrainer(Trainer):
 
             def factor(step: int) -> float:
                 return warmup_then_cosine(
-                    step,
+                    step + args.schedule_step_offset,
                     1.0,
                     args.min_lr_ratio,
                     num_training_steps,
@@ -132,7 +132,7 @@ class MimPretrainingTrainer(Trainer):
         if args.weight_decay_end is None:
             return args.weight_decay
         total = getattr(self, "_num_training_steps", None) or max(self.state.max_steps, 1)
-        return warmup_then_cosine(step, args.weight_decay, args.weight_decay_end, total)
+        return warmup_then_cosine(step + args.schedule_step_offset, args.weight_decay, args.weight_decay_end, total)
 
     def apply_weight_decay_schedule(self, step: int) -> None:
         if self.optimizer is None:

@@ -1,0 +1,88 @@
+"""Replay a recorded training trajectory of an original implementation through hf_mim's own Trainer.
+
+A fixture holds every batch and mask of the original's run. `replay` feeds them, in order, to a real
+`MimPretrainingTrainer` subclass (its optimizer groups, schedules, EMA update, loss and clipping run unchanged) and
+records what that trainer did at every step: the loss the model returned, the lr and weight decay each parameter
+was stepped with, and the EMA momentum passed to `update_teacher`.
+"""
+
+from dataclasses import dataclass, field
+
+import torch
+from torch.utils.data import IterableDataset
+from transformers import TrainerCallback
+
+
+class RecordedSteps(IterableDataset):
+    """Yields one placeholder example per image of every recorded step, in order (an iterable dataset: the Trainer
+    neither shuffles nor re-samples it)."""
+
+    def __init__(self, num_steps: int, batch_size: int):
+        self.num_steps, self.batch_size = num_steps, batch_size
+
+    def __iter__(self):
+        for step in range(self.num_steps):
+            for index in range(self.batch_size):
+                yield {"step": step, "index": index}
+
+
+class RecordedCollator:
+    """Turns the placeholder examples of step s into that step's recorded batch: `batch_for(step)` -> dict."""
+
+    def __init__(self, batch_for):
+        self.batch_for = batch_for
+
+    def __call__(self, examples: list[dict]) -> dict:
+        steps = {e["step"] for e in examples}
+        if len(steps) != 1:
+            raise RuntimeError(f"A batch mixes recorded steps {sorted(steps)}: batch size mismatch.")
+        return self.batch_for(steps.pop())
+
+
+@dataclass
+class Trajectory:
+    losses: list[float] = field(default_factory=list)
+    # per step: {parameter name: (lr, weight_decay)} of the group that stepped it
+    hyper: list[dict[str, tuple[float, float]]] = field(default_factory=list)
+    momenta: list[float] = field(default_factory=list)
+
+
+class _HyperParameterRecorder(TrainerCallback):
+    def __init__(self, trajectory: Trajectory, model):
+        self.trajectory = trajectory
+        self.names = {id(p): n for n, p in model.named_parameters()}
+
+    def on_pre_optimizer_step(self, args, state, control, optimizer=None, **kwargs):
+        groups = optimizer.param_groups
+        self.trajectory.hyper.append(
+            {self.names[id(p)]: (g["lr"], g["weight_decay"]) for g in groups for p in g["params"]}
+        )
+
+
+def replay(trainer_class, arguments, model, num_steps: int, batch_size: int, batch_for) -> tuple[Trajectory, object]:
+    """Train `model` with `trainer_class(args=arguments)` on the recorded batches; returns what it did."""
+    trajectory = Trajectory()
+    model.register_forward_hook(lambda module, args, output: trajectory.losses.append(float(output.loss)))
+    update_teacher = model.update_teacher
+
+    def recording_update(momentum):
+        trajectory.momenta.append(float(momentum))
+        update_teacher(momentum)
+
+    model.update_teacher = recording_update
+    trainer = trainer_class(
+        model=model,
+        args=arguments,
+        train_dataset=RecordedSteps(num_steps, batch_size),
+        data_collator=RecordedCollator(batch_for),
+        callbacks=[_HyperParameterRecorder(trajectory, model)],
+    )
+    trainer.train()
+    if len(trajectory.losses) != num_steps:
+        raise RuntimeError(f"Replayed {len(trajectory.losses)} steps, expected {num_steps}.")
+    return trajectory, trainer
+
+
+def relative_gap(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    """max |actual - expected| / max |expected| (the fixtures' relative measure)."""
+    return float((actual.double() - expected.double()).abs().max() / expected.double().abs().max().clamp_min(1e-12))
