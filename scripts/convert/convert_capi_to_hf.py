@@ -2,10 +2,13 @@
 """Convert a released CAPI checkpoint (capi_vitl14_{p205,lvd,i22k,in1k}.pth) into a Hub-ready folder.
 
     python scripts/convert/convert_capi_to_hf.py --checkpoint_path capi_vitl14_lvd.pth --output_dir capi-vitl14-lvd \
-        [--model_name capi-vitl14-lvd] [--push_to_hub REPO_ID]
+        [--model_name capi-vitl14-lvd] [--image_size 224] [--push_to_hub REPO_ID]
 
 Writes model.safetensors, config.json, preprocessor_config.json and a model card. Architecture hyper-parameters are
-read off the tensor shapes, so the same code converts the real ViT-L/14 and tiny test checkpoints. Every original
+read off the tensor shapes, so the same code converts the real ViT-L/14 and tiny test checkpoints. The training
+resolution is not in a checkpoint (RoPE works at any size): `--image_size` gives it (default 224, the releases'),
+and both `config.image_size` and the image processor (center crop `image_size`, shorter side resized to
+`image_size * 256 / 224`) follow it. Every original
 key is either converted or explicitly ignored (the student prediction head `head.*`, and the analytic RoPE tables
 after they are checked); anything else is an error that lists the missing and unexpected keys.
 """
@@ -21,6 +24,7 @@ from hf_mim import CapiConfig, CapiForPreTraining, CapiImageProcessor, CapiModel
 from hf_mim.conversion import (
     CheckpointMismatchError,
     account_for_keys,
+    image_processor_at,
     load_original_checkpoint,
     push_folder_to_hub,
     raise_on_mismatch,
@@ -36,6 +40,7 @@ RELEASES = {
     "capi-vitl14-in22k": ("ImageNet-22k", 29.7, 83.6),
     "capi-vitl14-in1k": ("ImageNet-1k", 29.2, 82.9),
 }
+RELEASE_IMAGE_SIZE = 224  # the four releases were pretrained at 224 px
 FILE_TO_NAME = {"p205": "capi-vitl14-p205", "lvd": "capi-vitl14-lvd", "i22k": "capi-vitl14-in22k",
                 "in22k": "capi-vitl14-in22k", "in1k": "capi-vitl14-in1k"}  # fmt: skip
 
@@ -248,13 +253,27 @@ as the original `EncoderDecoder.forward` defines it. Any input whose sides are m
     return front, body
 
 
-def convert(checkpoint_path, output_dir, model_name=None, push_to_hub=None, with_pretraining_heads=False) -> dict:
+def convert(
+    checkpoint_path,
+    output_dir,
+    model_name=None,
+    push_to_hub=None,
+    with_pretraining_heads=False,
+    image_size=RELEASE_IMAGE_SIZE,
+) -> dict:
     checkpoint_path = Path(checkpoint_path)
     if model_name is None:
         stem = checkpoint_path.stem.rsplit("_", 1)[-1]
         model_name = FILE_TO_NAME.get(stem, checkpoint_path.stem.replace("_", "-"))
     checkpoint = load_original_checkpoint(checkpoint_path)
     config, state, report = convert_state_dict(checkpoint, checkpoint_path)
+    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < config.patch_size:
+        raise ValueError(
+            f"--image_size must be an integer of at least patch_size={config.patch_size}, got {image_size!r}."
+        )
+    if image_size % config.patch_size:
+        raise ValueError(f"--image_size={image_size} must be a multiple of patch_size={config.patch_size}.")
+    config.image_size = image_size  # the training resolution: the checkpoint does not record it
     model = CapiModel(config).eval()
     load_result = model.load_state_dict(state, strict=True)
     assert not load_result.missing_keys and not load_result.unexpected_keys
@@ -269,10 +288,11 @@ def convert(checkpoint_path, output_dir, model_name=None, push_to_hub=None, with
         model = build_pretraining_model(config, state, checkpoint)
         report["saved_architecture"] = "CapiForPreTraining (clustering head freshly initialised: not released)"
     model.save_pretrained(output_dir)
-    CapiImageProcessor().save_pretrained(output_dir)
+    image_processor_at(CapiImageProcessor, config.image_size).save_pretrained(output_dir)
     front, body = model_card(model_name)
     write_model_card(output_dir, front, body)
     report["model_name"] = model_name
+    report["image_size"] = config.image_size
     report["output_dir"] = str(output_dir)
     if push_to_hub:
         report["hub"] = push_folder_to_hub(output_dir, push_to_hub, f"Upload {model_name} converted with hf_mim")
@@ -291,9 +311,22 @@ def main(argv=None) -> int:
         help="Save a CapiForPreTraining (backbone + released student head) to continue pretraining; AutoModel still "
         "loads the backbone from it.",
     )
+    parser.add_argument(
+        "--image_size",
+        type=int,
+        default=RELEASE_IMAGE_SIZE,
+        help="Resolution the checkpoint was trained at (not stored in it); config.image_size and the image "
+        f"processor's crop follow it (default: {RELEASE_IMAGE_SIZE}, the releases').",
+    )
     args = parser.parse_args(argv)
     return run_converter(
-        convert, args.checkpoint_path, args.output_dir, args.model_name, args.push_to_hub, args.with_pretraining_heads
+        convert,
+        args.checkpoint_path,
+        args.output_dir,
+        args.model_name,
+        args.push_to_hub,
+        args.with_pretraining_heads,
+        args.image_size,
     )
 
 

@@ -24,6 +24,7 @@ import torch
 from hf_mim import IJepaConfig, IJepaForPreTraining, IJepaImageProcessor
 from hf_mim.conversion import (
     CheckpointMismatchError,
+    image_processor_at,
     load_original_checkpoint,
     push_folder_to_hub,
     raise_on_mismatch,
@@ -224,10 +225,8 @@ def convert(checkpoint_path, output_dir, encoder="context", model_name=None, pus
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(output_dir)
-    crop = {"height": config.image_size, "width": config.image_size}
-    IJepaImageProcessor(size={"shortest_edge": config.image_size * 256 // 224}, crop_size=crop).save_pretrained(
-        output_dir
-    )
+    # The training resolution follows from the position table: grid side x patch size (infer_config).
+    image_processor_at(IJepaImageProcessor, config.image_size).save_pretrained(output_dir)
     write_model_card(output_dir, *model_card(model_name, config, encoder))
     report.update(model_name=model_name, output_dir=str(output_dir))
     if push_to_hub:

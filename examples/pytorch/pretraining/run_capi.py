@@ -10,8 +10,10 @@ With no data argument it pretrains a tiny CAPI on real photos bundled with sciki
 resized crops), so it runs anywhere without downloads (`--bundled_dataset digits` uses scikit-learn's digits
 instead). The output folder holds the full pretraining model (student, EMA teacher, heads: resumable with
 `AutoModelForPreTraining`), and `backbone/` the EMA teacher as a standalone `CapiModel` with its image processor
-and a model card, loadable with `AutoModel.from_pretrained`. Presets: capi-vitl14 (the release), capi-small,
-capi-tiny (default).
+and a model card, loadable with `AutoModel.from_pretrained`. Both folders' image processors center-crop at the
+training resolution (`--image_size`, default config.image_size) after resizing the shorter side by 256 / 224.
+`--seed` decides the run: initial weights, data order, crops and masks (same seed, same checkpoint). Presets:
+capi-vitl14 (the release), capi-small, capi-tiny (default).
 """
 
 import sys

@@ -11,9 +11,10 @@ from pathlib import Path
 import datasets
 import torch
 import transformers
-from transformers import AutoConfig, HfArgumentParser
+from transformers import AutoConfig, HfArgumentParser, set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
+from ..conversion import image_processor_at
 from ..data import SafeImageTransform, bundled_photo_dataset, pretraining_transform
 from .pretraining_trainer import NonFiniteLossError
 
@@ -85,6 +86,7 @@ def build_config(recipe: PretrainingRecipe, model_args: ModelArguments):
         raise ValueError(f"run_{recipe.name}.py needs a {recipe.config_class.__name__}, got {type(config).__name__}")
     if model_args.config_overrides:
         config.update_from_string(model_args.config_overrides)
+        config.validate()  # update_from_string sets fields without re-checking them: fail now, with the field named
     return config
 
 
@@ -116,16 +118,15 @@ def load_training_data(data_args: DataTrainingArguments):
     return dataset
 
 
-def write_backbone(recipe: PretrainingRecipe, output_dir: Path, data_args, train_result) -> Path:
-    """Export the backbone (e.g. CAPI's EMA teacher) as a standalone model + processor + model card."""
+def write_backbone(recipe: PretrainingRecipe, output_dir: Path, data_args, train_result, image_size: int) -> Path:
+    """Export the backbone (e.g. CAPI's EMA teacher) as a standalone model + model card + the image processor of
+    the training resolution `image_size`."""
     full = recipe.model_class.from_pretrained(output_dir)
     backbone = recipe.backbone(full)
     backbone_dir = output_dir / "backbone"
     backbone.save_pretrained(backbone_dir)
     config = backbone.config
-    crop = {"height": config.image_size, "width": config.image_size}
-    processor = recipe.image_processor_class(size={"shortest_edge": config.image_size * 256 // 224}, crop_size=crop)
-    processor.save_pretrained(backbone_dir)
+    image_processor_at(recipe.image_processor_class, image_size).save_pretrained(backbone_dir)
     data = data_args.dataset_name or data_args.train_dir or f"bundled {data_args.bundled_dataset}"
     (backbone_dir / "README.md").write_text(
         f"""---
@@ -138,7 +139,7 @@ tags: ["hf_mim", "{recipe.name}", "self-supervised"]
 # {recipe.name.upper()} backbone pretrained with hf_mim
 
 {recipe.backbone_description} of a run of `examples/pytorch/pretraining/run_{recipe.name}.py`:
-{config.hidden_size} wide, {config.num_hidden_layers} blocks, patch {config.patch_size}, {config.image_size} px.
+{config.hidden_size} wide, {config.num_hidden_layers} blocks, patch {config.patch_size}, trained at {image_size} px.
 Data: {data}. Steps: {train_result.global_step}; final training loss {train_result.training_loss:.4f}.
 
 ```python
@@ -170,6 +171,10 @@ def run(recipe: PretrainingRecipe, argv: list[str] | None = None) -> int:
     transformers.utils.logging.set_verbosity(training_args.get_process_log_level())
     logger.info("%s pretraining; world size %d", recipe.name, training_args.world_size)
 
+    # Seed before anything random: the initial weights (and any head a checkpoint lacks) come from torch's global RNG.
+    # The Trainer re-seeds with the same seed, then derives the data order (its sampler: --data_seed, else --seed),
+    # the DataLoader workers' seeds (crops and masks run there) and the main process's crops, masks and drop-path.
+    set_seed(training_args.seed)
     config = build_config(recipe, model_args)
     image_size = data_args.image_size or config.image_size
     if model_args.model_name_or_path:
@@ -201,7 +206,7 @@ def run(recipe: PretrainingRecipe, argv: list[str] | None = None) -> int:
         args=training_args,
         train_dataset=dataset,
         data_collator=recipe.collator(config),
-        processing_class=recipe.image_processor_class(),
+        processing_class=image_processor_at(recipe.image_processor_class, image_size),  # saved in every folder
     )
     try:
         train_result = trainer.train(resume_from_checkpoint=last_checkpoint)
@@ -216,7 +221,7 @@ def run(recipe: PretrainingRecipe, argv: list[str] | None = None) -> int:
     skipped = trainer.total_skipped_images()
     output_dir = Path(training_args.output_dir)
     if trainer.is_world_process_zero():
-        backbone_dir = write_backbone(recipe, output_dir, data_args, train_result)
+        backbone_dir = write_backbone(recipe, output_dir, data_args, train_result, image_size)
         if skipped:
             print(f"Skipped {skipped} undecodable image(s) during training: {trainer.skipped_files}")
         print(f"Pretraining model saved to {output_dir.resolve()}")
