@@ -224,15 +224,19 @@ class ModelTesterMixin:
         assert torch.isfinite(out.last_hidden_state).all()
         assert out.pooler_output.shape[0] == self.batch_size
 
-    def test_rejects_bad_input_size(self):
+    def test_any_input_size_and_too_small_rejected(self):
+        """Sides that are not a multiple of the patch size work as in transformers' DINOv2 (the remainder is dropped:
+        same output as the input cropped to the last full patch); an input smaller than one patch is rejected."""
         model = self.build(self.base_model_class)
         patch = model.config.patch_size
-        try:
-            model(self.pixel_values((patch * 2 + 1, patch * 2)))
-        except ValueError as error:
-            assert "multiple of the patch size" in str(error)
-        else:
-            raise AssertionError("an input size that is not a multiple of the patch size must be rejected")
+        odd = self.pixel_values((patch * 4 + patch // 2, patch * 3 + 1))
+        with torch.no_grad():
+            out = model(odd)
+            cropped = model(odd[..., : patch * 4, : patch * 3])
+        assert out.last_hidden_state.shape == cropped.last_hidden_state.shape
+        assert_close(out.last_hidden_state, cropped.last_hidden_state, atol=0, rtol=0)
+        with pytest.raises(ValueError, match="smaller than the patch size"):
+            model(self.pixel_values((patch - 1, patch * 2)))
 
     def test_deepcopy_and_train_eval_consistency(self):
         model = self.build(self.base_model_class)

@@ -103,11 +103,15 @@ def test_ijepa_parameter_groups_and_schedules(tmp_path):
     assert id(model.ijepa.embeddings.position_embeddings) not in by_param  # frozen sin-cos
     assert not any(id(p) in by_param for p in model.target_encoder.parameters())
     assert optimizer.defaults["betas"] == (0.9, 0.999)
-    # lr: warmup from 0.2 * peak (2e-4 -> 1e-3), cosine to 1e-6
-    assert math.isclose(optimizer.param_groups[0]["lr"], 2e-4, rel_tol=1e-9)
-    # weight decay: cosine *increasing* 0.04 -> 0.4; momentum linear 0.996 -> 1
-    assert math.isclose(trainer.weight_decay_at(0), 0.04) and math.isclose(trainer.weight_decay_at(10), 0.4)
-    assert trainer.weight_decay_at(5) > 0.04
+    # lr: warmup from 0.2 * peak (2e-4 -> 1e-3), cosine to 1e-6. The original advances its schedulers before each
+    # optimizer step, so optimizer step k uses schedule step k + 1 (tests/test_trajectory_ijepa.py checks every step)
+    warmup = trainer.args.get_warmup_steps(10)
+    assert trainer.args.schedule_step_offset == 1 and warmup >= 1
+    assert math.isclose(optimizer.param_groups[0]["lr"], 2e-4 + 8e-4 / warmup, rel_tol=1e-9)
+    # weight decay: cosine *increasing* 0.04 -> 0.4 (the last step uses the final value); momentum linear 0.996 -> 1
+    assert 0.04 < trainer.weight_decay_at(0) < trainer.weight_decay_at(5) and math.isclose(
+        trainer.weight_decay_at(9), 0.4
+    )
     assert math.isclose(trainer.teacher_momentum_at(0), 0.996)
     assert math.isclose(trainer.teacher_momentum_at(5), 0.998)
     assert math.isclose(trainer.teacher_momentum_at(10), 1.0)

@@ -7,9 +7,11 @@ from torch import nn
 class PatchEmbeddings(nn.Module):
     """Non-overlapping patches projected by a strided convolution.
 
-    Returns tokens in row-major order, shape (batch, grid_h * grid_w, hidden_size), and the grid size. Any input whose
-    height and width are multiples of the patch size is accepted (no resizing, no padding): models with relative or
-    interpolated positions handle the grid.
+    Returns tokens in row-major order, shape (batch, grid_h * grid_w, hidden_size), and the grid size. Any input of
+    at least one patch per side is accepted, as transformers' DINOv2 does: the grid is (H // patch, W // patch) and
+    the bottom/right remainder that does not fill a patch is dropped by the strided convolution (a 250-px side with
+    patch 14 gives 17 patches, the last 12 pixels unused). Models with relative or interpolated positions handle any
+    grid; at the configured size nothing changes.
     """
 
     def __init__(self, patch_size: int, num_channels: int, hidden_size: int, bias: bool = True):
@@ -28,9 +30,10 @@ class PatchEmbeddings(nn.Module):
             raise ValueError(
                 f"pixel_values has {channels} channels but the model was configured with num_channels={self.num_channels}."
             )
-        if height % self.patch_size or width % self.patch_size or height == 0 or width == 0:
+        if height < self.patch_size or width < self.patch_size:
             raise ValueError(
-                f"Input image size ({height}x{width}) must be a non-zero multiple of the patch size {self.patch_size}."
+                f"Input image size ({height}x{width}) is smaller than the patch size {self.patch_size}: each side "
+                "needs at least one patch."
             )
         pixel_values = pixel_values.to(self.projection.weight.dtype)
         embeddings = self.projection(pixel_values)
