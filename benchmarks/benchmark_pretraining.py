@@ -9,7 +9,10 @@ One timed step is a full training step:
   * hf_mim: forward (teacher + clustering head + student + prediction head) -> backward -> AdamW -> update_teacher.
   * original: teacher `forward_pretrain` (no grad) -> `OnlineClustering` loss -> backward; student `forward_pretrain`
     with flat absolute indices -> `L2NormLinear` -> cross-entropy -> backward; AdamW steps; EMA (`_foreach_lerp_`).
-Mask drawing and image loading are not timed (a data loader does them in both code bases). See benchmarks/README.md.
+Both use the AdamW the Trainer uses by default (`adamw_torch_fused`: `torch.optim.AdamW(..., fused=True)`). With
+`--original` the two are timed in interleaved rounds (hf_mim, original, hf_mim, ...) in one process, so a load
+change on the machine hits both; the ratio is one of medians. Mask drawing and image loading are not timed (a data
+loader does them in both code bases). See benchmarks/README.md.
 """
 
 import argparse
@@ -35,6 +38,7 @@ import torch
 import torch.nn.functional as F
 
 from hf_mim import CapiConfig
+from hf_mim.allocator import tune_glibc_malloc
 from hf_mim.masking import InverseBlockMasking, to_absolute
 from hf_mim.models.capi.modeling_capi import CapiForPreTraining
 
@@ -45,6 +49,12 @@ PRESETS = {"tiny": CapiConfig.tiny, "small": CapiConfig.small, "vitl14": CapiCon
 LR, BETAS, WEIGHT_DECAY = 1e-3, (0.9, 0.95), 0.1
 CLUSTERING_LR, CLUSTERING_WEIGHT_DECAY = 5e-4, 0.01
 MOMENTUM = 0.999
+# How torch.optim.AdamW runs: "fused" is what transformers' Trainer uses by default (optim="adamw_torch_fused").
+ADAMW_IMPLEMENTATIONS = {"fused": {"fused": True}, "foreach": {"foreach": True}, "for_loop": {"foreach": False}}
+
+
+def adamw(params, implementation: str, **kwargs) -> torch.optim.AdamW:
+    return torch.optim.AdamW(params, **kwargs, **ADAMW_IMPLEMENTATIONS[implementation])
 
 
 # --------------------------------------------------------------------------------------------- arguments / config
@@ -81,14 +91,16 @@ def build_config(args) -> CapiConfig:
 
 # ------------------------------------------------------------------------------------------------- memory tracking
 class PeakMemory:
-    """Peak memory of one phase. CUDA: torch.cuda.max_memory_allocated (absolute; only the benchmarked implementation
-    lives on the GPU). CPU: growth of the process peak RSS (ru_maxrss) over the RSS at the start of the phase. The peak
-    is reset through /proc/self/clear_refs where Linux allows it; otherwise ru_maxrss is monotone over the process, so
-    a later phase only shows growth beyond every earlier peak."""
+    """Peak memory of one phase (a few steps of one implementation, after the timed rounds), as growth over the
+    memory in use at its start. CUDA: torch.cuda.max_memory_allocated - memory_allocated. CPU: growth of the process
+    peak RSS (ru_maxrss) over the RSS at the start of the phase. The peak is reset through /proc/self/clear_refs where
+    Linux allows it; otherwise ru_maxrss is monotone over the process, so a later phase only shows growth beyond every
+    earlier peak. `process_peak` is the largest RSS the process reached in any phase (CPU)."""
 
     def __init__(self, device: torch.device):
         self.device = device
         self.can_reset = False
+        self.process_peak = 0
         if device.type == "cpu":
             try:
                 with open("/proc/self/clear_refs", "w") as handle:
@@ -105,8 +117,11 @@ class PeakMemory:
     def start(self) -> None:
         release_memory(self.device)
         if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
+            self.baseline = torch.cuda.memory_allocated(self.device)
             return
+        self.process_peak = max(self.process_peak, self._maxrss_bytes())
         if self.can_reset:
             with open("/proc/self/clear_refs", "w") as handle:
                 handle.write("5")  # peak RSS := current RSS
@@ -115,19 +130,25 @@ class PeakMemory:
     def stop(self) -> int:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
-            return torch.cuda.max_memory_allocated(self.device)
-        return self._maxrss_bytes() - self.baseline
+            return torch.cuda.max_memory_allocated(self.device) - self.baseline
+        peak = self._maxrss_bytes()
+        self.process_peak = max(self.process_peak, peak)
+        return peak - self.baseline
 
     def label(self) -> str:
-        return "peak alloc MiB" if self.device.type == "cuda" else "peak RSS +MiB"
+        return "peak alloc +MiB" if self.device.type == "cuda" else "peak RSS +MiB"
 
     def note(self) -> str:
         if self.device.type == "cuda":
-            return "peak memory = torch.cuda.max_memory_allocated during the phase (params, grads, optimizer, activations)."
+            return (
+                "peak memory = torch.cuda.max_memory_allocated during a few untimed steps of each implementation, "
+                "minus the memory allocated at their start: grads and activations, NOT parameters or optimizer state."
+            )
         text = (
-            "peak memory = growth of the process peak RSS (resource.getrusage(RUSAGE_SELF).ru_maxrss) over the RSS at "
-            "the start of the phase: grads, optimizer state, activations and allocator slack, NOT the parameters "
-            "(both models are built before timing starts)."
+            "peak memory = growth of the process peak RSS (resource.getrusage(RUSAGE_SELF).ru_maxrss) during a few "
+            "untimed steps of each implementation, over the RSS at their start (after malloc_trim): grads, "
+            "activations and allocator slack, NOT the parameters or the optimizer state (both exist before)."
+            f" Process peak RSS over all phases: {self.process_peak / 2**20:.0f} MiB."
         )
         if self.can_reset:
             return text + " The peak is reset between phases via /proc/self/clear_refs."
@@ -373,9 +394,10 @@ def copy_original_weights(original_model: OriginalCapi, hf_model: CapiForPreTrai
 class HfRunner:
     name = "hf_mim"
 
-    def __init__(self, model: CapiForPreTraining, compile_model: bool):
+    def __init__(self, model: CapiForPreTraining, compile_model: bool, adamw_implementation: str = "fused"):
         self.model = model
         self.forward = torch.compile(model, dynamic=False) if compile_model else model
+        self.adamw_implementation = adamw_implementation
 
     def setup(self, device):
         self.model.to(device).train()
@@ -385,7 +407,7 @@ class HfRunner:
             {"params": list(self.model.clustering_head.parameters()), "lr": CLUSTERING_LR,
              "weight_decay": CLUSTERING_WEIGHT_DECAY},
         ]  # fmt: skip
-        self.optimizer = torch.optim.AdamW(groups, betas=BETAS)
+        self.optimizer = adamw(groups, self.adamw_implementation, betas=BETAS)
 
     def step(self, images, masks, autocast):
         self.optimizer.zero_grad(set_to_none=True)
@@ -413,16 +435,20 @@ class HfRunner:
 class OriginalRunner:
     name = "original"
 
-    def __init__(self, model: OriginalCapi, compile_model: bool):
+    def __init__(self, model: OriginalCapi, compile_model: bool, adamw_implementation: str = "fused"):
         self.model = model
         wrap = (lambda fn: torch.compile(fn, dynamic=False)) if compile_model else (lambda fn: fn)
         self.do_teacher, self.do_student = wrap(original_do_teacher), wrap(original_do_student)
+        self.adamw_implementation = adamw_implementation
 
     def setup(self, device):
         self.model.to(device).train()
-        self.optimizer = torch.optim.AdamW(self.model.student_params(), lr=LR, betas=BETAS, weight_decay=WEIGHT_DECAY)
-        self.clustering_optimizer = torch.optim.AdamW(
+        self.optimizer = adamw(
+            self.model.student_params(), self.adamw_implementation, lr=LR, betas=BETAS, weight_decay=WEIGHT_DECAY
+        )
+        self.clustering_optimizer = adamw(
             self.model.clustering_head.parameters(),
+            self.adamw_implementation,
             lr=CLUSTERING_LR,
             betas=BETAS,
             weight_decay=CLUSTERING_WEIGHT_DECAY,
@@ -462,25 +488,46 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def benchmark(runner, images, masks_per_step, warmup: int, autocast, device, memory: PeakMemory) -> dict:
-    memory.start()
-    runner.setup(device)
-    times, losses = [], []
-    for index, masks in enumerate(masks_per_step):
-        synchronize(device)
-        start = time.perf_counter()
-        loss = runner.step(images, masks, autocast)
-        synchronize(device)
-        elapsed = time.perf_counter() - start
-        losses.append(loss.item())
-        if index >= warmup:
-            times.append(elapsed)
-    peak = memory.stop()
-    runner.teardown()
+def timed_step(runner, images, masks, autocast, device) -> tuple[float, float]:
+    synchronize(device)
+    start = time.perf_counter()
+    loss = runner.step(images, masks, autocast)
+    synchronize(device)
+    return time.perf_counter() - start, loss.item()
+
+
+def benchmark(
+    runners, images, masks_per_step, warmup: int, autocast, device, memory: PeakMemory, steps_per_round: int = 1
+) -> dict:
+    """Interleaved rounds: `steps_per_round` steps of each implementation in turn (A, B, A, B, ...), on the same
+    masks; then, untimed, the peak memory of a few steps of each. All implementations stay set up throughout."""
+    results = {runner.name: {"times": [], "losses": []} for runner in runners}
+    for runner in runners:
+        runner.setup(device)
+    # Untimed: one process warm-up step of each (thread pools, autograd engine, allocator arenas, first-call
+    # overheads), then the warm-up steps (compilation, optimizer state), interleaved as well.
+    for index in range(-1, warmup):
+        for runner in runners:
+            timed_step(runner, images, masks_per_step[max(index, 0)], autocast, device)
+    timed = masks_per_step[warmup:]
+    for first in range(0, len(timed), steps_per_round):
+        for runner in runners:
+            for masks in timed[first : first + steps_per_round]:
+                elapsed, loss = timed_step(runner, images, masks, autocast, device)
+                results[runner.name]["times"].append(elapsed)
+                results[runner.name]["losses"].append(loss)
+    for runner in runners:
+        memory.start()
+        for masks in masks_per_step[: min(len(masks_per_step), 2)]:
+            timed_step(runner, images, masks, autocast, device)
+        results[runner.name]["peak"] = memory.stop()
+    for runner in runners:
+        runner.teardown()
+        losses = results[runner.name]["losses"]
+        if not all(math.isfinite(value) for value in losses):
+            print(f"WARNING: {runner.name} produced non-finite losses: {losses}")
     release_memory(device)
-    if not all(math.isfinite(value) for value in losses):
-        print(f"WARNING: {runner.name} produced non-finite losses: {losses}")
-    return {"times": times, "peak": peak, "losses": losses}
+    return results
 
 
 # -------------------------------------------------------------------------------------------------------- reporting
@@ -500,6 +547,7 @@ def print_table(results: dict[str, dict], batch_size: int, memory: PeakMemory) -
         (_, t0, m0, d0, _, p0), (_, t1, m1, d1, _, p1) = rows
         mem_ratio = f"{p0 / p1:.3f}x" if p1 > 0 else "n/a"
         print(f"{'hf_mim/original':<16}{t0 / t1:>9.3f}x{m0 / m1:>9.3f}x{d0 / d1:>9.3f}x{'':>9}{mem_ratio:>17}")
+        print(f"\nhf_mim step time / original (ratio of medians): {d0 / d1:.3f} -> hf_mim is {d1 / d0:.2f}x as fast")
 
 
 def main(argv=None) -> int:
@@ -518,10 +566,26 @@ def main(argv=None) -> int:
     parser.add_argument("--compile", action="store_true", help="torch.compile the model (the original: its step fns)")
     parser.add_argument("--original", type=Path, default=None, help="checkout of facebookresearch/capi to compare")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--num_threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--num_threads", type=int, default=1, help="torch CPU threads (default 1; 0: torch's choice)")
+    parser.add_argument(
+        "--adamw", choices=sorted(ADAMW_IMPLEMENTATIONS), default="fused",
+        help="torch.optim.AdamW implementation for both (default fused: the Trainer's default adamw_torch_fused)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--steps_per_round", type=int, default=1, help="timed steps of one implementation before switching"
+    )
+    parser.add_argument(
+        "--tune_malloc", action="store_true",
+        help="hf_mim.allocator.tune_glibc_malloc() first (MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=... at run time)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     if args.num_threads:
         torch.set_num_threads(args.num_threads)
+    malloc_tuned = tune_glibc_malloc() if args.tune_malloc else False
+    if args.tune_malloc and not malloc_tuned:
+        print("note: --tune_malloc: not glibc, allocator unchanged")
+    if args.steps_per_round < 1:
+        raise SystemExit("--steps_per_round must be >= 1")
     if args.steps < 1 or args.warmup_steps < 0:
         raise SystemExit("--steps must be >= 1 and --warmup_steps >= 0")
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -543,7 +607,7 @@ def main(argv=None) -> int:
             return contextlib.nullcontext()
         return torch.autocast(device.type, dtype=dtype)
 
-    # Models, built on the CPU; each moves to the device only for its own phase.
+    # Models, built on the CPU; both move to the device for the interleaved rounds.
     torch.manual_seed(args.seed)
     notes = []
     original_model = None
@@ -596,7 +660,8 @@ def main(argv=None) -> int:
         f"{config.decoder_hidden_size}x{config.decoder_num_hidden_layers}, prototypes {config.num_prototypes}, "
         f"drop_path {config.drop_path_rate}) | image {image_size} ({num_tokens} patches: {n_visible} visible, "
         f"{n_predict} predicted/img) | batch {args.batch_size} | device {device} | dtype {args.dtype} | "
-        f"attn {args.attn_implementation} | compile {args.compile} | threads {torch.get_num_threads()}"
+        f"attn {args.attn_implementation} | compile {args.compile} | threads {torch.get_num_threads()} | "
+        f"AdamW {args.adamw} | malloc tuned {malloc_tuned}"
     )
     print(f"hf_mim trainable parameters: {trainable / 1e6:.2f}M", end="")
     if original_model is not None:
@@ -627,26 +692,22 @@ def main(argv=None) -> int:
         )
 
     memory = PeakMemory(device)
-    runners = [HfRunner(hf_model, args.compile)]
+    runners = [HfRunner(hf_model, args.compile, args.adamw)]
     if original_model is not None:
-        runners.append(OriginalRunner(original_model, args.compile))
-    # One untimed step of each first, so one-time runtime allocations (thread pools, autograd engine, allocator
-    # arenas) and first-call overheads do not land in whichever implementation is measured first.
-    for runner in runners:
-        runner.setup(device)
-        runner.step(images, masks_per_step[0], autocast)
-        synchronize(device)
-        runner.teardown()
-    results = {}
-    for runner in runners:
-        results[runner.name] = benchmark(runner, images, masks_per_step, args.warmup_steps, autocast, device, memory)
+        runners.append(OriginalRunner(original_model, args.compile, args.adamw))
+    results = benchmark(
+        runners, images, masks_per_step, args.warmup_steps, autocast, device, memory, args.steps_per_round
+    )
 
     print()
     print_table(results, args.batch_size, memory)
     print()
+    order = " / ".join(runner.name for runner in runners)
     print(
-        f"timed {args.steps} step(s) after {args.warmup_steps} warmup step(s) (plus one untimed process warm-up step "
-        "per implementation); img/s = batch / mean step time; ratio row = hf_mim / original."
+        f"timed {args.steps} step(s) per implementation, interleaved {order} ({args.steps_per_round} step(s) each "
+        f"per round), after one untimed process warm-up step and {args.warmup_steps} warmup step(s) of each; "
+        f"AdamW {args.adamw}; malloc tuned: {malloc_tuned}; img/s = batch / mean step time; "
+        "ratio row = hf_mim / original."
     )
     print(memory.note())
     for note in notes:

@@ -86,3 +86,17 @@ def replay(trainer_class, arguments, model, num_steps: int, batch_size: int, bat
 def relative_gap(actual: torch.Tensor, expected: torch.Tensor) -> float:
     """max |actual - expected| / max |expected| (the fixtures' relative measure)."""
     return float((actual.double() - expected.double()).abs().max() / expected.double().abs().max().clamp_min(1e-12))
+
+
+def record_output_fields(model, fields: tuple[str, ...]) -> dict[str, list[float]]:
+    """Record `fields` of the output of every forward of `model` (e.g. the loss parts), in call order. Register it
+    before `replay`; the lists fill while the trainer runs."""
+    recorded: dict[str, list[float]] = {name: [] for name in fields}
+
+    def hook(module, args, output):
+        for name in fields:
+            value = getattr(output, name)
+            recorded[name].append(float(value.detach() if torch.is_tensor(value) else value))
+
+    model.register_forward_hook(hook)
+    return recorded

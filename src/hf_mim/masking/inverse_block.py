@@ -3,9 +3,15 @@ and a random subset of the masked patches is predicted.
 
 All randomness comes from the `torch.Generator` passed in (or torch's global generator), so masks are reproducible
 and are restored with the RNG state on resume. Counts are fixed per image so a batch stacks into rectangles.
+
+`sampler="original"` draws exactly as the original `InverseBlockMasking` + `collate_data_and_cast` do, from the same
+global RNG states: the blocks from Python's `random` module, the predicted subset from one `torch.rand(batch,
+n_masked)` after all blocks (the generator passed in, else torch's global one). Same distribution as the default;
+use it only to replay the original's masks draw for draw (tests/test_trajectory_capi.py).
 """
 
 import math
+import random
 from dataclasses import dataclass
 
 import torch
@@ -54,13 +60,21 @@ def block_mask(
     max_aspect: float | None = None,
     roll: bool = True,
     generator: torch.Generator | None = None,
+    python_random: random.Random | None = None,
 ) -> torch.Tensor:
     """A (h, w) bool map with exactly `num_patches` True cells forming one block (original `BlockMasking`).
 
     Aspect ratio is log-uniform within [min_aspect, max_aspect] clipped so the block fits; the block's size is
     ceil'ed and its first `num_patches` cells in row-major order are kept; with `roll`, the map is circularly
     shifted by a uniform offset in each axis, so every cell (last row and column included) can be covered.
+    Draws come from `generator` (torch), or from `python_random` (a `random.Random`, or the `random` module: the
+    original's source) when given.
     """
+    if python_random is not None:
+        uniform, randint = python_random.uniform, python_random.randint
+    else:
+        uniform = lambda low, high: _uniform(low, high, generator)  # noqa: E731
+        randint = lambda low, high: _randint(low, high, generator)  # noqa: E731
     height, width = grid
     mask = torch.zeros(height * width, dtype=torch.bool)
     if num_patches == 0:
@@ -68,17 +82,17 @@ def block_mask(
     max_aspect = max_aspect or 1.0 / min_aspect
     low = max(math.log(min_aspect), math.log(num_patches / width**2))
     high = min(math.log(max_aspect), math.log(height**2 / (num_patches + 1e-5)))
-    aspect = math.exp(_uniform(low, high, generator))
+    aspect = math.exp(uniform(low, high))
     block_h = min(height, int(math.ceil(math.sqrt(num_patches * aspect))))
     block_w = min(width, int(math.ceil(math.sqrt(num_patches / aspect))))
-    top = _randint(0, height - block_h, generator)
-    left = _randint(0, width - block_w, generator)
+    top = randint(0, height - block_h)
+    left = randint(0, width - block_w)
     block = torch.zeros(height, width, dtype=torch.bool)
     block[top : top + block_h, left : left + block_w] = True
     mask[block.flatten().nonzero().flatten()[:num_patches]] = True
     mask = mask.reshape(height, width)
     if roll:
-        shifts = (_randint(0, height - 1, generator), _randint(0, width - 1, generator))
+        shifts = (randint(0, height - 1), randint(0, width - 1))
         mask = torch.roll(mask, shifts, dims=(0, 1))
     return mask
 
@@ -98,16 +112,22 @@ class InverseBlockMasking:
         min_aspect: float = 0.5,
         max_aspect: float | None = None,
         roll: bool = True,
+        sampler: str = "torch",
     ):
+        if sampler not in ("torch", "original"):
+            raise ValueError(f"sampler must be 'torch' or 'original', got {sampler!r}")
         self.mask_ratio = mask_ratio
         self.prediction_subsampling = prediction_subsampling
         self.min_aspect = min_aspect
         self.max_aspect = max_aspect
         self.roll = roll
+        self.sampler = sampler
 
     def __call__(self, batch_size: int, grid: tuple[int, int], generator: torch.Generator | None = None) -> PatchMasks:
         num_tokens = grid[0] * grid[1]
         n_visible, n_masked, n_predict = masking_counts(num_tokens, self.mask_ratio, self.prediction_subsampling)
+        if self.sampler == "original":
+            return self._original(batch_size, grid, n_visible, n_masked, n_predict, generator)
         visible, predict = [], []
         for _ in range(batch_size):
             keep = block_mask(grid, n_visible, self.min_aspect, self.max_aspect, self.roll, generator).flatten()
@@ -116,6 +136,22 @@ class InverseBlockMasking:
             order = torch.argsort(torch.rand(n_masked, generator=generator))[:n_predict]
             predict.append(masked[order])
         return PatchMasks(torch.stack(visible), torch.stack(predict))
+
+    def _original(self, batch_size, grid, n_visible, n_masked, n_predict, generator) -> PatchMasks:
+        """The original's draw order: every block first (Python's `random`), then one (batch, n_masked) uniform
+        tensor whose per-row argsort picks the predicted subset of the (ascending) masked positions."""
+        keep = torch.stack(
+            [
+                block_mask(
+                    grid, n_visible, self.min_aspect, self.max_aspect, self.roll, python_random=random
+                ).flatten()
+                for _ in range(batch_size)
+            ]
+        )
+        masked = (~keep).nonzero()[:, 1].reshape(batch_size, n_masked)
+        order = torch.argsort(torch.rand(batch_size, n_masked, generator=generator))[:, :n_predict]
+        visible = keep.nonzero()[:, 1].reshape(batch_size, n_visible)
+        return PatchMasks(visible, torch.gather(masked, 1, order))
 
 
 def to_absolute(local_indices: torch.Tensor, num_tokens: int) -> torch.Tensor:

@@ -15,6 +15,10 @@ class CapiTrainer(MimPretrainingTrainer):
     * clustering head: its own peak lr (`clustering_learning_rate`, same warmup/cosine shape) and a fixed weight
       decay `clustering_weight_decay` (torch's AdamW default 0.01 in the original);
     * teacher: not optimised (EMA only).
+
+    Schedules (lr, clustering lr, teacher momentum) have the original `WarmupThenCosine` shape: warmup as
+    `np.linspace(start, peak, warmup)` (`linspace_warmup`), then a truncated cosine; indexed by optimizer step
+    (`schedule_step_offset` 0: the original reads `schedule[iteration]` before its step).
     """
 
     def parameter_groups(self, model: nn.Module) -> list[dict]:
@@ -48,6 +52,10 @@ class CapiTrainer(MimPretrainingTrainer):
                 }
             )
         return result
+
+    def schedule_options(self) -> dict:
+        # CAPI's WarmupThenCosine warms up as np.linspace(start, peak, warmup): the peak comes one step earlier
+        return {"linspace_warmup": self.args.linspace_warmup}
 
     def momentum_warmup_steps(self, total: int) -> int:
         if self.args.teacher_momentum_warmup_steps:

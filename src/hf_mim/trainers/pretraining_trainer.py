@@ -19,6 +19,7 @@ from transformers import Trainer, TrainerCallback
 from transformers.trainer_utils import get_last_checkpoint
 from transformers.utils import logging
 
+from ..allocator import tune_glibc_malloc
 from ..losses import effective_rank
 from .schedules import linear, warmup_then_cosine
 
@@ -50,6 +51,8 @@ class _ScheduleCallback(TrainerCallback):
 class MimPretrainingTrainer(Trainer):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
+        if getattr(self.args, "tune_malloc", False):
+            tune_glibc_malloc()  # before the first step allocates anything large
         self.add_callback(_ScheduleCallback(self))
         self._parts: dict[str, torch.Tensor] = {}
         self._parts_count = 0
@@ -112,6 +115,8 @@ class MimPretrainingTrainer(Trainer):
             warmup = self.args.get_warmup_steps(num_training_steps)
             args = self.args
 
+            options = self.schedule_options()
+
             def factor(step: int) -> float:
                 return warmup_then_cosine(
                     step + args.schedule_step_offset,
@@ -121,11 +126,17 @@ class MimPretrainingTrainer(Trainer):
                     warmup,
                     args.warmup_start_lr_ratio,
                     args.lr_truncate_cos,
+                    **options,
                 )
 
             self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
             self._num_training_steps = num_training_steps
         return self.lr_scheduler
+
+    def schedule_options(self) -> dict:
+        """Extra keyword arguments of `warmup_then_cosine` for the lr and teacher-momentum schedules (a method's
+        original schedule shape, e.g. CAPI's `linspace_warmup`)."""
+        return {}
 
     def weight_decay_at(self, step: int) -> float:
         args = self.args
@@ -161,6 +172,7 @@ class MimPretrainingTrainer(Trainer):
             warmup,
             args.teacher_momentum_warmup_start,
             args.teacher_momentum_truncate_cos,
+            **self.schedule_options(),
         )
 
     def update_teacher(self, step: int) -> None:

@@ -320,13 +320,14 @@ class CapiForImageClassification(CapiPreTrainedModel):
         pooling = config.classifier_pooling
         # Keep only the predictor blocks the head uses: block 0 for the global representation, none otherwise, so
         # no parameter is left without a gradient (DDP) and nothing is computed twice.
-        # The dropped blocks' weights in a backbone or pretraining folder are expected, not reported on load.
+        # The dropped blocks' weights in a backbone folder (keys `predictor.*`) or a pretraining / classifier folder
+        # (`capi.predictor.*`) are expected, not reported on load.
         if pooling in ("global", "global_avg_patch"):
             self.capi.predictor.layer = self.capi.predictor.layer[:1]
-            self._keys_to_ignore_on_load_unexpected = [r"^capi\.predictor\.layer\.([1-9]|\d{2,})\."]
+            self._keys_to_ignore_on_load_unexpected = [r"^(capi\.)?predictor\.layer\.([1-9]|\d{2,})\."]
         else:
             self.capi.predictor = None
-            self._keys_to_ignore_on_load_unexpected = [r"^capi\.predictor\."]
+            self._keys_to_ignore_on_load_unexpected = [r"^(capi\.)?predictor\."]
         width = {
             "attentive": config.hidden_size,
             "global": config.decoder_hidden_size,
@@ -391,14 +392,16 @@ class CapiClusteringHead(nn.Module):
     def forward(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """tokens: (positions, batch, D). Returns (assignments (positions, batch, K) without grad, loss)."""
         logits = nn.functional.linear(nn.functional.normalize(tokens, dim=-1, p=2, eps=1e-7), self.weight, self.bias)
-        scores = logits.detach() / self.config.target_temp
+        # The Sinkhorn divides by target_temp itself, on the fly: its result is the only new (tokens, K) tensor.
+        scores, iterations, temperature = logits.detach(), self.config.sinkhorn_iterations, self.config.target_temp
         if self.config.positionwise_sinkhorn:
-            assignments = sinkhorn_knopp(scores, self.config.sinkhorn_iterations)
+            assignments = sinkhorn_knopp(scores, iterations, temperature=temperature)
         else:
-            flat = sinkhorn_knopp(scores.flatten(0, -2), self.config.sinkhorn_iterations)
+            flat = sinkhorn_knopp(scores.flatten(0, -2), iterations, temperature=temperature)
             assignments = flat.unflatten(0, logits.shape[:-1])
+        # soft_cross_entropy computes in float32 at least, chunk by chunk (no float32 copy of bf16 assignments)
         loss = soft_cross_entropy(
-            assignments.flatten(0, -2).float(), logits.flatten(0, -2), self.config.clustering_pred_temp
+            assignments.flatten(0, -2), logits.flatten(0, -2), self.config.clustering_pred_temp
         ).mean()
         return assignments, loss
 
@@ -522,7 +525,10 @@ class CapiForPreTraining(EmaTeacherMixin, CapiPreTrainedModel):
         with torch.no_grad():
             teacher_tokens = self.teacher.encode(pixel_values).tokens[:, num_registers:]
         assignments, clustering_loss = self.clustering_head(teacher_tokens.transpose(0, 1))
-        targets = assignments.transpose(0, 1).flatten(0, 1)[predict]
+        # predict holds image-major flat indices b * N + n; assignments are (N, B, K): gather the rows at n * B + b
+        # directly instead of copying the whole tensor into image-major order first.
+        positions, batch_size = assignments.shape[:2]
+        targets = assignments.flatten(0, 1).index_select(0, (predict % positions) * batch_size + predict // positions)
         if targets.dtype in (torch.float16, torch.bfloat16):
             targets = targets.float()  # the cross-entropy runs in float32 under mixed precision, as in CAPI
 
