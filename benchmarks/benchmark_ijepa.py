@@ -45,7 +45,7 @@ import transformers
 from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
 from hf_mim import IJepaConfig, IJepaForPreTraining, IJepaModel
-from hf_mim.masking import MultiBlockMasking
+from hf_mim.models.ijepa.modeling_ijepa import multiblock_masking
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 IJEPA_CONVERTER = REPO_ROOT / "scripts" / "convert" / "convert_ijepa_to_hf.py"
@@ -600,16 +600,7 @@ def main(argv=None) -> int:
         draws = [([m.contiguous() for m in enc], [m.contiguous() for m in pred]) for enc, pred in draws]
         notes.append("masks: the original src.masks.multiblock.MaskCollator, the same draws for both")
     else:
-        masking = MultiBlockMasking(
-            num_targets=config.num_target_blocks,
-            target_scale=config.target_block_scale,
-            target_aspect_ratio=config.target_aspect_ratio,
-            num_context=config.num_context_blocks,
-            context_scale=config.context_block_scale,
-            min_keep=config.min_keep,
-            allow_overlap=config.allow_overlap,
-            sampler="original",
-        )
+        masking = multiblock_masking(config, sampler="original")
         draws = []
         for _ in range(args.mask_draws):
             m = masking(args.batch_size, grid, generator)

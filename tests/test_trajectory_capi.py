@@ -28,10 +28,16 @@ from hf_mim import CapiForPreTraining
 from hf_mim.data import pretraining_transform
 from hf_mim.masking import InverseBlockMasking
 from hf_mim.masking.inverse_block import to_absolute
-from hf_mim.trainers import CapiTrainer, CapiTrainingArguments, pretraining_trainer
+from hf_mim.trainers import CapiTrainer, CapiTrainingArguments
 
 from .helpers import FIXTURES, load_script
-from .trajectory_harness import record_output_fields, relative_gap, replay
+from .trajectory_harness import (
+    ema_before_optimizer_step,
+    record_output_fields,
+    relative_gap,
+    replay,
+    schedule_off_by_one,
+)
 
 FIXTURE = FIXTURES / "trajectory_capi"
 DRIFT_FACTOR = 20  # hf_mim may round differently from the original (fused AdamW, lerp EMA, gather order), not more
@@ -239,21 +245,6 @@ def test_trajectory_matches_the_original(recorded, tmp_path):
     print("relative gaps to the original:", gaps, "original's own fp32/fp64 drift:", drift)
 
 
-def _schedule_off_by_one(monkeypatch):
-    real = pretraining_trainer.warmup_then_cosine
-    monkeypatch.setattr(pretraining_trainer, "warmup_then_cosine", lambda step, *a, **k: real(step + 1, *a, **k))
-
-
-def _ema_before_optimizer_step(monkeypatch):
-    callback = pretraining_trainer._ScheduleCallback
-    monkeypatch.setattr(callback, "on_step_end", lambda self, args, state, control, **kw: None)
-
-    def before(self, args, state, control, **kwargs):
-        self.trainer.update_teacher(state.global_step)
-
-    monkeypatch.setattr(callback, "on_pre_optimizer_step", before, raising=False)
-
-
 def _weight_decay_on_biases(monkeypatch):
     """The patch-embedding bias (CAPI's only bias) decayed like a weight, everything else as the original."""
     real = CapiTrainer.parameter_groups
@@ -269,7 +260,7 @@ def _weight_decay_on_biases(monkeypatch):
     monkeypatch.setattr(CapiTrainer, "parameter_groups", decayed_bias)
 
 
-@pytest.mark.parametrize("fault", [_schedule_off_by_one, _ema_before_optimizer_step, _weight_decay_on_biases])
+@pytest.mark.parametrize("fault", [schedule_off_by_one, ema_before_optimizer_step, _weight_decay_on_biases])
 def test_trajectory_test_catches_faults(recorded, tmp_path, monkeypatch, fault):
     fault(monkeypatch)
     trajectory, parts, model, trainer = run_hf(recorded, tmp_path)

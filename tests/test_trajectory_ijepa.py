@@ -18,10 +18,10 @@ from safetensors.torch import load_file
 from hf_mim import IJepaForPreTraining
 from hf_mim.data import pretraining_transform
 from hf_mim.masking import from_mask_major
-from hf_mim.trainers import IJepaTrainer, IJepaTrainingArguments, pretraining_trainer
+from hf_mim.trainers import IJepaTrainer, IJepaTrainingArguments
 
 from .helpers import FIXTURES, load_script
-from .trajectory_harness import relative_gap, replay
+from .trajectory_harness import ema_before_optimizer_step, relative_gap, replay, schedule_off_by_one
 
 FIXTURE = FIXTURES / "trajectory_ijepa"
 DRIFT_FACTOR = 20  # hf_mim may round differently from the original (fused AdamW, gather order), not more
@@ -143,21 +143,6 @@ def test_trajectory_matches_the_original(recorded, tmp_path):
     print("relative gaps to the original:", gaps, "original's own fp32/fp64 drift:", recorded[1]["float_drift"])
 
 
-def _schedule_off_by_one(monkeypatch):
-    real = pretraining_trainer.warmup_then_cosine
-    monkeypatch.setattr(pretraining_trainer, "warmup_then_cosine", lambda step, *a, **k: real(step + 1, *a, **k))
-
-
-def _ema_before_optimizer_step(monkeypatch):
-    callback = pretraining_trainer._ScheduleCallback
-    monkeypatch.setattr(callback, "on_step_end", lambda self, args, state, control, **kw: None)
-
-    def before(self, args, state, control, **kwargs):
-        self.trainer.update_teacher(state.global_step)
-
-    monkeypatch.setattr(callback, "on_pre_optimizer_step", before, raising=False)
-
-
 def _weight_decay_on_biases(monkeypatch):
     def one_group(self, model):
         return [{"params": [p for p in model.parameters() if p.requires_grad], "weight_decay_multiplier": 1.0}]
@@ -165,7 +150,7 @@ def _weight_decay_on_biases(monkeypatch):
     monkeypatch.setattr(IJepaTrainer, "parameter_groups", one_group)
 
 
-@pytest.mark.parametrize("fault", [_schedule_off_by_one, _ema_before_optimizer_step, _weight_decay_on_biases])
+@pytest.mark.parametrize("fault", [schedule_off_by_one, ema_before_optimizer_step, _weight_decay_on_biases])
 def test_trajectory_test_catches_faults(recorded, tmp_path, monkeypatch, fault):
     fault(monkeypatch)
     trajectory, model = run_hf(recorded, tmp_path)

@@ -100,3 +100,25 @@ def record_output_fields(model, fields: tuple[str, ...]) -> dict[str, list[float
 
     model.register_forward_hook(hook)
     return recorded
+
+
+# ---------------------------------------------------------------- faults a trajectory test must catch
+def schedule_off_by_one(monkeypatch):
+    """Every schedule (lr, weight decay, momentum) evaluated one step late."""
+    from hf_mim.trainers import pretraining_trainer
+
+    real = pretraining_trainer.warmup_then_cosine
+    monkeypatch.setattr(pretraining_trainer, "warmup_then_cosine", lambda step, *a, **k: real(step + 1, *a, **k))
+
+
+def ema_before_optimizer_step(monkeypatch):
+    """The EMA teacher update moved from after to before the optimizer step."""
+    from hf_mim.trainers import pretraining_trainer
+
+    callback = pretraining_trainer._ScheduleCallback
+    monkeypatch.setattr(callback, "on_step_end", lambda self, args, state, control, **kw: None)
+
+    def before(self, args, state, control, **kwargs):
+        self.trainer.update_teacher(state.global_step)
+
+    monkeypatch.setattr(callback, "on_pre_optimizer_step", before, raising=False)

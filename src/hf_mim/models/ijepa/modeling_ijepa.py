@@ -40,7 +40,7 @@ def _check_masks(name: str, indices: torch.Tensor, batch: int) -> None:
         )
 
 
-def multiblock_masking(config: IJepaConfig) -> MultiBlockMasking:
+def multiblock_masking(config: IJepaConfig, sampler: str | None = None) -> MultiBlockMasking:
     """The multi-block mask generator a config describes (used by the model and by the data collator)."""
     return MultiBlockMasking(
         num_targets=config.num_target_blocks,
@@ -50,7 +50,7 @@ def multiblock_masking(config: IJepaConfig) -> MultiBlockMasking:
         context_scale=config.context_block_scale,
         min_keep=config.min_keep,
         allow_overlap=config.allow_overlap,
-        sampler=config.mask_sampler,
+        sampler=sampler or config.mask_sampler,
     )
 
 
