@@ -24,6 +24,15 @@ from .models.ijepa import (
     IJepaModel,
     IJepaPreTrainedModel,
 )
+from .models.vicregl import (
+    VicreglConfig,
+    VicreglForImageClassification,
+    VicreglForPreTraining,
+    VicreglForPreTrainingOutput,
+    VicreglImageProcessor,
+    VicreglModel,
+    VicreglPreTrainedModel,
+)
 
 register_model(
     CapiConfig,
@@ -39,6 +48,14 @@ register_model(
     classification=IJepaForImageClassification,
     pretraining=IJepaForPreTraining,
     image_processor=IJepaImageProcessor,
+)
+
+register_model(
+    VicreglConfig,
+    model=VicreglModel,
+    classification=VicreglForImageClassification,
+    pretraining=VicreglForPreTraining,
+    image_processor=VicreglImageProcessor,
 )
 
 __version__ = "0.1.0"
@@ -60,4 +77,11 @@ __all__ = [
     "IJepaImageProcessor",
     "IJepaModel",
     "IJepaPreTrainedModel",
+    "VicreglConfig",
+    "VicreglForImageClassification",
+    "VicreglForPreTraining",
+    "VicreglForPreTrainingOutput",
+    "VicreglImageProcessor",
+    "VicreglModel",
+    "VicreglPreTrainedModel",
 ]

@@ -10,7 +10,7 @@ def classification_output(model, features: torch.Tensor, labels, backbone_output
     logits = model.classifier(features)
     loss = model.loss_function(labels, logits, model.config) if labels is not None else None
     output = ImageClassifierOutput(
-        loss=loss, logits=logits, hidden_states=hidden_states, attentions=backbone_outputs.attentions
+        loss=loss, logits=logits, hidden_states=hidden_states, attentions=getattr(backbone_outputs, "attentions", None)
     )
     return output if return_dict else output.to_tuple()
 

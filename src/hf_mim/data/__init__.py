@@ -2,15 +2,29 @@
 
 from .bundled import bundled_photo_dataset, bundled_photos
 from .collators import PretrainingCollator, capi_collator, ijepa_collator
+from .multicrop import (
+    VICREGL_MEAN,
+    VICREGL_STD,
+    MultiCropCollator,
+    MultiCropTransform,
+    crop_location_grid,
+    vicregl_color_pipeline,
+)
 from .transforms import SafeImageTransform, decode_image, pretraining_transform
 
 __all__ = [
+    "MultiCropCollator",
+    "MultiCropTransform",
     "PretrainingCollator",
     "SafeImageTransform",
+    "VICREGL_MEAN",
+    "VICREGL_STD",
     "bundled_photo_dataset",
     "bundled_photos",
     "capi_collator",
+    "crop_location_grid",
     "decode_image",
     "ijepa_collator",
     "pretraining_transform",
+    "vicregl_color_pipeline",
 ]

@@ -1,6 +1,7 @@
 """Pretraining image transforms (torchvision transforms v2) with safe decoding of odd or corrupt files."""
 
 import io
+from collections.abc import Mapping
 
 import PIL.Image
 import torch
@@ -63,7 +64,10 @@ def pretraining_transform(
 
 class SafeImageTransform:
     """Batch transform for `datasets.Dataset.with_transform`: decodes each image, applies `transform`, and marks
-    unreadable files instead of crashing (the collator drops and counts them)."""
+    unreadable files instead of crashing (the collator drops and counts them).
+
+    A transform returning a tensor fills "pixel_values"; one returning a dict (e.g. `MultiCropTransform`) has its
+    entries spread into the example, one column per key, None for an unreadable file."""
 
     def __init__(self, transform, image_column: str = "image"):
         self.transform = transform
@@ -78,4 +82,10 @@ class SafeImageTransform:
             except DECODE_ERRORS as error:
                 pixel_values.append(None)
                 errors.append(f"{describe(value)}: {type(error).__name__}: {error}")
+        if any(isinstance(output, Mapping) for output in pixel_values):
+            keys = dict.fromkeys(
+                ["pixel_values"] + [k for output in pixel_values if output is not None for k in output]
+            )
+            columns = {key: [None if output is None else output.get(key) for output in pixel_values] for key in keys}
+            return {**columns, "decode_error": errors}
         return {"pixel_values": pixel_values, "decode_error": errors}
