@@ -1,8 +1,14 @@
-from .arguments import CapiTrainingArguments, IJepaTrainingArguments, MimPretrainingArguments
+from .arguments import (
+    CapiTrainingArguments,
+    IJepaTrainingArguments,
+    MimPretrainingArguments,
+    VicreglTrainingArguments,
+)
 from .capi_trainer import CapiTrainer
 from .ijepa_trainer import IJepaTrainer
 from .pretraining_trainer import MimPretrainingTrainer, NonFiniteLossError
 from .schedules import linear, warmup_then_cosine
+from .vicregl_trainer import VicreglTrainer
 
 __all__ = [
     "CapiTrainer",
@@ -12,6 +18,8 @@ __all__ = [
     "MimPretrainingArguments",
     "MimPretrainingTrainer",
     "NonFiniteLossError",
+    "VicreglTrainer",
+    "VicreglTrainingArguments",
     "linear",
     "warmup_then_cosine",
 ]

@@ -106,3 +106,31 @@ class IJepaTrainingArguments(MimPretrainingArguments):
     teacher_momentum: float = field(default=0.996)
     teacher_momentum_end: float = field(default=1.0)
     teacher_momentum_schedule: str = field(default="linear")
+
+
+@dataclass
+class VicreglTrainingArguments(MimPretrainingArguments):
+    """VICRegL's recipe (reference §3.3) as defaults. lr = `base_learning_rate` x global batch / 256, linear warmup
+    from 0 then cosine to `min_lr_ratio` (0.001) of it, set per step; no gradient clipping. Optimizer by backbone
+    (`vicregl_optimizer="auto"`): LARS for ResNet (momentum 0.9, eta 1e-3, weight decay `lars_weight_decay` 1e-6 -
+    the original hard-codes it - and no decay or adaptation of 1-D parameters), AdamW for ConvNeXt ((0.9, 0.999),
+    `weight_decay` 0.05 on parameters with more than one dimension)."""
+
+    vicregl_optimizer: str = field(default="auto", metadata={"help": "'auto' (LARS for ResNet), 'lars' or 'adamw'."})
+    base_learning_rate: float | None = field(
+        default=None,
+        metadata={
+            "help": "lr per 256 images; the lr is this x global batch / 256. Default: 0.3 with LARS (README ResNet-50 "
+            "single node), 7.5e-4 with AdamW (README ConvNeXt). If --learning_rate is given instead, it is used as is."
+        },
+    )
+    weight_decay: float = field(default=0.05, metadata={"help": "AdamW weight decay (not on 1-D parameters)."})
+    lars_weight_decay: float = field(default=1e-6, metadata={"help": "LARS weight decay (not on 1-D parameters)."})
+    lars_momentum: float = field(default=0.9)
+    lars_eta: float = field(default=1e-3, metadata={"help": "LARS trust coefficient."})
+    min_lr_ratio: float = field(default=1e-3, metadata={"help": "Final lr / peak lr (the original's end_lr_ratio)."})
+    warmup_steps: float = field(default=0.1, metadata={"help": "Warmup steps, or a fraction if < 1 (10 of 100 epochs)."})
+    max_grad_norm: float = field(default=0.0, metadata={"help": "VICRegL clips no gradients."})
+    sync_batch_norm: bool = field(
+        default=True, metadata={"help": "Convert BatchNorm to SyncBatchNorm under multi-process GPU training."}
+    )

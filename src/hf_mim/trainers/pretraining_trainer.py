@@ -26,7 +26,11 @@ from .schedules import linear, warmup_then_cosine
 logger = logging.get_logger(__name__)
 
 # Output fields that are logged when present (averaged over the steps since the last log).
-LOGGED_PARTS = ("student_loss", "clustering_loss", "target_entropy", "prediction_loss", "reconstruction_loss")
+LOGGED_PARTS = (
+    "student_loss", "clustering_loss", "target_entropy", "prediction_loss", "reconstruction_loss",
+    "global_loss", "local_loss", "global_invariance_loss", "global_variance_loss", "global_covariance_loss",
+    "local_invariance_loss", "local_variance_loss", "local_covariance_loss",
+)  # fmt: skip
 
 
 class NonFiniteLossError(RuntimeError):

@@ -41,6 +41,12 @@ class PretrainingRecipe:
     crop_scale_min: float
     hflip: bool
     interpolation: str
+    # Optional: a per-image transform factory `(config, data_args, image_size, *extra_args) -> transform` replacing
+    # the single random-resized crop (VICRegL's multi-crop), extra argument dataclasses parsed from the command line
+    # (passed to it), and a one-line architecture description for the backbone's model card.
+    transform: Callable | None = None
+    extra_argument_classes: tuple = ()
+    describe: Callable | None = None
 
 
 @dataclass
@@ -118,6 +124,10 @@ def load_training_data(data_args: DataTrainingArguments):
     return dataset
 
 
+def describe_vit(config) -> str:
+    return f"{config.hidden_size} wide, {config.num_hidden_layers} blocks, patch {config.patch_size}"
+
+
 def write_backbone(recipe: PretrainingRecipe, output_dir: Path, data_args, train_result, image_size: int) -> Path:
     """Export the backbone (e.g. CAPI's EMA teacher) as a standalone model + model card + the image processor of
     the training resolution `image_size`."""
@@ -139,7 +149,7 @@ tags: ["hf_mim", "{recipe.name}", "self-supervised"]
 # {recipe.name.upper()} backbone pretrained with hf_mim
 
 {recipe.backbone_description} of a run of `examples/pytorch/pretraining/run_{recipe.name}.py`:
-{config.hidden_size} wide, {config.num_hidden_layers} blocks, patch {config.patch_size}, trained at {image_size} px.
+{(recipe.describe or describe_vit)(config)}, trained at {image_size} px.
 Data: {data}. Steps: {train_result.global_step}; final training loss {train_result.training_loss:.4f}.
 
 ```python
@@ -153,14 +163,16 @@ model = AutoModel.from_pretrained("{backbone_dir}")
 
 
 def run(recipe: PretrainingRecipe, argv: list[str] | None = None) -> int:
-    parser = HfArgumentParser((ModelArguments, DataTrainingArguments, recipe.arguments_class))
+    parser = HfArgumentParser(
+        (ModelArguments, DataTrainingArguments, *recipe.extra_argument_classes, recipe.arguments_class)
+    )
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) == 1 and argv[0].endswith(".json"):
-        model_args, data_args, training_args = parser.parse_json_file(json_file=argv[0])
+        model_args, data_args, *extra_args, training_args = parser.parse_json_file(json_file=argv[0])
     else:
         if not any(a == "--output_dir" or a.startswith("--output_dir=") for a in argv):
             argv = [*argv, "--output_dir", f"outputs/{recipe.name}-pretraining"]
-        model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
+        model_args, data_args, *extra_args, training_args = parser.parse_args_into_dataclasses(args=argv)
     training_args.remove_unused_columns = False  # the collator builds the model inputs itself
     if not data_args.has_data and training_args.max_steps <= 0:
         training_args.max_steps = DEFAULT_DEMO_STEPS
@@ -183,10 +195,12 @@ def run(recipe: PretrainingRecipe, argv: list[str] | None = None) -> int:
         model = recipe.model_class(config)
 
     dataset = load_training_data(data_args)
-    crop_scale = (data_args.crop_scale_min or recipe.crop_scale_min, 1.0)
-    transform = SafeImageTransform(
-        pretraining_transform(image_size, crop_scale, recipe.hflip, recipe.interpolation), data_args.image_column_name
-    )
+    if recipe.transform is not None:
+        image_transform = recipe.transform(config, data_args, image_size, *extra_args)
+    else:
+        crop_scale = (data_args.crop_scale_min or recipe.crop_scale_min, 1.0)
+        image_transform = pretraining_transform(image_size, crop_scale, recipe.hflip, recipe.interpolation)
+    transform = SafeImageTransform(image_transform, data_args.image_column_name)
     if isinstance(dataset, datasets.IterableDataset):
         dataset = dataset.map(transform, batched=True, remove_columns=list(dataset.column_names or []))
         # Each rank reads its own shard: accelerate's default for iterable data (rank 0 reads and concatenates
