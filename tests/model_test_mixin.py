@@ -20,17 +20,24 @@ def assert_close(actual, expected, atol=1e-5, rtol=1e-5, msg=""):
     torch.testing.assert_close(actual, expected, atol=atol, rtol=rtol, msg=lambda m: f"{msg}\n{m}")
 
 
+_INT_SENTINEL = -7
+
+
 def initialise_from_nan(model_class, config):
     """Build on meta, fill every parameter and buffer with NaN, run the model's init: nothing may stay NaN."""
     with torch.device("meta"):
         model = model_class(config)
     model.to_empty(device="cpu")
     for tensor in list(model.parameters()) + list(model.buffers()):
-        tensor.data.fill_(float("nan"))
+        tensor.data.fill_(float("nan") if tensor.is_floating_point() else _INT_SENTINEL)  # BN's num_batches_tracked
     for module in model.modules():
         module._is_hf_initialized = False
     model.init_weights()
-    bad = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if not torch.isfinite(t).all()]
+    bad = [
+        n
+        for n, t in [*model.named_parameters(), *model.named_buffers()]
+        if not torch.isfinite(t).all() or (not t.is_floating_point() and (t == _INT_SENTINEL).any())
+    ]
     assert not bad, f"{model_class.__name__}: left uninitialised: {bad}"
     return model
 
@@ -58,6 +65,14 @@ class ModelTesterMixin:
     non_square_size = (70, 42)
     batch_size = 3
     num_labels = 4
+    # Convolutional models (VICRegL) have no attention and no patch grid: the attention / patch-size tests skip, and
+    # their test classes check hidden states and input sizes their own way.
+    uses_attention = True
+    last_hidden_state_ndim = 3
+
+    def skip_without_attention(self):
+        if not self.uses_attention:
+            pytest.skip("convolutional model: no attention implementations or patch grid")
 
     def get_config(self, **overrides):
         raise NotImplementedError
@@ -99,7 +114,7 @@ class ModelTesterMixin:
         with torch.no_grad():
             outputs = model(self.pixel_values())
         hidden = outputs.last_hidden_state
-        assert hidden.shape[0] == self.batch_size and hidden.ndim == 3
+        assert hidden.shape[0] == self.batch_size and hidden.ndim == self.last_hidden_state_ndim
         assert outputs.pooler_output is not None and outputs.pooler_output.shape[0] == self.batch_size
         assert torch.isfinite(hidden).all() and torch.isfinite(outputs.pooler_output).all()
 
@@ -131,6 +146,7 @@ class ModelTesterMixin:
                 assert torch.equal(a, b), name
 
     def test_eager_matches_sdpa(self):
+        self.skip_without_attention()
         pixel_values = self.pixel_values()
         results = {}
         for implementation in ("eager", "sdpa"):
@@ -174,6 +190,7 @@ class ModelTesterMixin:
             assert_close(grads_b[name], grads_a[name], atol=1e-6, rtol=1e-4, msg=name)
 
     def test_hidden_states_and_attentions(self):
+        self.skip_without_attention()
         model = self.build(self.base_model_class, attn_implementation="eager")
         config = model.config
         with torch.no_grad():
@@ -201,7 +218,7 @@ class ModelTesterMixin:
         b = self.build(self.base_model_class)
         for (name, pa), pb in zip(a.state_dict().items(), b.state_dict().values()):
             assert torch.equal(pa, pb), name
-        weights = [p for n, p in a.named_parameters() if p.ndim == 2 and "weight" in n]
+        weights = [p for n, p in a.named_parameters() if p.ndim >= 2 and "weight" in n]
         assert weights and all(w.std() > 0 for w in weights)
 
     def test_classification_head_and_loss(self):
@@ -227,6 +244,7 @@ class ModelTesterMixin:
     def test_any_input_size_and_too_small_rejected(self):
         """Sides that are not a multiple of the patch size work as in transformers' DINOv2 (the remainder is dropped:
         same output as the input cropped to the last full patch); an input smaller than one patch is rejected."""
+        self.skip_without_attention()
         model = self.build(self.base_model_class)
         patch = model.config.patch_size
         odd = self.pixel_values((patch * 4 + patch // 2, patch * 3 + 1))
@@ -252,6 +270,7 @@ class ModelTesterMixin:
     def test_output_flags_follow_config(self):
         """As in transformers: `config.output_hidden_states` / `output_attentions` / `return_dict` apply when the
         argument is not passed; an explicit argument wins."""
+        self.skip_without_attention()
         pixel_values = self.pixel_values()
         for model_class in self.all_model_classes():
             model = self.build(
@@ -272,6 +291,7 @@ class ModelTesterMixin:
                 assert isinstance(model(**inputs), tuple), model_class
 
     def test_hidden_states_by_argument_every_class(self):
+        self.skip_without_attention()
         pixel_values = self.pixel_values()
         for model_class in self.all_model_classes():
             model = self.build(model_class, attn_implementation="eager")
@@ -291,6 +311,7 @@ class ModelTesterMixin:
                 model(**self.model_inputs(model_class, pixel_values), not_an_argument=1)
 
     def test_pretraining_eager_matches_sdpa(self):
+        self.skip_without_attention()
         if self.pretraining_class is None:
             pytest.skip("no pretraining class")
         inputs = self.model_inputs(self.pretraining_class, self.pixel_values())

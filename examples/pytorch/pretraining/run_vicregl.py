@@ -34,13 +34,17 @@ class MultiCropArguments:
     local_crop_size: int | None = field(
         default=None, metadata={"help": "Default: 96/224 of the global size, rounded to the backbone's stride."}
     )
-    global_crop_scale_min: float | None = field(default=None, metadata={"help": "Default 0.4 (ConvNeXt), 0.08 (ResNet)."})
+    global_crop_scale_min: float | None = field(
+        default=None, metadata={"help": "Default 0.4 (ConvNeXt), 0.08 (ResNet)."}
+    )
     global_crop_scale_max: float = field(default=1.0)
     local_crop_scale_min: float = field(default=0.08)
     local_crop_scale_max: float = field(default=0.4)
     flip_grid: bool = field(
         default=True,
-        metadata={"help": "Mirror the location grid of flipped crops (the paper); False = the original code's default."},
+        metadata={
+            "help": "Mirror the location grid of flipped crops (the paper); False = the original code's default."
+        },
     )
 
 

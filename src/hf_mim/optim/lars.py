@@ -17,7 +17,9 @@ class LARS(torch.optim.Optimizer):
     def __init__(self, params, lr: float = 0.0, weight_decay: float = 0.0, momentum: float = 0.9, eta: float = 1e-3,
                  lars_adaptation: bool = True):  # fmt: skip
         if lr < 0 or weight_decay < 0 or not 0 <= momentum < 1 or eta <= 0:
-            raise ValueError(f"Invalid LARS settings: lr={lr}, weight_decay={weight_decay}, momentum={momentum}, eta={eta}")
+            raise ValueError(
+                f"Invalid LARS settings: lr={lr}, weight_decay={weight_decay}, momentum={momentum}, eta={eta}"
+            )
         defaults = dict(lr=lr, weight_decay=weight_decay, momentum=momentum, eta=eta, lars_adaptation=lars_adaptation)
         super().__init__(params, defaults)
 

@@ -117,11 +117,14 @@ class VicreglTrainingArguments(MimPretrainingArguments):
     `weight_decay` 0.05 on parameters with more than one dimension)."""
 
     vicregl_optimizer: str = field(default="auto", metadata={"help": "'auto' (LARS for ResNet), 'lars' or 'adamw'."})
+    learning_rate: float = field(
+        default=0.0, metadata={"help": "Absolute peak lr; 0 (default) = base_learning_rate x global batch / 256."}
+    )
     base_learning_rate: float | None = field(
         default=None,
         metadata={
             "help": "lr per 256 images; the lr is this x global batch / 256. Default: 0.3 with LARS (README ResNet-50 "
-            "single node), 7.5e-4 with AdamW (README ConvNeXt). If --learning_rate is given instead, it is used as is."
+            "single node), 7.5e-4 with AdamW (README ConvNeXt). A positive --learning_rate is used as is instead."
         },
     )
     weight_decay: float = field(default=0.05, metadata={"help": "AdamW weight decay (not on 1-D parameters)."})
@@ -129,7 +132,9 @@ class VicreglTrainingArguments(MimPretrainingArguments):
     lars_momentum: float = field(default=0.9)
     lars_eta: float = field(default=1e-3, metadata={"help": "LARS trust coefficient."})
     min_lr_ratio: float = field(default=1e-3, metadata={"help": "Final lr / peak lr (the original's end_lr_ratio)."})
-    warmup_steps: float = field(default=0.1, metadata={"help": "Warmup steps, or a fraction if < 1 (10 of 100 epochs)."})
+    warmup_steps: float = field(
+        default=0.1, metadata={"help": "Warmup steps, or a fraction if < 1 (10 of 100 epochs)."}
+    )
     max_grad_norm: float = field(default=0.0, metadata={"help": "VICRegL clips no gradients."})
     sync_batch_norm: bool = field(
         default=True, metadata={"help": "Convert BatchNorm to SyncBatchNorm under multi-process GPU training."}

@@ -27,10 +27,11 @@ class VicreglTrainer(MimPretrainingTrainer):
     def __init__(self, model=None, args=None, *rest, **kwargs):
         config = model.config
         self.vicregl_optimizer = resolve_optimizer(args, config.backbone_type)
-        explicit_lr = args.learning_rate != type(args).learning_rate  # the dataclass default means "not given"
-        if args.base_learning_rate is not None or not explicit_lr:
+        if args.base_learning_rate is not None or args.learning_rate <= 0:
             base = args.base_learning_rate or DEFAULT_BASE_LR[self.vicregl_optimizer]
-            args.learning_rate = base * args.train_batch_size * args.gradient_accumulation_steps * args.world_size / 256
+            args.learning_rate = (
+                base * args.train_batch_size * args.gradient_accumulation_steps * args.world_size / 256
+            )
             logger.info("lr = %g x %d / 256 = %g", base, args.train_batch_size * args.world_size, args.learning_rate)
         if args.world_size > 1 and args.sync_batch_norm and torch.cuda.is_available() and not args.use_cpu:
             # The original converts the whole model; keys are unchanged (SyncBatchNorm has BatchNorm's tensors).

@@ -64,6 +64,7 @@ class ResNetBottleNeckLayer(GradientCheckpointingLayer):
             ResNetConvLayer(inner, inner, stride=middle_stride),
             ResNetConvLayer(inner, out_channels, kernel_size=1, act=False),
         )
+        self.layer[2].normalization.is_last_block_norm = True  # zero-initialised with config.zero_init_residual
         self.activation = nn.ReLU()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -148,8 +148,10 @@ class VicreglConfig(PreTrainedConfig):
     @property
     def total_stride(self) -> int:
         """Input pixels per cell of the last feature map (32 for both backbones): the location grids' cell size."""
-        return 2 ** (len(self.depths) + 1) if self.backbone_type == "resnet" else self.patch_size * 2 ** (
-            len(self.depths) - 1
+        return (
+            2 ** (len(self.depths) + 1)
+            if self.backbone_type == "resnet"
+            else self.patch_size * 2 ** (len(self.depths) - 1)
         )
 
     @property

@@ -12,11 +12,9 @@ from transformers.utils import ModelOutput
 
 from ...modeling_utils import classification_output, output_flags
 from .backbones_vicregl import (
-    ChannelsFirstLayerNorm,
     ConvNextEmbeddings,
     ConvNextEncoder,
     ConvNextLayer,
-    ResNetBottleNeckLayer,
     ResNetEmbeddings,
     ResNetEncoder,
 )
@@ -74,18 +72,19 @@ class VicreglPreTrainedModel(PreTrainedModel):
                 if module.bias is not None:
                     init.zeros_(module.bias)
         elif isinstance(module, nn.BatchNorm2d | nn.BatchNorm1d):
-            init.ones_(module.weight)
+            if getattr(module, "is_last_block_norm", False) and config.zero_init_residual:
+                init.zeros_(module.weight)
+            else:
+                init.ones_(module.weight)
             init.zeros_(module.bias)
             init.zeros_(module.running_mean)
             init.ones_(module.running_var)
             init.zeros_(module.num_batches_tracked)
-        elif isinstance(module, nn.LayerNorm | ChannelsFirstLayerNorm):
+        elif isinstance(module, nn.LayerNorm):
             init.ones_(module.weight)
             init.zeros_(module.bias)
-        if isinstance(module, ConvNextLayer) and module.layer_scale_parameter is not None:
+        elif isinstance(module, ConvNextLayer) and module.layer_scale_parameter is not None:
             init.constant_(module.layer_scale_parameter, config.layer_scale_init_value)
-        if isinstance(module, ResNetBottleNeckLayer) and config.zero_init_residual:
-            init.zeros_(module.layer[2].normalization.weight)
 
 
 def _torch_default_linear_init(module: nn.Linear) -> None:
@@ -183,9 +182,7 @@ class VicreglForImageClassification(VicreglPreTrainedModel):
     ):
         _, output_hidden_states, return_dict = output_flags(self.config, False, output_hidden_states, return_dict)
         outputs = self.vicregl(pixel_values, output_hidden_states=output_hidden_states, return_dict=True)
-        return classification_output(
-            self, outputs.pooler_output, labels, outputs, outputs.hidden_states, return_dict
-        )
+        return classification_output(self, outputs.pooler_output, labels, outputs, outputs.hidden_states, return_dict)
 
 
 class VicreglProjector(nn.Sequential):
@@ -264,9 +261,7 @@ class VicreglForPreTraining(VicreglPreTrainedModel):
         norm = "batch_norm" if config.backbone_type == "resnet" else "layer_norm"
         width = config.representation_size
         self.projector = VicreglProjector(width, config.projector, norm) if config.uses_global_loss else None
-        self.maps_projector = (
-            VicreglProjector(width, config.maps_projector, norm) if config.uses_local_loss else None
-        )
+        self.maps_projector = VicreglProjector(width, config.maps_projector, norm) if config.uses_local_loss else None
         self.post_init()
 
     def _coefficients(self) -> VicregCoefficients:
