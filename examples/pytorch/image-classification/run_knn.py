@@ -20,7 +20,13 @@ from hf_mim.data.labelled import digits_dataset, pixel_values_for
 from hf_mim.evaluation import extract_features, knn_accuracy
 from hf_mim.losses import effective_rank
 
-PRESETS = {"capi-tiny": hf_mim.CapiConfig.tiny, "capi-small": hf_mim.CapiConfig.small}
+# Randomly initialised baselines: preset name -> (model class, config factory).
+PRESETS = {
+    "capi-tiny": (hf_mim.CapiModel, hf_mim.CapiConfig.tiny),
+    "capi-small": (hf_mim.CapiModel, hf_mim.CapiConfig.small),
+    "vicregl-tiny": (hf_mim.VicreglModel, hf_mim.VicreglConfig.tiny),
+    "vicregl-tiny-resnet": (hf_mim.VicreglModel, hf_mim.VicreglConfig.tiny_resnet),
+}
 
 
 def main(argv=None) -> dict:
@@ -39,7 +45,8 @@ def main(argv=None) -> dict:
         model = AutoModel.from_pretrained(args.model_name_or_path)
     else:
         torch.manual_seed(0)
-        model = hf_mim.CapiModel(PRESETS[args.config_name]())
+        model_class, config = PRESETS[args.config_name]
+        model = model_class(config())
     side = {"height": args.image_size, "width": args.image_size}
     processor = hf_mim.CapiImageProcessor(size=side, crop_size=side, do_center_crop=False)
     train, test = digits_dataset("train", args.image_size), digits_dataset("test", args.image_size)
