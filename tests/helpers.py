@@ -3,6 +3,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from transformers import TrainerCallback
+
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
@@ -37,3 +39,15 @@ def convert_capi_fixture(output_dir, *extra_args: str) -> subprocess.CompletedPr
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     return result
+
+
+class StopAfter(TrainerCallback):
+    """Stops training after `step` optimizer steps (a run killed right after a checkpoint, for resume tests)."""
+
+    def __init__(self, step):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step >= self.step:
+            control.should_training_stop = True
+        return control

@@ -5,7 +5,7 @@ import PIL.Image
 import pytest
 import torch
 from safetensors.torch import load_file
-from transformers import AutoModel, AutoModelForPreTraining, TrainerCallback
+from transformers import AutoModel, AutoModelForPreTraining
 
 from hf_mim import CapiConfig, CapiForPreTraining, CapiModel
 from hf_mim.data import PretrainingCollator, SafeImageTransform, capi_collator, pretraining_transform
@@ -13,7 +13,7 @@ from hf_mim.losses import effective_rank, sinkhorn_knopp
 from hf_mim.teacher import ema_update
 from hf_mim.trainers import CapiTrainer, CapiTrainingArguments, NonFiniteLossError, warmup_then_cosine
 
-from .helpers import FIXTURES, convert_capi_fixture, fixture_tolerance, load_script, run_script
+from .helpers import FIXTURES, StopAfter, convert_capi_fixture, fixture_tolerance, load_script, run_script
 from .image_processor_test_mixin import photo
 from .model_test_mixin import initialise_from_nan
 
@@ -167,16 +167,6 @@ def photo_dataset(n=12, size=64, corrupt_paths=()):
         extra = datasets.Dataset.from_dict({"image": images}, features=dataset.features)
         dataset = datasets.concatenate_datasets([dataset, extra])
     return dataset.with_transform(SafeImageTransform(pretraining_transform(56)))
-
-
-class StopAfter(TrainerCallback):
-    def __init__(self, step):
-        self.step = step
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step >= self.step:
-            control.should_training_stop = True
-        return control
 
 
 def make_trainer(tmp_path, dataset, config=None, **overrides):

@@ -11,7 +11,7 @@ import PIL.Image
 import pytest
 import torch
 from safetensors.torch import load_file
-from transformers import AutoModel, TrainerCallback
+from transformers import AutoModel
 
 from hf_mim import VicreglConfig, VicreglForPreTraining, VicreglModel
 from hf_mim.data import MultiCropCollator, MultiCropTransform, SafeImageTransform
@@ -19,7 +19,7 @@ from hf_mim.optim import LARS
 from hf_mim.trainers import NonFiniteLossError, VicreglTrainer, VicreglTrainingArguments
 
 from .distributed_launch import ENV, free_ports, start, wait
-from .helpers import REPO
+from .helpers import REPO, StopAfter
 
 
 def photo_dataset(n=12, corrupt_paths=(), local=True):
@@ -32,16 +32,6 @@ def photo_dataset(n=12, corrupt_paths=(), local=True):
         dataset = datasets.concatenate_datasets([dataset, extra])
     sizes, counts, mins, maxs = ((64, 32), (2, 2), (0.4, 0.1), (1.0, 0.4)) if local else ((64,), (2,), (0.1,), (1.0,))
     return dataset.with_transform(SafeImageTransform(MultiCropTransform(sizes, counts, mins, maxs)))
-
-
-class StopAfter(TrainerCallback):
-    def __init__(self, step):
-        self.step = step
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step >= self.step:
-            control.should_training_stop = True
-        return control
 
 
 def make_trainer(output_dir, config=None, dataset=None, **overrides):

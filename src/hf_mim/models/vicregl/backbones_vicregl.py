@@ -24,6 +24,20 @@ from .configuration_vicregl import VicreglConfig
 CONVNEXT_INNER_EPS = 1e-6
 
 
+class StagedEncoder(nn.Module):
+    """`stages` run in order; returns the last map and, when asked, the input followed by every stage output."""
+
+    stages: nn.ModuleList
+
+    def forward(self, hidden: torch.Tensor, output_hidden_states: bool = False):
+        states = (hidden,) if output_hidden_states else None
+        for stage in self.stages:
+            hidden = stage(hidden)
+            if output_hidden_states:
+                states += (hidden,)
+        return hidden, states
+
+
 # --------------------------------------------------------------------------------------------------- ResNet
 class ResNetConvLayer(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1, act: bool = True):
@@ -97,7 +111,7 @@ class ResNetEmbeddings(nn.Module):
         return self.pooler(self.embedder(pixel_values))
 
 
-class ResNetEncoder(nn.Module):
+class ResNetEncoder(StagedEncoder):
     def __init__(self, config: VicreglConfig):
         super().__init__()
         widths = [config.embedding_size, *config.hidden_sizes]
@@ -105,14 +119,6 @@ class ResNetEncoder(nn.Module):
             ResNetStage(config, widths[i], widths[i + 1], 2 if i > 0 or config.downsample_in_first_stage else 1, d)
             for i, d in enumerate(config.depths)
         )
-
-    def forward(self, hidden: torch.Tensor, output_hidden_states: bool = False):
-        states = (hidden,) if output_hidden_states else None
-        for stage in self.stages:
-            hidden = stage(hidden)
-            if output_hidden_states:
-                states += (hidden,)
-        return hidden, states
 
 
 # --------------------------------------------------------------------------------------------------- ConvNeXt
@@ -175,7 +181,7 @@ class ConvNextStage(nn.Module):
         return self.layers(self.downsampling_layer(x))
 
 
-class ConvNextEncoder(nn.Module):
+class ConvNextEncoder(StagedEncoder):
     def __init__(self, config: VicreglConfig):
         super().__init__()
         rates = drop_path_schedule(config.drop_path_rate, sum(config.depths))  # linear over all blocks
@@ -186,14 +192,6 @@ class ConvNextEncoder(nn.Module):
             stages.append(ConvNextStage(config, widths[i], widths[i + 1], stride, rates[start : start + depth]))
             start += depth
         self.stages = nn.ModuleList(stages)
-
-    def forward(self, hidden: torch.Tensor, output_hidden_states: bool = False):
-        states = (hidden,) if output_hidden_states else None
-        for stage in self.stages:
-            hidden = stage(hidden)
-            if output_hidden_states:
-                states += (hidden,)
-        return hidden, states
 
 
 __all__ = [
