@@ -47,7 +47,9 @@ def _pool(outputs, pooling: str) -> torch.Tensor:
         if feature_map.ndim == 3:  # (B, N, D)
             return feature_map.mean(dim=1)
         if feature_map.ndim == 4:
-            hidden_size = hidden.shape[-1] if hidden is not None else None
+            # Token models: the width is last_hidden_state's last dim. Convolutional models (VICRegL) return a
+            # channels-first last_hidden_state and a channels-last feature_map: the feature map is channels last.
+            hidden_size = hidden.shape[-1] if hidden is not None and hidden.ndim == 3 else None
             if (
                 hidden_size is not None
                 and feature_map.shape[-1] != hidden_size
