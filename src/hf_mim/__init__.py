@@ -5,6 +5,15 @@ Importing the package registers every model with transformers' Auto classes.
 
 from .auto_registration import register_model
 from .image_processing_utils import HfMimImageProcessor
+from .models.cae import (
+    CaeConfig,
+    CaeForImageClassification,
+    CaeForPreTraining,
+    CaeForPreTrainingOutput,
+    CaeImageProcessor,
+    CaeModel,
+    CaePreTrainedModel,
+)
 from .models.capi import (
     CapiConfig,
     CapiForImageClassification,
@@ -51,6 +60,14 @@ register_model(
 )
 
 register_model(
+    CaeConfig,
+    model=CaeModel,
+    classification=CaeForImageClassification,
+    pretraining=CaeForPreTraining,
+    image_processor=CaeImageProcessor,
+)
+
+register_model(
     VicreglConfig,
     model=VicreglModel,
     classification=VicreglForImageClassification,
@@ -61,6 +78,13 @@ register_model(
 __version__ = "0.1.0"
 
 __all__ = [
+    "CaeConfig",
+    "CaeForImageClassification",
+    "CaeForPreTraining",
+    "CaeForPreTrainingOutput",
+    "CaeImageProcessor",
+    "CaeModel",
+    "CaePreTrainedModel",
     "CapiConfig",
     "CapiForImageClassification",
     "CapiForPreTraining",

@@ -46,7 +46,10 @@ class Attention(nn.Module):
         proj_bias: bool = True,
         attention_dropout: float = 0.0,
         rope: nn.Module | None = None,
+        key_bias: bool | None = None,
     ):
+        """`key_bias=False` with `qkv_bias=True` gives BEiT-style attention (CAE): learned q and v biases, none on k
+        (a key bias only shifts every score of a softmax row equally). Default: the key follows `qkv_bias`."""
         super().__init__()
         if hidden_size % num_heads:
             raise ValueError(f"hidden_size {hidden_size} is not divisible by num_heads {num_heads}.")
@@ -58,7 +61,7 @@ class Attention(nn.Module):
         self.is_causal = False
         context_size = context_size or hidden_size
         self.q_proj = nn.Linear(hidden_size, hidden_size, bias=qkv_bias)
-        self.k_proj = nn.Linear(context_size, hidden_size, bias=qkv_bias)
+        self.k_proj = nn.Linear(context_size, hidden_size, bias=qkv_bias if key_bias is None else key_bias)
         self.v_proj = nn.Linear(context_size, hidden_size, bias=qkv_bias)
         self.o_proj = nn.Linear(hidden_size, hidden_size, bias=proj_bias)
         self.rope = rope

@@ -39,11 +39,12 @@ class _PreNormBlock(GradientCheckpointingLayer):
         drop_path_mode: str = "naive",
         attention_dropout: float = 0.0,
         rope: nn.Module | None = None,
+        key_bias: bool | None = None,
     ):
         super().__init__()
         setattr(self, self.norm_names[0], build_norm(norm_type, hidden_size, norm_eps))
         attention = Attention(
-            config, hidden_size, num_heads, context_size, qkv_bias, proj_bias, attention_dropout, rope
+            config, hidden_size, num_heads, context_size, qkv_bias, proj_bias, attention_dropout, rope, key_bias
         )
         setattr(self, self.attention_name, attention)
         setattr(self, self.norm_names[1], build_norm(norm_type, hidden_size, norm_eps))

@@ -1,0 +1,569 @@
+"""CAE: BEiT-style encoder (`CaeModel`), classification heads for CAE's three protocols, and the pretraining model of
+CAE v1 and v2 (`CaeForPreTraining`: latent regressor, v1 alignment + token decoder, v2 latent head). Composed from
+`hf_mim.layers`."""
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import PreTrainedModel
+from transformers import initialization as init
+from transformers.modeling_outputs import BaseModelOutputWithPooling
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.utils import ModelOutput
+
+from ...layers import (
+    Attention,
+    LayerScale,
+    PatchEmbeddings,
+    SelfAttentionBlock,
+    build_mlp,
+    drop_path_schedule,
+    resize_position_embeddings,
+    residual_with_drop_path,
+    sincos_2d_position_embedding,
+)
+from ...modeling_utils import classification_output, output_flags
+from .configuration_cae import CaeConfig
+
+
+def cae_position_table(width: int, grid: int) -> torch.Tensor:
+    """(1, 1 + grid^2, width): CAE's fixed sin-cos table, [sin(row), cos(row), sin(col), cos(col)] (the first half
+    encodes the row, unlike MAE / I-JEPA), with a zero row for the cls token."""
+    table = sincos_2d_position_embedding(width, grid, grid, first_half="row")
+    return torch.cat([torch.zeros(1, width), table])[None]
+
+
+def _block(config: CaeConfig, width: int, heads: int, intermediate: int, layer_scale: float, drop_path: float):
+    """The BEiT-style pre-norm block of the encoder and the v1 decoder: q and v biases, none on k; layer scale."""
+    return SelfAttentionBlock(
+        config, width, heads, intermediate, norm_eps=config.layer_norm_eps, qkv_bias=True, key_bias=False,
+        hidden_act=config.hidden_act, layer_scale_init=layer_scale, drop_path_rate=drop_path,
+    )  # fmt: skip
+
+
+def _split_visible(tokens: torch.Tensor, bool_masked_pos: torch.Tensor, keep_masked: bool = False) -> torch.Tensor:
+    """(B, N, D) tokens -> (B, K, D) at the visible (or masked) positions, row-major; every image needs the same K."""
+    selector = bool_masked_pos if keep_masked else ~bool_masked_pos
+    counts = selector.sum(dim=1)
+    if not torch.all(counts == counts[0]):
+        raise ValueError(f"Every image needs the same number of masked patches; got {counts.tolist()}.")
+    return tokens[selector].reshape(tokens.shape[0], -1, tokens.shape[-1])
+
+
+class CaeEmbeddings(nn.Module):
+    """Patch embedding + cls token + the fixed sin-cos table (stored, not trained), interpolated bicubically for
+    other input sizes (the original asserts its training size)."""
+
+    def __init__(self, config: CaeConfig):
+        super().__init__()
+        self.config = config
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, config.hidden_size))
+        self.patch_embeddings = PatchEmbeddings(config.patch_size, config.num_channels, config.hidden_size)
+        self.position_embeddings = nn.Parameter(
+            torch.zeros(1, 1 + config.grid_size**2, config.hidden_size), requires_grad=False
+        )
+
+    def forward(self, pixel_values: torch.Tensor, bool_masked_pos: torch.Tensor | None, keep_masked: bool = False):
+        patches, grid = self.patch_embeddings(pixel_values)
+        table = self.position_embeddings.to(patches.dtype)
+        native = (self.config.grid_size, self.config.grid_size)
+        patches = patches + resize_position_embeddings(table[:, 1:], native, grid)
+        if bool_masked_pos is not None:
+            if bool_masked_pos.shape != patches.shape[:2]:
+                raise ValueError(
+                    f"bool_masked_pos must be (batch, {patches.shape[1]}) for this input, got "
+                    f"{tuple(bool_masked_pos.shape)}."
+                )
+            patches = _split_visible(patches, bool_masked_pos.bool(), keep_masked)
+        cls = (self.cls_token + table[:, :1]).expand(patches.shape[0], -1, -1)
+        return torch.cat([cls, patches], dim=1), grid
+
+
+class CaePreTrainedModel(PreTrainedModel):
+    config_class = CaeConfig
+    config: CaeConfig
+    base_model_prefix = "cae"
+    main_input_name = "pixel_values"
+    input_modalities = ("image",)
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["SelfAttentionBlock", "CaeRegressorBlock"]
+    _supports_sdpa = True
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        """The original's init: every Linear xavier-uniform with zero bias (the top-level re-init of CAE), patch
+        embedding / cls / mask tokens trunc-normal(0.02), LayerNorm (1, 0), layer scales at their init value, the
+        fixed sin-cos tables; the classification heads as their protocols (fine-tune trunc-normal 0.02 x 0.001,
+        linear probe trunc-normal 0.01, attentive N(0, 0.01), query token 0)."""
+        config, std = self.config, self.config.initializer_range
+        role = getattr(module, "_cae_role", None)
+        if isinstance(module, nn.Linear):
+            if role == "finetune_head":  # trunc_normal(0.02) x init_scale 0.001 (the cut at +-2 never binds)
+                init.trunc_normal_(module.weight, std=0.02 * 1e-3)
+                init.zeros_(module.bias)
+            elif role in ("linear_head", "attentive_head"):
+                (init.trunc_normal_ if role == "linear_head" else init.normal_)(module.weight, std=0.01)
+                init.zeros_(module.bias)
+            else:
+                init.xavier_uniform_(module.weight)
+                if module.bias is not None:
+                    init.zeros_(module.bias)
+        elif isinstance(module, nn.Conv2d):
+            init.trunc_normal_(module.weight, std=std)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, nn.LayerNorm):
+            init.ones_(module.weight)
+            init.zeros_(module.bias)
+        elif isinstance(module, nn.BatchNorm1d) and module.running_mean is not None:
+            init.zeros_(module.running_mean)
+            init.ones_(module.running_var)
+            init.zeros_(module.num_batches_tracked)
+        elif isinstance(module, LayerScale):
+            init.constant_(module.lambda1, getattr(module, "_init_value", config.layer_scale_init_value))
+        elif isinstance(module, CaeEmbeddings):
+            init.trunc_normal_(module.cls_token, std=std)
+            init.copy_(module.position_embeddings, cae_position_table(config.hidden_size, config.grid_size))
+        elif isinstance(module, CaeForPreTraining):
+            init.trunc_normal_(module.mask_token, std=std)
+            init.copy_(
+                module.regressor_position_embeddings, cae_position_table(config.decoder_hidden_size, config.grid_size)
+            )
+        elif isinstance(module, CaeAttentiveHead):
+            init.zeros_(module.query_token)
+
+
+def _set_layer_scale_init(blocks, value: float) -> None:
+    for block in blocks:
+        for name in ("layer_scale1", "layer_scale2"):
+            scale = getattr(block, name)
+            if isinstance(scale, LayerScale):
+                scale._init_value = value
+
+
+@dataclass
+class CaeModelOutput(BaseModelOutputWithPooling):
+    """BaseModelOutputWithPooling plus `feature_map` (B, h, w, D): the normed patch tokens as a spatial map (only
+    without a mask)."""
+
+    feature_map: torch.FloatTensor | None = None
+
+
+class CaeModel(CaePreTrainedModel):
+    """The CAE encoder. `last_hidden_state`: [cls, patches row-major] after the final LayerNorm; with
+    `bool_masked_pos` (B, N) (True = masked) only cls + the visible patches, as the original pretraining encoder.
+    `pooler_output` follows `config.pooling` ("cls" or "mean", see `CaeConfig`)."""
+
+    _keys_to_ignore_on_load_unexpected = [
+        r"^mask_token$", r"^regressor", r"^encoder_to_regressor", r"^decoder\.", r"^classifier",
+    ]  # fmt: skip
+
+    def __init__(self, config: CaeConfig):
+        super().__init__(config)
+        self.embeddings = CaeEmbeddings(config)
+        rates = drop_path_schedule(config.drop_path_rate, config.num_hidden_layers)
+        self.layers = nn.ModuleList(
+            _block(config, config.hidden_size, config.num_attention_heads, config.intermediate_size,
+                   config.layer_scale_init_value, rate)
+            for rate in rates
+        )  # fmt: skip
+        _set_layer_scale_init(self.layers, config.layer_scale_init_value)
+        self.layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.embeddings.patch_embeddings
+
+    def encode(self, pixel_values, bool_masked_pos=None, keep_masked=False, output_hidden_states=False,
+               output_attentions=False):  # fmt: skip
+        """Un-normed block outputs (B, 1 + K, D), the grid, and the recorded hidden states / attentions."""
+        hidden, grid = self.embeddings(pixel_values, bool_masked_pos, keep_masked)
+        all_hidden = (hidden,) if output_hidden_states else None
+        all_attentions = () if output_attentions else None
+        for layer in self.layers:
+            hidden, weights = layer(hidden, output_attentions=output_attentions)
+            if output_hidden_states:
+                all_hidden += (hidden,)
+            if output_attentions:
+                all_attentions += (weights,)
+        return hidden, grid, all_hidden, all_attentions
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor | None = None,
+        bool_masked_pos: torch.Tensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        interpolate_pos_encoding: bool | None = None,  # accepted for transformers compatibility; always on
+    ) -> CaeModelOutput | tuple:
+        if pixel_values is None:
+            raise ValueError("You have to specify pixel_values")
+        output_attentions, output_hidden_states, return_dict = output_flags(
+            self.config, output_attentions, output_hidden_states, return_dict
+        )
+        hidden, grid, hidden_states, attentions = self.encode(
+            pixel_values, bool_masked_pos, False, output_hidden_states, output_attentions
+        )
+        normed = self.layernorm(hidden)
+        if self.config.pooling == "cls":
+            pooled = normed[:, 0]
+        else:  # the fine-tuning feature: the final norm of the mean of the un-normed patch tokens
+            pooled = self.layernorm(hidden[:, 1:].mean(dim=1))
+        feature_map = None
+        if bool_masked_pos is None:
+            feature_map = normed[:, 1:].reshape(normed.shape[0], *grid, normed.shape[-1])
+        output = CaeModelOutput(
+            last_hidden_state=normed,
+            pooler_output=pooled,
+            hidden_states=hidden_states,
+            attentions=attentions,
+            feature_map=feature_map,
+        )
+        return output if return_dict else output.to_tuple()
+
+
+class CaeCrossAttention(nn.Module):
+    """The regressor's (and the attentive probe's) attention: LayerNorms on the query, key and value inputs (the
+    position embeddings are added to queries and keys before their norms, never to values), BEiT-style q / v biases."""
+
+    def __init__(self, config: CaeConfig, width: int, heads: int):
+        super().__init__()
+        self.norm1_q = nn.LayerNorm(width, eps=config.layer_norm_eps)
+        self.norm1_k = nn.LayerNorm(width, eps=config.layer_norm_eps)
+        self.norm1_v = nn.LayerNorm(width, eps=config.layer_norm_eps)
+        self.cross_attention = Attention(config, width, heads, qkv_bias=True, key_bias=False)
+
+    def forward(self, queries, context, query_positions=None, context_positions=None, output_attentions=False):
+        q = queries if query_positions is None else queries + query_positions
+        k = context if context_positions is None else context + context_positions
+        attention = self.cross_attention
+        query = attention._heads(attention.q_proj(self.norm1_q(q)))
+        key = attention._heads(attention.k_proj(self.norm1_k(k)))
+        value = attention._heads(attention.v_proj(self.norm1_v(context)))
+        out, weights = _attend(attention, query, key, value, output_attentions)
+        return attention.o_proj(out.reshape(*queries.shape[:-1], -1)), weights
+
+
+def _attend(attention: Attention, query, key, value, output_attentions: bool):
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    from ...layers import eager_attention_forward
+
+    implementation = "eager" if output_attentions else attention.config._attn_implementation
+    interface = ALL_ATTENTION_FUNCTIONS.get_interface(implementation, eager_attention_forward)
+    return interface(attention, query, key, value, None, dropout=0.0, scaling=attention.scaling, is_causal=False)
+
+
+class CaeRegressorBlock(GradientCheckpointingLayer):
+    """CAE's latent-regressor block (hybrid pre/post norm): masked queries attend to [visible latents, the queries
+    themselves]; `h = x + gamma1 * attn(...)`, `h = norm2(h)`, `x = h + gamma2 * mlp(h)`."""
+
+    def __init__(self, config: CaeConfig, drop_path: float):
+        super().__init__()
+        width = config.decoder_hidden_size
+        self.attention = CaeCrossAttention(config, width, config.decoder_num_attention_heads)
+        self.norm2 = nn.LayerNorm(width, eps=config.layer_norm_eps)
+        self.mlp = build_mlp("mlp", width, config.decoder_intermediate_size, config.hidden_act)
+        self.layer_scale1 = LayerScale(width, config.decoder_layer_scale_init_value)
+        self.layer_scale2 = LayerScale(width, config.decoder_layer_scale_init_value)
+        self.layer_scale1._init_value = self.layer_scale2._init_value = config.decoder_layer_scale_init_value
+        self.drop_path_rate = drop_path
+
+    def forward(self, queries, visible, query_positions, visible_positions, output_attentions=False):
+        context = torch.cat([visible, queries], dim=1)
+        context_positions = torch.cat([visible_positions, query_positions], dim=1)
+        captured = []
+
+        def attention_branch(x):
+            out, weights = self.attention(x, context, query_positions, context_positions, output_attentions)
+            captured.append(weights)
+            return self.layer_scale1(out)
+
+        hidden = residual_with_drop_path(queries, attention_branch, self.drop_path_rate, "naive", self.training)
+        hidden = self.norm2(hidden)
+        hidden = residual_with_drop_path(
+            hidden, lambda x: self.layer_scale2(self.mlp(x)), self.drop_path_rate, "naive", self.training
+        )
+        return hidden, captured[0]
+
+
+@dataclass
+class CaeForPreTrainingOutput(ModelOutput):
+    """
+    loss: v1: cross-entropy on the masked patches' token ids + alignment_loss_weight x MSE(latent_predictions,
+        latent_targets); v2: mean over tokens of 1 - cos(logits, targets). None without targets.
+    prediction_loss: the cross-entropy (v1) or cosine loss (v2) part.
+    alignment_loss: v1's weighted MSE part.
+    logits: v1 (B * M, vocab) token logits of the masked patches (batch-major, row-major); v2 (B, 1 + N, out_dim)
+        L2-normalised predictions for [cls, visible, masked].
+    latent_predictions: (B, M, D_dec) the regressor's masked predictions (v1 after the regressor norm; v2 after the
+        decoder norm), as the original returns them.
+    latent_targets: v1 (B, M, D_dec) the encoder run on the masked patches (no gradient).
+    pooled_features: (B, D) cls token of the visible-patch encoder output, for feature-health logging.
+    """
+
+    loss: torch.FloatTensor | None = None
+    prediction_loss: torch.FloatTensor | None = None
+    alignment_loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    latent_predictions: torch.FloatTensor | None = None
+    latent_targets: torch.FloatTensor | None = None
+    pooled_features: torch.FloatTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
+
+
+class CaeDecoder(nn.Module):
+    """v1: self-attention blocks over the masked predictions, norm, vocabulary head; v2: norm + head only."""
+
+    def __init__(self, config: CaeConfig):
+        super().__init__()
+        width = config.decoder_hidden_size
+        rates = drop_path_schedule(config.drop_path_rate, config.decoder_num_layers)
+        self.layers = nn.ModuleList(
+            _block(config, width, config.decoder_num_attention_heads, config.decoder_intermediate_size,
+                   config.decoder_layer_scale_init_value, rate)
+            for rate in rates
+        )  # fmt: skip
+        _set_layer_scale_init(self.layers, config.decoder_layer_scale_init_value)
+        self.layernorm = nn.LayerNorm(width, eps=config.layer_norm_eps)
+        out = config.vocab_size if config.cae_version == 1 else config.target_hidden_size
+        self.head = nn.Linear(width, out)
+
+
+class CaeForPreTraining(CaePreTrainedModel):
+    """CAE's pretraining model (v1 or v2 by `config.cae_version`). Targets:
+
+    * v1: `labels` (B, N) int64 token ids of every patch (DALL-E tokenizer of the 112 px view); or attach a tokenizer
+      with `set_target_model(...)` and pass `target_pixel_values`.
+    * v2: `target_features` (B, 1 + N, out_dim) teacher features of [cls, patches row-major] (CLIP's projected tokens);
+      or attach a teacher and pass `target_pixel_values`.
+
+    Without targets the forward returns every output but no loss (parity checks need no tokenizer / teacher). The v1
+    alignment target is the same encoder run on the masked patches without gradient (no second copy of the weights).
+    """
+
+    _keys_to_ignore_on_load_unexpected = [r"^classifier"]
+
+    def __init__(self, config: CaeConfig):
+        super().__init__(config)
+        self.cae = CaeModel(config)
+        width, dec = config.hidden_size, config.decoder_hidden_size
+        if width != dec:
+            self.encoder_to_regressor = nn.Linear(width, dec)
+            self.encoder_to_regressor_norm = nn.LayerNorm(dec, eps=config.layer_norm_eps)
+        else:
+            self.encoder_to_regressor = self.encoder_to_regressor_norm = None
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, dec))
+        self.regressor_position_embeddings = nn.Parameter(
+            torch.zeros(1, 1 + config.grid_size**2, dec), requires_grad=False
+        )
+        rates = drop_path_schedule(config.drop_path_rate, config.regressor_num_layers)
+        self.regressor = nn.ModuleList(CaeRegressorBlock(config, rate) for rate in rates)
+        self.regressor_layernorm = nn.LayerNorm(dec, eps=config.layer_norm_eps) if config.cae_version == 1 else None
+        self.decoder = CaeDecoder(config)
+        self._target_model = None  # a tokenizer (v1) or teacher (v2): not a submodule, never saved or optimised
+        self.post_init()
+
+    # ------------------------------------------------------------------ targets
+    def set_target_model(self, target_model: nn.Module | None) -> None:
+        """Attach the frozen target network: v1 a `DalleTokenizer` (`get_codebook_indices`), v2 a
+        `CLIPVisionModelWithProjection`-like teacher (see `hf_mim.models.cae.targets`). It is kept outside the module
+        tree: not in the state dict, not in `parameters()` (so never optimised, sharded or averaged)."""
+        if target_model is not None:
+            target_model.requires_grad_(False).eval()
+        self.__dict__["_target_model"] = target_model
+
+    @property
+    def target_model(self):
+        return self.__dict__.get("_target_model")
+
+    @torch.no_grad()
+    def compute_targets(self, target_pixel_values: torch.Tensor) -> torch.Tensor:
+        model = self.target_model
+        if model is None:
+            raise ValueError(
+                "target_pixel_values needs a target model: call set_target_model(tokenizer or teacher) first, or pass "
+                "labels (v1) / target_features (v2)."
+            )
+        device = target_pixel_values.device
+        if next(iter(model.parameters()), torch.empty(0)).device != device:
+            model.to(device)
+        if self.config.cae_version == 1:
+            return model.get_codebook_indices(target_pixel_values)
+        return model.get_target_features(target_pixel_values)
+
+    # ------------------------------------------------------------------ forward
+    def _project(self, latents: torch.Tensor) -> torch.Tensor:
+        if self.encoder_to_regressor is None:
+            return latents
+        return self.encoder_to_regressor_norm(self.encoder_to_regressor(latents))
+
+    def mask_generator(self, batch_size: int, grid: tuple[int, int], generator: torch.Generator | None = None):
+        """The block masks this config describes (used when no `bool_masked_pos` is given, and by the collator)."""
+        from ...masking import BlockMasking
+
+        masking = BlockMasking(self.config.num_masking_patches, self.config.min_masking_patches_per_block)
+        return masking(batch_size, grid, generator)
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor | None = None,
+        bool_masked_pos: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        target_features: torch.Tensor | None = None,
+        target_pixel_values: torch.Tensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+    ) -> CaeForPreTrainingOutput | tuple:
+        if pixel_values is None:
+            raise ValueError("You have to specify pixel_values")
+        config = self.config
+        output_attentions, output_hidden_states, return_dict = output_flags(
+            config, output_attentions, output_hidden_states, return_dict
+        )
+        batch = pixel_values.shape[0]
+        grid = (pixel_values.shape[-2] // config.patch_size, pixel_values.shape[-1] // config.patch_size)
+        if bool_masked_pos is None:
+            bool_masked_pos = self.mask_generator(batch, grid).bool_masked_pos.to(pixel_values.device)
+        mask = bool_masked_pos.bool()
+
+        hidden, grid, hidden_states, attentions = self.cae.encode(
+            pixel_values, mask, False, output_hidden_states, output_attentions
+        )
+        latents = self._project(self.cae.layernorm(hidden))  # (B, 1 + V, D_dec)
+        visible = latents[:, 1:]
+        positions = resize_position_embeddings(
+            self.regressor_position_embeddings[:, 1:].to(latents.dtype), (config.grid_size,) * 2, grid
+        ).expand(batch, -1, -1)
+        masked_positions = _split_visible(positions, mask, keep_masked=True)
+        visible_positions = _split_visible(positions, mask)
+        queries = self.mask_token.to(latents.dtype).expand(batch, masked_positions.shape[1], -1)
+        for block in self.regressor:
+            queries, _ = block(queries, visible, masked_positions, visible_positions)
+
+        latent_targets = None
+        if config.cae_version == 1:
+            predictions = self.regressor_layernorm(queries)
+            decoded = predictions + masked_positions
+            for layer in self.decoder.layers:
+                decoded, _ = layer(decoded)
+            logits = self.decoder.head(self.decoder.layernorm(decoded)).flatten(0, 1)
+            with torch.no_grad():  # the same encoder on the masked patches: the alignment target
+                target_hidden, *_ = self.cae.encode(pixel_values, mask, keep_masked=True)
+                latent_targets = self._project(self.cae.layernorm(target_hidden))[:, 1:]
+        else:
+            norm = self.decoder.layernorm
+            predictions = norm(queries)
+            tokens = torch.cat([norm(latents[:, :1]), norm(visible), predictions], dim=1)
+            logits = F.normalize(self.decoder.head(tokens), dim=-1)
+
+        loss = prediction_loss = alignment_loss = None
+        if target_pixel_values is not None and labels is None and target_features is None:
+            computed = self.compute_targets(target_pixel_values)
+            labels, target_features = (computed, None) if config.cae_version == 1 else (None, computed)
+        if config.cae_version == 1 and labels is not None:
+            token_ids = labels.reshape(batch, -1)[mask] if labels.shape[:2] == mask.shape else labels.reshape(-1)
+            prediction_loss = F.cross_entropy(logits.float(), token_ids)
+            alignment_loss = config.alignment_loss_weight * F.mse_loss(predictions.float(), latent_targets.float())
+            loss = prediction_loss + alignment_loss
+        elif config.cae_version == 2 and target_features is not None:
+            targets = torch.cat(
+                [target_features[:, :1], _split_visible(target_features[:, 1:], mask),
+                 _split_visible(target_features[:, 1:], mask, keep_masked=True)], dim=1,
+            )  # fmt: skip
+            targets = F.normalize(targets.float(), dim=-1)
+            prediction_loss = (1 - F.cosine_similarity(logits.float(), targets, dim=-1)).mean()
+            loss = prediction_loss
+
+        output = CaeForPreTrainingOutput(
+            loss=loss,
+            prediction_loss=prediction_loss,
+            alignment_loss=alignment_loss,
+            logits=logits,
+            latent_predictions=predictions,
+            latent_targets=latent_targets,
+            pooled_features=self.cae.layernorm(hidden[:, 0]),
+            hidden_states=hidden_states,
+            attentions=attentions,
+        )
+        return output if return_dict else output.to_tuple()
+
+
+class CaeAttentiveHead(nn.Module):
+    """CAE's attentive probe: a learned query (zeros) cross-attends to the final-normed tokens - one attention, no
+    residual, no MLP - then BatchNorm without affine and a Linear."""
+
+    def __init__(self, config: CaeConfig):
+        super().__init__()
+        self.query_token = nn.Parameter(torch.zeros(1, 1, config.hidden_size))
+        self.attention = CaeCrossAttention(config, config.hidden_size, config.num_attention_heads)
+        self.batch_norm = nn.BatchNorm1d(config.hidden_size, affine=False, eps=1e-6)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        query = self.query_token.to(tokens.dtype).expand(tokens.shape[0], -1, -1)
+        out, _ = self.attention(query, tokens)
+        return self.batch_norm(out[:, 0])
+
+
+class CaeForImageClassification(CaePreTrainedModel):
+    """Heads of CAE's three protocols (`config.classifier_type`): "finetune" (Linear on the mean-pooled feature),
+    "linear" (cls feature -> BatchNorm without affine -> Linear, the linear probe) and "attentive" (`CaeAttentiveHead`
+    -> Linear; the released script raises, this one works). Relative position bias of the fine-tuning recipe is not
+    used (it starts at zero)."""
+
+    _keys_to_ignore_on_load_unexpected = [r"^mask_token$", r"^regressor", r"^encoder_to_regressor", r"^decoder\."]
+
+    def __init__(self, config: CaeConfig):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.cae = CaeModel(config)
+        kind = config.classifier_type
+        self.pooler = None
+        if kind == "linear":
+            self.pooler = nn.BatchNorm1d(config.hidden_size, affine=False, eps=1e-6)
+        elif kind == "attentive":
+            self.pooler = CaeAttentiveHead(config)
+        self.classifier = nn.Linear(config.hidden_size, config.num_labels) if config.num_labels > 0 else nn.Identity()
+        self.classifier._cae_role = f"{kind}_head"
+        self.post_init()
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        interpolate_pos_encoding: bool | None = None,
+    ):
+        output_attentions, output_hidden_states, return_dict = output_flags(
+            self.config, output_attentions, output_hidden_states, return_dict
+        )
+        hidden, _, hidden_states, attentions = self.cae.encode(
+            pixel_values, None, False, output_hidden_states, output_attentions
+        )
+        kind = self.config.classifier_type
+        if kind == "finetune":  # the final norm of the mean of the un-normed patch tokens, whatever `pooling` says
+            features = self.cae.layernorm(hidden[:, 1:].mean(dim=1))
+        elif kind == "linear":
+            features = self.pooler(self.cae.layernorm(hidden[:, 0]))
+        else:
+            features = self.pooler(self.cae.layernorm(hidden))
+        outputs = CaeModelOutput(hidden_states=hidden_states, attentions=attentions)
+        return classification_output(self, features, labels, outputs, hidden_states, return_dict)
+
+
+__all__ = [
+    "CaeForImageClassification",
+    "CaeForPreTraining",
+    "CaeForPreTrainingOutput",
+    "CaeModel",
+    "CaeModelOutput",
+    "CaePreTrainedModel",
+    "cae_position_table",
+]
