@@ -11,12 +11,17 @@ from .multicrop import (
     vicregl_color_pipeline,
 )
 from .transforms import SafeImageTransform, decode_image, pretraining_transform
+from .two_view import CLIP_MEAN, CLIP_STD, TwoViewCollator, TwoViewCropTransform
 
 __all__ = [
+    "CLIP_MEAN",
+    "CLIP_STD",
     "MultiCropCollator",
     "MultiCropTransform",
     "PretrainingCollator",
     "SafeImageTransform",
+    "TwoViewCollator",
+    "TwoViewCropTransform",
     "VICREGL_MEAN",
     "VICREGL_STD",
     "bundled_photo_dataset",

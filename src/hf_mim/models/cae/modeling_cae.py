@@ -9,8 +9,8 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel
 from transformers import initialization as init
-from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.utils import ModelOutput
 
 from ...layers import (
@@ -20,8 +20,8 @@ from ...layers import (
     SelfAttentionBlock,
     build_mlp,
     drop_path_schedule,
-    resize_position_embeddings,
     residual_with_drop_path,
+    resize_position_embeddings,
     sincos_2d_position_embedding,
 )
 from ...modeling_utils import classification_output, output_flags
