@@ -1,5 +1,6 @@
-"""Masking strategies shared by every masked-image-modeling method. Each returns index tensors with fixed counts per
-image, is seeded through a `torch.Generator`, and never loops unboundedly. Every mask tensor is batch-first: its first dimension is the batch."""
+"""Masking strategies shared by every masked-image-modeling method. Each returns index tensors (CAPI, I-JEPA) or a
+boolean mask (CAE's block masking) with fixed counts per image, is seeded through a `torch.Generator`, and never loops
+unboundedly. Every mask tensor is batch-first: its first dimension is the batch."""
 
 from .block import BlockMasking, BoolMasks, RandomMasking
 from .inverse_block import InverseBlockMasking, PatchMasks, block_mask, masking_counts, to_absolute
