@@ -1,9 +1,11 @@
 from .arguments import (
+    CaeTrainingArguments,
     CapiTrainingArguments,
     IJepaTrainingArguments,
     MimPretrainingArguments,
     VicreglTrainingArguments,
 )
+from .cae_trainer import CaeTrainer
 from .capi_trainer import CapiTrainer
 from .ijepa_trainer import IJepaTrainer
 from .pretraining_trainer import MimPretrainingTrainer, NonFiniteLossError
@@ -11,6 +13,8 @@ from .schedules import linear, warmup_then_cosine
 from .vicregl_trainer import VicreglTrainer
 
 __all__ = [
+    "CaeTrainer",
+    "CaeTrainingArguments",
     "CapiTrainer",
     "CapiTrainingArguments",
     "IJepaTrainer",

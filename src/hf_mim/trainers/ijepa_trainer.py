@@ -3,7 +3,7 @@
 
 from torch import nn
 
-from .pretraining_trainer import MimPretrainingTrainer
+from .pretraining_trainer import MimPretrainingTrainer, bias_and_vector_groups
 
 
 class IJepaTrainer(MimPretrainingTrainer):
@@ -12,12 +12,4 @@ class IJepaTrainer(MimPretrainingTrainer):
     are not optimised."""
 
     def parameter_groups(self, model: nn.Module) -> list[dict]:
-        decay, no_decay = [], []
-        for name, param in model.named_parameters():
-            if not param.requires_grad:
-                continue
-            (no_decay if name.endswith(".bias") or param.ndim == 1 else decay).append(param)
-        return [
-            {"params": decay, "lr_multiplier": 1.0, "weight_decay_multiplier": 1.0},
-            {"params": no_decay, "lr_multiplier": 1.0, "weight_decay_multiplier": 0.0},
-        ]
+        return bias_and_vector_groups(model)

@@ -27,7 +27,7 @@ logger = logging.get_logger(__name__)
 
 # Output fields that are logged when present (averaged over the steps since the last log).
 LOGGED_PARTS = (
-    "student_loss", "clustering_loss", "target_entropy", "prediction_loss", "reconstruction_loss",
+    "student_loss", "clustering_loss", "target_entropy", "prediction_loss", "reconstruction_loss", "alignment_loss",
     "global_loss", "local_loss", "global_invariance_loss", "global_variance_loss", "global_covariance_loss",
     "local_invariance_loss", "local_variance_loss", "local_covariance_loss",
 )  # fmt: skip
@@ -264,6 +264,19 @@ class MimPretrainingTrainer(Trainer):
         if self.accelerator.num_processes > 1:
             count = self.accelerator.reduce(count, reduction="sum")
         return int(count.item())
+
+
+def bias_and_vector_groups(model: nn.Module) -> list[dict]:
+    """Weight decay on every trainable tensor except biases and 1-D tensors (norms, layer scales): the groups of
+    I-JEPA's `init_opt` and of CAE's optimizer factory (tokens and mask tokens, being 3-D, are decayed)."""
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            (no_decay if name.endswith(".bias") or param.ndim == 1 else decay).append(param)
+    return [
+        {"params": decay, "lr_multiplier": 1.0, "weight_decay_multiplier": 1.0},
+        {"params": no_decay, "lr_multiplier": 1.0, "weight_decay_multiplier": 0.0},
+    ]
 
 
 def steps_from_ratio(ratio: float, total: int) -> int:

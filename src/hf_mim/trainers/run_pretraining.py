@@ -47,6 +47,10 @@ class PretrainingRecipe:
     transform: Callable | None = None
     extra_argument_classes: tuple = ()
     describe: Callable | None = None
+    # Optional: `(config, *extra_args) -> config` after the config is built (before the model), and
+    # `(model, *extra_args) -> None` after the model is built (e.g. attaching CAE's frozen target network).
+    configure: Callable | None = None
+    attach: Callable | None = None
 
 
 @dataclass
@@ -188,11 +192,15 @@ def run(recipe: PretrainingRecipe, argv: list[str] | None = None) -> int:
     # the DataLoader workers' seeds (crops and masks run there) and the main process's crops, masks and drop-path.
     set_seed(training_args.seed)
     config = build_config(recipe, model_args)
+    if recipe.configure is not None:
+        config = recipe.configure(config, *extra_args)
     image_size = data_args.image_size or config.image_size
     if model_args.model_name_or_path:
         model = recipe.model_class.from_pretrained(model_args.model_name_or_path, config=config)
     else:
         model = recipe.model_class(config)
+    if recipe.attach is not None:
+        recipe.attach(model, *extra_args)
 
     dataset = load_training_data(data_args)
     if recipe.transform is not None:
