@@ -9,6 +9,10 @@ from .modeling_cae import (
     CaePreTrainedModel,
     cae_position_table,
 )
+from .targets_cae import ClipTeacher, load_target_model
+from .tokenizer_dalle import DalleTokenizer, DalleTokenizerConfig, register_dalle_tokenizer
+
+register_dalle_tokenizer()  # AutoModel / AutoConfig load tokenizer folders on `import hf_mim`
 
 __all__ = [
     "CaeConfig",
@@ -20,5 +24,9 @@ __all__ = [
     "CaeModel",
     "CaeModelOutput",
     "CaePreTrainedModel",
+    "ClipTeacher",
+    "DalleTokenizer",
+    "DalleTokenizerConfig",
     "cae_position_table",
+    "load_target_model",
 ]
