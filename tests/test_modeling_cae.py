@@ -50,6 +50,7 @@ class TestCaeV2Common(CaeCommon):
 
 class TestCaeImageProcessor(ImageProcessorTesterMixin):
     processor_class = CaeImageProcessor
+    config_class = CaeConfig  # the package also exports the tokenizer's config
 
 
 def tiny(**overrides):
