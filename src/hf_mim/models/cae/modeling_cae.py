@@ -157,7 +157,7 @@ class CaeModel(CaePreTrainedModel):
     `pooler_output` follows `config.pooling` ("cls" or "mean", see `CaeConfig`)."""
 
     _keys_to_ignore_on_load_unexpected = [
-        r"^mask_token$", r"^regressor", r"^encoder_to_regressor", r"^decoder\.", r"^classifier",
+        r"^mask_token$", r"^regressor", r"^encoder_to_regressor", r"^decoder\.", r"^classifier", r"^pooler\.",
     ]  # fmt: skip
 
     def __init__(self, config: CaeConfig):
@@ -346,7 +346,7 @@ class CaeForPreTraining(CaePreTrainedModel):
     alignment target is the same encoder run on the masked patches without gradient (no second copy of the weights).
     """
 
-    _keys_to_ignore_on_load_unexpected = [r"^classifier"]
+    _keys_to_ignore_on_load_unexpected = [r"^classifier", r"^pooler\."]
 
     def __init__(self, config: CaeConfig):
         super().__init__(config)
