@@ -312,12 +312,12 @@ def test_unreadable_and_refused_files(tmp_path, converter, capsys):
 
     foreign = tmp_path / "foreign.pth"
     torch.save({"model": fixture_checkpoint("cae_v1")["model"], "args": ForeignArgs()}, foreign)
-    allowed_before = list(torch.serialization.get_safe_globals())
     assert converter.main(["--checkpoint_path", str(foreign), "--output_dir", str(tmp_path / "o"),
                            "--num_attention_heads", "8"]) == 2  # fmt: skip
     err = capsys.readouterr().err
     assert "Could not read" in err and "ForeignArgs" in err and not (tmp_path / "o").exists()
-    assert list(torch.serialization.get_safe_globals()) == allowed_before  # Namespace only allowed while loading
+    # argparse.Namespace is allowed only while loading (torch may register its own globals lazily meanwhile)
+    assert argparse.Namespace not in torch.serialization.get_safe_globals()
 
 
 # --------------------------------------------------------------------------------- Auto classes and pipeline
