@@ -39,7 +39,8 @@ class CaeConfig(PreTrainedConfig):
         decoder_num_layers (`int`, *optional*, defaults to 4): v1 decoder depth (v2: 0).
         vocab_size (`int`, *optional*, defaults to 8192): v1 target vocabulary (DALL-E tokens).
         target_hidden_size (`int`, *optional*, defaults to 512): v2 target width (CLIP ViT-B/16 projection).
-        num_masking_patches (`int`, *optional*, defaults to 98): Masked patches per image (v2 tiny / small: 30 / 49).
+        num_masking_patches (`int`, *optional*): Masked patches per image; default half the grid (98 of 196 for v1
+            and v2 base; v2 tiny / small: 30 / 49).
         min_masking_patches_per_block (`int`, *optional*, defaults to 16): BEiT block-masking minimum block size.
         alignment_loss_weight (`float`, *optional*, defaults to 2.0): v1 weight of the latent alignment MSE.
         pooling (`str`, *optional*, defaults to `"cls"`): `pooler_output` of `CaeModel`: `"cls"` (cls token after
@@ -75,7 +76,7 @@ class CaeConfig(PreTrainedConfig):
         decoder_num_layers: int = 4,
         vocab_size: int = 8192,
         target_hidden_size: int = 512,
-        num_masking_patches: int = 98,
+        num_masking_patches: int | None = None,
         min_masking_patches_per_block: int = 16,
         alignment_loss_weight: float = 2.0,
         pooling: str = "cls",
@@ -104,7 +105,9 @@ class CaeConfig(PreTrainedConfig):
         self.decoder_num_layers = decoder_num_layers
         self.vocab_size = vocab_size
         self.target_hidden_size = target_hidden_size
-        self.num_masking_patches = num_masking_patches
+        self.num_masking_patches = (
+            num_masking_patches if num_masking_patches is not None else (image_size // patch_size) ** 2 // 2
+        )
         self.min_masking_patches_per_block = min_masking_patches_per_block
         self.alignment_loss_weight = alignment_loss_weight
         self.pooling = pooling
