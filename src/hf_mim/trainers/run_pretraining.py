@@ -16,6 +16,7 @@ from transformers.trainer_utils import get_last_checkpoint
 
 from ..conversion import image_processor_at
 from ..data import SafeImageTransform, bundled_photo_dataset, pretraining_transform
+from ..zero3 import without_zero3_init
 from .pretraining_trainer import NonFiniteLossError
 
 logger = logging.getLogger(__name__)
@@ -135,7 +136,8 @@ def describe_vit(config) -> str:
 def write_backbone(recipe: PretrainingRecipe, output_dir: Path, data_args, train_result, image_size: int) -> Path:
     """Export the backbone (e.g. CAPI's EMA teacher) as a standalone model + model card + the image processor of
     the training resolution `image_size`."""
-    full = recipe.model_class.from_pretrained(output_dir)
+    with without_zero3_init():  # rank 0 alone re-loads the saved model: it must not enter a ZeRO-3 collective
+        full = recipe.model_class.from_pretrained(output_dir)
     backbone = recipe.backbone(full)
     backbone_dir = output_dir / "backbone"
     backbone.save_pretrained(backbone_dir)
@@ -200,7 +202,8 @@ def run(recipe: PretrainingRecipe, argv: list[str] | None = None) -> int:
     else:
         model = recipe.model_class(config)
     if recipe.attach is not None:
-        recipe.attach(model, *extra_args)
+        with without_zero3_init():  # what a recipe attaches (a frozen target network) stays whole on every rank
+            recipe.attach(model, *extra_args)
 
     dataset = load_training_data(data_args)
     if recipe.transform is not None:

@@ -52,6 +52,11 @@ def _split_visible(tokens: torch.Tensor, bool_masked_pos: torch.Tensor, keep_mas
     return tokens[selector].reshape(tokens.shape[0], -1, tokens.shape[-1])
 
 
+def _at_least_float32(x: torch.Tensor) -> torch.Tensor:
+    """Losses in float32 under half precision (as the original's `.float()`), in float64 for a float64 model."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
 class CaeEmbeddings(nn.Module):
     """Patch embedding + cls token + the fixed sin-cos table (stored, not trained), interpolated bicubically for
     other input sizes (the original asserts its training size)."""
@@ -468,16 +473,18 @@ class CaeForPreTraining(CaePreTrainedModel):
             labels, target_features = (computed, None) if config.cae_version == 1 else (None, computed)
         if config.cae_version == 1 and labels is not None:
             token_ids = labels.reshape(batch, -1)[mask] if labels.shape[:2] == mask.shape else labels.reshape(-1)
-            prediction_loss = F.cross_entropy(logits.float(), token_ids)
-            alignment_loss = config.alignment_loss_weight * F.mse_loss(predictions.float(), latent_targets.float())
+            prediction_loss = F.cross_entropy(_at_least_float32(logits), token_ids)
+            alignment_loss = config.alignment_loss_weight * F.mse_loss(
+                _at_least_float32(predictions), _at_least_float32(latent_targets)
+            )
             loss = prediction_loss + alignment_loss
         elif config.cae_version == 2 and target_features is not None:
             targets = torch.cat(
                 [target_features[:, :1], _split_visible(target_features[:, 1:], mask),
                  _split_visible(target_features[:, 1:], mask, keep_masked=True)], dim=1,
             )  # fmt: skip
-            targets = F.normalize(targets.float(), dim=-1)
-            prediction_loss = (1 - F.cosine_similarity(logits.float(), targets, dim=-1)).mean()
+            targets = F.normalize(_at_least_float32(targets), dim=-1)
+            prediction_loss = (1 - F.cosine_similarity(_at_least_float32(logits), targets, dim=-1)).mean()
             loss = prediction_loss
 
         output = CaeForPreTrainingOutput(

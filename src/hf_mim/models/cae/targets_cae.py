@@ -43,12 +43,16 @@ class ClipTeacher(nn.Module):
 
 
 def load_target_model(cae_version: int, name_or_path: str) -> nn.Module:
-    """The target network of a CAE version from a folder or Hub id: a DalleTokenizer (v1) or a ClipTeacher (v2)."""
-    if cae_version == 1:
-        from .tokenizer_dalle import DalleTokenizer
+    """The target network of a CAE version from a folder or Hub id: a DalleTokenizer (v1) or a ClipTeacher (v2).
+    Loaded whole even when a ZeRO-3 TrainingArguments is active: it stays outside the DeepSpeed engine."""
+    from ...zero3 import without_zero3_init
 
-        return DalleTokenizer.from_pretrained(name_or_path)
-    return ClipTeacher.from_pretrained(name_or_path)
+    with without_zero3_init():
+        if cae_version == 1:
+            from .tokenizer_dalle import DalleTokenizer
+
+            return DalleTokenizer.from_pretrained(name_or_path)
+        return ClipTeacher.from_pretrained(name_or_path)
 
 
 __all__ = ["ClipTeacher", "load_target_model"]
