@@ -133,6 +133,23 @@ def test_layer_decay_capi_classifier():
     assert by_name["pooler.query"]["weight_decay"] == 0.0
 
 
+def test_layer_decay_cae_classifier():
+    """CAE's fine-tuning recipe: layer id 0 = cls token / patch embedding, block k -> k + 1, head -> L + 1."""
+    model = hf_mim.CaeForImageClassification(hf_mim.CaeConfig.tiny(num_labels=10, classifier_type="attentive"))
+    L = num_backbone_layers(model)
+    assert L == 2
+    by_name = groups_by_name(layer_decay_parameter_groups(model, BASE_LR, WD, DECAY))
+    assert by_name["cae.layers.1.attention.q_proj.weight"]["lr"] == pytest.approx(BASE_LR * DECAY)
+    assert by_name["cae.layers.0.mlp.fc1.weight"]["lr"] == pytest.approx(BASE_LR * DECAY**2)
+    assert by_name["cae.embeddings.cls_token"]["lr"] == pytest.approx(BASE_LR * DECAY**3)
+    assert by_name["cae.embeddings.patch_embeddings.projection.weight"]["lr"] == pytest.approx(BASE_LR * DECAY**3)
+    for name in ("classifier.weight", "pooler.attention.cross_attention.q_proj.weight", "cae.layernorm.weight"):
+        assert by_name[name]["lr"] == pytest.approx(BASE_LR), name
+    for name in ("cae.embeddings.cls_token", "cae.layers.0.layer_scale1.lambda1", "pooler.query_token"):
+        assert by_name[name]["weight_decay"] == 0.0, name
+    assert "cae.embeddings.position_embeddings" not in by_name  # fixed sin-cos table, not trained
+
+
 def test_layer_decay_transformers_vit_and_frozen_parameters():
     config = ViTConfig(hidden_size=32, num_hidden_layers=3, num_attention_heads=2, intermediate_size=64,
                        image_size=32, patch_size=8, num_labels=3)  # fmt: skip
