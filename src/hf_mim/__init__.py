@@ -6,6 +6,7 @@ Importing the package registers every model with transformers' Auto classes.
 from .auto_registration import register_model
 from .image_processing_utils import HfMimImageProcessor
 from .models.cae import (
+    CaeBackbone,
     CaeConfig,
     CaeForImageClassification,
     CaeForPreTraining,
@@ -15,6 +16,7 @@ from .models.cae import (
     CaePreTrainedModel,
 )
 from .models.capi import (
+    CapiBackbone,
     CapiConfig,
     CapiForImageClassification,
     CapiForPreTraining,
@@ -25,6 +27,7 @@ from .models.capi import (
     CapiPreTrainedModel,
 )
 from .models.ijepa import (
+    IJepaBackbone,
     IJepaConfig,
     IJepaForImageClassification,
     IJepaForPreTraining,
@@ -34,6 +37,7 @@ from .models.ijepa import (
     IJepaPreTrainedModel,
 )
 from .models.vicregl import (
+    VicreglBackbone,
     VicreglConfig,
     VicreglForImageClassification,
     VicreglForPreTraining,
@@ -49,6 +53,7 @@ register_model(
     classification=CapiForImageClassification,
     pretraining=CapiForPreTraining,
     image_processor=CapiImageProcessor,
+    backbone=CapiBackbone,
 )
 
 register_model(
@@ -57,6 +62,7 @@ register_model(
     classification=IJepaForImageClassification,
     pretraining=IJepaForPreTraining,
     image_processor=IJepaImageProcessor,
+    backbone=IJepaBackbone,
 )
 
 register_model(
@@ -65,6 +71,7 @@ register_model(
     classification=CaeForImageClassification,
     pretraining=CaeForPreTraining,
     image_processor=CaeImageProcessor,
+    backbone=CaeBackbone,
 )
 
 register_model(
@@ -73,11 +80,13 @@ register_model(
     classification=VicreglForImageClassification,
     pretraining=VicreglForPreTraining,
     image_processor=VicreglImageProcessor,
+    backbone=VicreglBackbone,
 )
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "CaeBackbone",
     "CaeConfig",
     "CaeForImageClassification",
     "CaeForPreTraining",
@@ -85,6 +94,7 @@ __all__ = [
     "CaeImageProcessor",
     "CaeModel",
     "CaePreTrainedModel",
+    "CapiBackbone",
     "CapiConfig",
     "CapiForImageClassification",
     "CapiForPreTraining",
@@ -94,6 +104,7 @@ __all__ = [
     "CapiModelOutput",
     "CapiPreTrainedModel",
     "HfMimImageProcessor",
+    "IJepaBackbone",
     "IJepaConfig",
     "IJepaForImageClassification",
     "IJepaForPreTraining",
@@ -101,6 +112,7 @@ __all__ = [
     "IJepaImageProcessor",
     "IJepaModel",
     "IJepaPreTrainedModel",
+    "VicreglBackbone",
     "VicreglConfig",
     "VicreglForImageClassification",
     "VicreglForPreTraining",

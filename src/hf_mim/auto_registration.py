@@ -3,7 +3,10 @@
 `exist_ok=True` keeps re-imports (notebook reloads, spawned workers) from raising.
 """
 
+import os
+
 from transformers import (
+    AutoBackbone,
     AutoConfig,
     AutoImageProcessor,
     AutoModel,
@@ -12,12 +15,15 @@ from transformers import (
 )
 
 
-def register_model(config_class, model=None, classification=None, pretraining=None, image_processor=None) -> None:
+def register_model(
+    config_class, model=None, classification=None, pretraining=None, image_processor=None, backbone=None
+) -> None:
     AutoConfig.register(config_class.model_type, config_class, exist_ok=True)
     for auto_class, target in (
         (AutoModel, model),
         (AutoModelForImageClassification, classification),
         (AutoModelForPreTraining, pretraining),
+        (AutoBackbone, backbone),
     ):
         if target is not None:
             auto_class.register(config_class, target, exist_ok=True)
@@ -25,3 +31,35 @@ def register_model(config_class, model=None, classification=None, pretraining=No
         AutoImageProcessor.register(
             config_class, image_processor_classes={"torchvision": image_processor}, exist_ok=True
         )
+    if backbone is not None:
+        enable_auto_backbone_local_folders()
+
+
+def enable_auto_backbone_local_folders() -> None:
+    """Let `AutoBackbone.from_pretrained` read a local folder (idempotent).
+
+    transformers 5.x's `AutoBackbone.from_pretrained` treats every name that `HfApi.repo_exists` does not find on the
+    Hub as a timm model: a local folder fails (an `HFValidationError` for an absolute path, a network lookup, then
+    timm, for a relative one), for transformers' own backbones as for ours. An existing local directory is sent to the
+    regular Auto-class loading (config.json -> registered backbone class), as transformers 4.x did; every other name
+    takes transformers' own path unchanged.
+    """
+    current = AutoBackbone.__dict__.get("from_pretrained")
+    if getattr(current, "__func__", None) is not None and getattr(current.__func__, "_hf_mim_local_folders", False):
+        return
+    from transformers.models.auto.auto_factory import _BaseAutoBackboneClass
+
+    original = _BaseAutoBackboneClass.from_pretrained.__func__
+    regular = super(_BaseAutoBackboneClass, AutoBackbone).from_pretrained.__func__  # _BaseAutoModelClass's
+
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
+        if isinstance(pretrained_model_name_or_path, str | os.PathLike) and os.path.isdir(
+            pretrained_model_name_or_path
+        ):
+            kwargs.pop("use_timm_backbone", None)
+            return regular(cls, pretrained_model_name_or_path, *model_args, **kwargs)
+        return original(cls, pretrained_model_name_or_path, *model_args, **kwargs)
+
+    from_pretrained._hf_mim_local_folders = True
+    from_pretrained.__doc__ = original.__doc__
+    AutoBackbone.from_pretrained = classmethod(from_pretrained)

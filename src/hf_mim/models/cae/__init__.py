@@ -1,3 +1,4 @@
+from .backbone_cae import CaeBackbone
 from .configuration_cae import CaeConfig
 from .image_processing_cae import CaeImageProcessor, CaeImageProcessorKwargs
 from .modeling_cae import (
@@ -15,6 +16,7 @@ from .tokenizer_dalle import DalleTokenizer, DalleTokenizerConfig, register_dall
 register_dalle_tokenizer()  # AutoModel / AutoConfig load tokenizer folders on `import hf_mim`
 
 __all__ = [
+    "CaeBackbone",
     "CaeConfig",
     "CaeForImageClassification",
     "CaeForPreTraining",

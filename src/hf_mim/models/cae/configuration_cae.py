@@ -4,6 +4,8 @@ import numbers
 
 from transformers import PreTrainedConfig
 
+from ...backbone_utils import ViTBackboneConfigMixin, pop_backbone_kwargs
+
 _CHOICES = {"pooling": ("cls", "mean"), "classifier_type": ("finetune", "linear", "attentive")}
 
 
@@ -11,7 +13,7 @@ def _is_int(value) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
-class CaeConfig(PreTrainedConfig):
+class CaeConfig(ViTBackboneConfigMixin, PreTrainedConfig):
     r"""Configuration of hf_mim's CAE (Chen et al., IJCV 2023) and CAE v2 (Zhang et al., 2022). Defaults: CAE v1 base.
 
     Args:
@@ -49,6 +51,20 @@ class CaeConfig(PreTrainedConfig):
         classifier_type (`str`, *optional*, defaults to `"finetune"`): `CaeForImageClassification` head: `"finetune"`
             (mean pooling + Linear), `"linear"` (cls + BatchNorm without affine + Linear: the linear probe) or
             `"attentive"` (a learned query cross-attending to the normed tokens, no residual / MLP; BatchNorm + Linear).
+        out_features (`list[str]`, *optional*):
+            Backbone use (`CaeBackbone`, `AutoBackbone`): the stages whose feature maps are returned, among
+            `stage_names` = `["stem", "stage1", ..., "stage<num_hidden_layers>"]` ("stem": the embedding output,
+            "stage<i>": the output of block i). Aligned with `out_indices`; default: the last stage.
+        out_indices (`list[int]`, *optional*):
+            The same choice by index into `stage_names` (`out_indices=[i]` is `hidden_states[i]`).
+        backbone_apply_layernorm (`bool`, *optional*, defaults to `True`):
+            Backbone use: pass each returned map through the encoder's final norm (the LayerNorm of
+            `last_hidden_state`). CAE's UperNet protocol takes the un-normed outputs of blocks 4, 6, 8 and 12 (ViT-B)
+            through the adapters: `backbone_apply_layernorm=False, backbone_multiscale=True,
+            out_indices=[4, 6, 8, 12]` (ViT-L: `[8, 12, 16, 24]`).
+        backbone_multiscale (`bool`, *optional*, defaults to `False`):
+            Backbone use: map exactly four chosen stages to 4x, 2x, 1x and 1/2x the patch grid with the BEiT / CAE
+            segmentation adapters (`hf_mim.layers.dense.MultiScaleAdapter`), the pyramid an UperNet head takes.
     """
 
     model_type = "cae"
@@ -81,8 +97,11 @@ class CaeConfig(PreTrainedConfig):
         alignment_loss_weight: float = 2.0,
         pooling: str = "cls",
         classifier_type: str = "finetune",
+        backbone_apply_layernorm: bool = True,
+        backbone_multiscale: bool = False,
         **kwargs,
     ):
+        out_features, out_indices = pop_backbone_kwargs(kwargs)
         super().__init__(**kwargs)
         self.cae_version = cae_version
         self.image_size = image_size
@@ -112,6 +131,9 @@ class CaeConfig(PreTrainedConfig):
         self.alignment_loss_weight = alignment_loss_weight
         self.pooling = pooling
         self.classifier_type = classifier_type
+        self.backbone_apply_layernorm = backbone_apply_layernorm
+        self.backbone_multiscale = backbone_multiscale
+        self._store_backbone_outputs(out_features, out_indices)
         self._check_fields()
 
     @property
@@ -159,6 +181,7 @@ class CaeConfig(PreTrainedConfig):
             fail(f"drop_path_rate must lie in [0, 1), got {self.drop_path_rate!r}.")
         if not self.layer_norm_eps > 0:
             fail(f"layer_norm_eps must be positive, got {self.layer_norm_eps!r}.")
+        self._check_backbone_fields(fail)
 
     # ------------------------------------------------------------------ presets
     @classmethod

@@ -1,3 +1,4 @@
+from .backbone_capi import CapiBackbone
 from .configuration_capi import CapiConfig
 from .image_processing_capi import CapiImageProcessor, CapiImageProcessorKwargs
 from .modeling_capi import (
@@ -10,6 +11,7 @@ from .modeling_capi import (
 )
 
 __all__ = [
+    "CapiBackbone",
     "CapiConfig",
     "CapiForImageClassification",
     "CapiForPreTraining",

@@ -4,6 +4,8 @@ import numbers
 
 from transformers import PreTrainedConfig
 
+from ...backbone_utils import ViTBackboneConfigMixin, pop_backbone_kwargs
+
 _CHOICES = {
     "register_coordinates": ("edge", "zeros"),
     "drop_path_mode": ("efficient", "naive"),
@@ -15,7 +17,7 @@ def _is_int(value) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
-class CapiConfig(PreTrainedConfig):
+class CapiConfig(ViTBackboneConfigMixin, PreTrainedConfig):
     r"""Configuration of a CAPI model (Darcet et al., "Cluster and Predict Latent Patches for Improved Masked Image
     Modeling", TMLR 2025). The defaults are the released ViT-L/14 (`CapiConfig.vitl14()` says so explicitly).
 
@@ -98,6 +100,18 @@ class CapiConfig(PreTrainedConfig):
             Run Sinkhorn-Knopp independently at every token position.
         clustering_bias (`bool`, *optional*, defaults to `True`):
             Bias in the clustering head's linear layer.
+        out_features (`list[str]`, *optional*):
+            Backbone use (`CapiBackbone`, `AutoBackbone`): the stages whose feature maps are returned, among
+            `stage_names` = `["stem", "stage1", ..., "stage<num_hidden_layers>"]` ("stem": the embedding output,
+            "stage<i>": the output of block i). Aligned with `out_indices`; default: the last stage.
+        out_indices (`list[int]`, *optional*):
+            The same choice by index into `stage_names` (`out_indices=[i]` is `hidden_states[i]`).
+        backbone_apply_layernorm (`bool`, *optional*, defaults to `True`):
+            Backbone use: pass each returned map through the encoder's final norm (the parameter-free RMSNorm;
+            CAPI's k-NN / linear segmentation use the normed last-layer patch tokens: the default).
+        backbone_multiscale (`bool`, *optional*, defaults to `False`):
+            Backbone use: map exactly four chosen stages to 4x, 2x, 1x and 1/2x the patch grid with the BEiT / CAE
+            segmentation adapters (`hf_mim.layers.dense.MultiScaleAdapter`), the pyramid an UperNet head takes.
     """
 
     model_type = "capi"
@@ -139,8 +153,11 @@ class CapiConfig(PreTrainedConfig):
         sinkhorn_iterations: int = 3,
         positionwise_sinkhorn: bool = True,
         clustering_bias: bool = True,
+        backbone_apply_layernorm: bool = True,
+        backbone_multiscale: bool = False,
         **kwargs,
     ):
+        out_features, out_indices = pop_backbone_kwargs(kwargs)
         super().__init__(**kwargs)
         self.image_size = image_size
         self.patch_size = patch_size
@@ -177,6 +194,9 @@ class CapiConfig(PreTrainedConfig):
         self.sinkhorn_iterations = sinkhorn_iterations
         self.positionwise_sinkhorn = positionwise_sinkhorn
         self.clustering_bias = clustering_bias
+        self.backbone_apply_layernorm = backbone_apply_layernorm
+        self.backbone_multiscale = backbone_multiscale
+        self._store_backbone_outputs(out_features, out_indices)
         self._check_fields()
 
     def validate(self):
@@ -232,6 +252,7 @@ class CapiConfig(PreTrainedConfig):
             value = getattr(self, name)
             if not value > 0:
                 fail(f"{name} must be positive, got {value!r}.")
+        self._check_backbone_fields(fail)
 
     @classmethod
     def vitl14(cls, **kwargs) -> "CapiConfig":

@@ -1,3 +1,4 @@
+from .backbone_ijepa import IJepaBackbone
 from .configuration_ijepa import IJepaConfig
 from .image_processing_ijepa import IJepaImageProcessor, IJepaImageProcessorKwargs
 from .modeling_ijepa import (
@@ -26,6 +27,7 @@ def _register_transformers_key_renaming() -> None:
 _register_transformers_key_renaming()
 
 __all__ = [
+    "IJepaBackbone",
     "IJepaConfig",
     "IJepaForImageClassification",
     "IJepaForPreTraining",

@@ -4,6 +4,8 @@ import numbers
 
 from transformers import PreTrainedConfig
 
+from ...backbone_utils import ViTBackboneConfigMixin, pop_backbone_kwargs
+
 _CHOICES = {
     "mask_sampler": ("uniform", "original"),
     "loss_type": ("smooth_l1", "l2"),
@@ -16,7 +18,7 @@ def _is_int(value) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
-class IJepaConfig(PreTrainedConfig):
+class IJepaConfig(ViTBackboneConfigMixin, PreTrainedConfig):
     r"""Configuration of hf_mim's I-JEPA (Assran et al., CVPR 2023). Defaults: the released ViT-H/14.
 
     `model_type` is `"hf_mim_ijepa"`, distinct from transformers' `"ijepa"`; the encoder's field and weight names are
@@ -63,6 +65,18 @@ class IJepaConfig(PreTrainedConfig):
         standalone_encoder (`str`, *optional*, defaults to `"context"`): Which encoder `IJepaModel.from_pretrained`
             takes from a full pretraining checkpoint: `"context"` (trained encoder; transformers/timm convention)
             or `"target"` (the EMA encoder).
+        out_features (`list[str]`, *optional*):
+            Backbone use (`IJepaBackbone`, `AutoBackbone`): the stages whose feature maps are returned, among
+            `stage_names` = `["stem", "stage1", ..., "stage<num_hidden_layers>"]` ("stem": the embedding output,
+            "stage<i>": the output of block i). Aligned with `out_indices`; default: the last stage.
+        out_indices (`list[int]`, *optional*):
+            The same choice by index into `stage_names` (`out_indices=[i]` is `hidden_states[i]`).
+        backbone_apply_layernorm (`bool`, *optional*, defaults to `True`):
+            Backbone use: pass each returned map through the encoder's final norm (the LayerNorm of
+            `last_hidden_state`).
+        backbone_multiscale (`bool`, *optional*, defaults to `False`):
+            Backbone use: map exactly four chosen stages to 4x, 2x, 1x and 1/2x the patch grid with the BEiT / CAE
+            segmentation adapters (`hf_mim.layers.dense.MultiScaleAdapter`), the pyramid an UperNet head takes.
     """
 
     model_type = "hf_mim_ijepa"
@@ -99,10 +113,13 @@ class IJepaConfig(PreTrainedConfig):
         classifier_layernorm: bool = False,
         classifier_dropout: float = 0.0,
         standalone_encoder: str = "context",
+        backbone_apply_layernorm: bool = True,
+        backbone_multiscale: bool = False,
         **kwargs,
     ):
         # A transformers IJepa config.json says model_type "ijepa": keep ours, so our key renaming applies.
         kwargs.pop("model_type", None)
+        out_features, out_indices = pop_backbone_kwargs(kwargs)
         super().__init__(**kwargs)
         self.image_size = image_size
         self.patch_size = patch_size
@@ -134,6 +151,9 @@ class IJepaConfig(PreTrainedConfig):
         self.classifier_layernorm = classifier_layernorm
         self.classifier_dropout = classifier_dropout
         self.standalone_encoder = standalone_encoder
+        self.backbone_apply_layernorm = backbone_apply_layernorm
+        self.backbone_multiscale = backbone_multiscale
+        self._store_backbone_outputs(out_features, out_indices)
         self._check_fields()
 
     def validate(self):
@@ -188,6 +208,7 @@ class IJepaConfig(PreTrainedConfig):
                 fail(f"{name} must lie in [0, 1), got {value!r}.")
         if not self.layer_norm_eps > 0:
             fail(f"layer_norm_eps must be positive, got {self.layer_norm_eps!r}.")
+        self._check_backbone_fields(fail)
 
     @classmethod
     def vith14(cls, **kwargs) -> "IJepaConfig":

@@ -1,3 +1,4 @@
+from .backbone_vicregl import VicreglBackbone
 from .configuration_vicregl import VicreglConfig
 from .image_processing_vicregl import VicreglImageProcessor, VicreglImageProcessorKwargs
 from .loss_vicregl import VicregCoefficients, vicreg_global_loss, vicregl_local_loss
@@ -12,6 +13,7 @@ from .modeling_vicregl import (
 )
 
 __all__ = [
+    "VicreglBackbone",
     "VicregCoefficients",
     "VicreglConfig",
     "VicreglForImageClassification",

@@ -5,6 +5,8 @@ import numbers
 
 from transformers import PreTrainedConfig
 
+from ...backbone_utils import HfMimBackboneConfigMixin, pop_backbone_kwargs
+
 _BACKBONES = ("resnet", "convnext")
 _DEFAULT_ACT = {"resnet": "relu", "convnext": "gelu"}
 
@@ -24,7 +26,7 @@ def parse_mlp_spec(spec: str) -> list[int]:
     return widths
 
 
-class VicreglConfig(PreTrainedConfig):
+class VicreglConfig(HfMimBackboneConfigMixin, PreTrainedConfig):
     r"""Configuration of hf_mim's VICRegL (Bardes, Ponce, LeCun, NeurIPS 2022). Defaults: the released ConvNeXt-S.
 
     The backbone fields are named as in transformers' `ResNetConfig` (`backbone_type="resnet"`) and `ConvNextConfig`
@@ -67,6 +69,10 @@ class VicreglConfig(PreTrainedConfig):
         l2_all_matches (`bool`, *optional*, defaults to `True`): Feature-space matching keeps every position (False:
             the `num_matches` nearest, like the location matching).
         num_global_views (`int`, *optional*, defaults to 2): Views that are compared with every other view.
+        out_features (`list[str]`, *optional*): Backbone use (`VicreglBackbone`, `AutoBackbone`): the stages whose
+            maps are returned, among `stage_names` = `["stem", "stage1", ..., "stage<num_stages>"]` (strides 4, 4, 8,
+            16, 32 for both backbones), as transformers' ResNet / ConvNeXt backbones. Default: the last stage.
+        out_indices (`list[int]`, *optional*): The same choice by index into `stage_names`.
     """
 
     model_type = "vicregl"
@@ -103,8 +109,8 @@ class VicreglConfig(PreTrainedConfig):
         # A transformers ResNet / ConvNeXt config.json names its architecture in model_type: take the backbone type
         # from it and keep our own model_type.
         foreign = kwargs.pop("model_type", None)
-        for name in ("num_stages", "out_features", "out_indices", "stage_names", "_out_features", "_out_indices"):
-            kwargs.pop(name, None)  # transformers' backbone-API fields; derived, not stored
+        kwargs.pop("num_stages", None)  # derived from `depths` (a property here)
+        out_features, out_indices = pop_backbone_kwargs(kwargs)
         super().__init__(**kwargs)
         if backbone_type is None:
             backbone_type = foreign if foreign in _BACKBONES else "convnext"
@@ -133,12 +139,17 @@ class VicreglConfig(PreTrainedConfig):
         self.num_matches = tuple(num_matches)
         self.l2_all_matches = l2_all_matches
         self.num_global_views = num_global_views
+        self._store_backbone_outputs(out_features, out_indices)
         self._check_fields()
 
     # transformers' ResNet / ConvNeXt configs expose these derived values
     @property
     def num_stages(self) -> int:
         return len(self.depths)
+
+    def backbone_stage_names(self) -> list[str]:
+        """`"stem"` (stride 4) then one name per stage, as transformers' `ResNetConfig` / `ConvNextConfig`."""
+        return ["stem"] + [f"stage{index}" for index in range(1, len(self.depths) + 1)]
 
     @property
     def representation_size(self) -> int:
@@ -203,6 +214,7 @@ class VicreglConfig(PreTrainedConfig):
             fail(f"layer_norm_eps must be positive, got {self.layer_norm_eps!r}.")
         if self.hidden_act not in ("relu", "gelu"):
             fail(f"hidden_act must be 'relu' or 'gelu', got {self.hidden_act!r}.")
+        self._check_backbone_fields(fail)
 
     # ------------------------------------------------------------------ presets (the released architectures)
     @classmethod
