@@ -10,6 +10,14 @@ from .multicrop import (
     crop_location_grid,
     vicregl_color_pipeline,
 )
+from .segmentation import (
+    SYNTHETIC_SEGMENTATION_LABELS,
+    SegmentationExamples,
+    SegmentationTransform,
+    segmentation_collate,
+    synthetic_segmentation_dataset,
+    synthetic_segmentation_datasets,
+)
 from .transforms import SafeImageTransform, decode_image, pretraining_transform
 from .two_view import CLIP_MEAN, CLIP_STD, TwoViewCollator, TwoViewCropTransform
 
@@ -19,7 +27,10 @@ __all__ = [
     "MultiCropCollator",
     "MultiCropTransform",
     "PretrainingCollator",
+    "SYNTHETIC_SEGMENTATION_LABELS",
     "SafeImageTransform",
+    "SegmentationExamples",
+    "SegmentationTransform",
     "TwoViewCollator",
     "TwoViewCropTransform",
     "VICREGL_MEAN",
@@ -31,5 +42,8 @@ __all__ = [
     "decode_image",
     "ijepa_collator",
     "pretraining_transform",
+    "segmentation_collate",
+    "synthetic_segmentation_dataset",
+    "synthetic_segmentation_datasets",
     "vicregl_color_pipeline",
 ]
