@@ -25,15 +25,14 @@ import importlib
 import importlib.util
 import io
 import random
-import statistics
 import sys
-import time
 import types
 import warnings
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
+import _common as common
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -43,7 +42,7 @@ from hf_mim.trainers.pretraining_trainer import bias_and_vector_groups
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CONVERTER = REPO_ROOT / "scripts" / "convert" / "convert_cae_to_hf.py"
-VICREGL_BENCHMARK = REPO_ROOT / "benchmarks" / "benchmark_vicregl.py"  # installed(), profile(), load_module()
+VICREGL_BENCHMARK = REPO_ROOT / "benchmarks" / "benchmark_vicregl.py"  # installed(), profile()
 # The original tree's top-level packages: generic names, so same-named modules already imported are set aside while
 # the original's are in sys.modules.
 ORIGINAL_PACKAGES = ("models", "furnace", "timm")
@@ -76,15 +75,8 @@ WORKLOADS = {
 }
 
 
-def load_module(path: Path, name: str):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-vb = load_module(VICREGL_BENCHMARK, "_benchmark_vicregl")
-bench = vb.bench  # benchmark_ijepa.py: Impl, count_flops, matmul_gflops, measure_rss, print_table
+vb = common.load_module(VICREGL_BENCHMARK, "_benchmark_vicregl")
+bench = vb.bench  # benchmark_ijepa.py: Impl, measure, print_table, print_round_medians
 
 
 # ------------------------------------------------------------------------------------------------ the original code
@@ -252,7 +244,7 @@ def copy_weights(original_model: nn.Module, hf_model: CaeForPreTraining, workloa
     `convert_checkpoint()` (keys renamed, fused qkv split, the v1 alignment twin and v2's unused regressor norm
     dropped), in the container of a training save; the config it infers from the shapes must match, and the state is
     loaded strictly."""
-    converter = load_module(CONVERTER, "_cae_converter")
+    converter = common.load_module(CONVERTER, "_cae_converter")
     checkpoint = {"model": {k: v.detach().clone() for k, v in original_model.state_dict().items()}}
     config = hf_model.config
     inferred, state, is_full, _ = converter.convert_checkpoint(
@@ -430,33 +422,19 @@ def build_workload(name: str, original, args, notes: list[str], checks: list[str
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--original_src", type=Path, required=True, help="exported Atten4Vis/CAE tree")
-    parser.add_argument("--workloads", default=",".join(WORKLOADS), help=f"comma list of {', '.join(WORKLOADS)}")
+    common.add_workloads_argument(parser, WORKLOADS)
     parser.add_argument("--batch_size", type=int, default=16)
-    parser.add_argument("--rounds", type=int, default=6, help="interleaved rounds")
-    parser.add_argument("--steps", type=int, default=3, help="timed steps per implementation per round")
-    parser.add_argument("--num_threads", type=int, default=1)
     parser.add_argument(
         "--attn_implementation",
         choices=["sdpa", "eager"],
         default="sdpa",
         help="hf_mim's attention (the original always runs q @ k^T, softmax, @ v)",
     )
-    parser.add_argument("--matmul_size", type=int, default=2048)
-    parser.add_argument("--matmul_reps", type=int, default=2, help="torch.mm calls per round (the best counts)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--verbose", action="store_true", help="also print per-round medians and ratios")
-    parser.add_argument("--profile", type=int, default=0, metavar="ROWS", help="after timing, profile each side")
-    parser.add_argument("--profile_steps", type=int, default=3)
+    common.add_timing_arguments(parser, rounds=6, steps=3)
     args = parser.parse_args(argv)
-    if args.rounds < 1 or args.steps < 1:
-        raise SystemExit("--rounds and --steps must be >= 1")
-    names = [n.strip() for n in args.workloads.split(",") if n.strip()]
-    unknown = [n for n in names if n not in WORKLOADS]
-    if unknown or not names:
-        raise SystemExit(f"--workloads: unknown {unknown}; choose from {', '.join(WORKLOADS)}")
-    torch.set_num_threads(args.num_threads)
-    with contextlib.suppress(RuntimeError):
-        torch.set_num_interop_threads(args.num_threads)
+    common.require_positive(args, "rounds", "steps")
+    names = common.parse_workloads(args.workloads, WORKLOADS)
+    common.use_threads(args.num_threads)
 
     original, notes = import_original(args.original_src)
     checks: list[str] = []
@@ -468,35 +446,9 @@ def main(argv=None) -> int:
     for line in checks:
         print("check: " + line)
 
-    # ---- FLOPs (doubles as warm-up), then one plain untimed step each
-    impls = [impl for group in groups.values() for impl in group]
-    for impl in impls:
-        impl.flops = bench.count_flops(impl, range(MASK_DRAWS))
-        impl.run(0)
-
-    # ---- interleaved rounds: A B, B A, ... within a round; a matmul yardstick between rounds
-    a, b = torch.randn(args.matmul_size, args.matmul_size), torch.randn(args.matmul_size, args.matmul_size)
-    c = torch.empty(args.matmul_size, args.matmul_size)
-    matmul_rounds = [bench.matmul_gflops(args.matmul_size, 1, a, b, c)]
-    step_index = 0
-    started = time.perf_counter()
-    for round_index in range(args.rounds):
-        for group in groups.values():
-            for impl in group:
-                impl.rounds.append([])
-                impl.cpu_rounds.append([])
-            for s in range(args.steps):
-                for impl in group if (round_index * args.steps + s) % 2 == 0 else group[::-1]:
-                    cpu_start, start = time.process_time(), time.perf_counter()
-                    impl.run(step_index + s)
-                    impl.rounds[-1].append(time.perf_counter() - start)
-                    impl.cpu_rounds[-1].append(time.process_time() - cpu_start)
-        step_index += args.steps
-        matmul_rounds.append(bench.matmul_gflops(args.matmul_size, args.matmul_reps, a, b, c))
-    elapsed = time.perf_counter() - started
+    # ---- FLOPs (doubles as warm-up), interleaved rounds (A B, B A, ...; a matmul yardstick between rounds), RSS
+    matmul_rounds, elapsed = bench.measure(groups, args, MASK_DRAWS)
     peak_wall, peak = max(w for w, _ in matmul_rounds), max(c for _, c in matmul_rounds)
-    for impl in impls:  # after timing: it trims the heap
-        impl.rss = bench.measure_rss(impl, 0)
 
     print()
     bench.print_table(groups, peak)
@@ -512,15 +464,7 @@ def main(argv=None) -> int:
     for note in notes:
         print("note: " + note)
     if args.verbose:
-        for clock, attribute in (("wall", "rounds"), ("CPU", "cpu_rounds")):
-            print(f"\nper-round medians, {clock} ms:")
-            for impl in impls:
-                values = " ".join(f"{statistics.median(r) * 1e3:.1f}" for r in getattr(impl, attribute))
-                print(f"  {impl.workload:<10} {impl.name:<9} {values}")
-            for workload, (hf, other) in groups.items():
-                pairs = zip(getattr(other, attribute), getattr(hf, attribute))
-                ratios = " ".join(f"{statistics.median(o) / statistics.median(h):.3f}" for o, h in pairs)
-                print(f"  {workload:<10} hf_mim speed-up: {ratios}")
+        bench.print_round_medians(groups, 10, 9)
     if args.profile:
         for group in groups.values():
             vb.profile(group, args.profile_steps, args.profile)

@@ -19,16 +19,10 @@ benchmarks/README.md.
 """
 
 import argparse
-import ast
 import contextlib
 import copy
-import ctypes
-import gc
 import importlib
-import importlib.util
 import math
-import re
-import resource
 import statistics
 import sys
 import tempfile
@@ -39,6 +33,7 @@ from functools import partial
 from pathlib import Path
 from types import SimpleNamespace
 
+import _common as common
 import torch
 import torch.nn.functional as F
 import transformers
@@ -69,32 +64,8 @@ LR, WEIGHT_DECAY, MOMENTUM = 1e-4, 0.04, 0.996
 
 
 # --------------------------------------------------------------------------------------------- arguments / config
-def parse_overrides(text: str | None) -> dict:
-    """Parse "k=v,k2=v2"; values are Python literals when they parse ((0.1, 0.2), 1e-5, True), strings otherwise."""
-    if not text:
-        return {}
-    overrides = {}
-    for item in re.split(r",(?=\s*[A-Za-z_]\w*\s*=)", text):  # commas inside values ((a, b)) are kept
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise SystemExit(f"overrides: expected k=v, got {item!r}")
-        value = value.strip()
-        if value.lower() in ("true", "false"):
-            parsed = value.lower() == "true"
-        else:
-            try:
-                parsed = ast.literal_eval(value)
-            except (ValueError, SyntaxError):
-                parsed = value
-        overrides[key.strip()] = parsed
-    return overrides
-
-
 def build_ijepa_config(args) -> IJepaConfig:
-    overrides = parse_overrides(args.config_overrides)
-    unknown = [key for key in overrides if not hasattr(PRESETS[args.config](), key)]
-    if unknown:
-        raise SystemExit(f"--config_overrides: IJepaConfig has no attribute(s) {unknown}")
+    overrides = common.parse_overrides(args.config_overrides, "--config_overrides", reference=PRESETS[args.config]())
     if args.image_size is not None:
         overrides["image_size"] = args.image_size  # the original's position table is built for this grid
     overrides.setdefault("mask_sampler", "original")
@@ -256,16 +227,9 @@ class OriginalIJepa:
         return loss.detach()
 
 
-def load_module(path: Path, name: str):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def copy_original_ijepa_weights(original: OriginalIJepa, hf_model: IJepaForPreTraining, config: IJepaConfig) -> str:
     """Original encoder / predictor / target encoder -> hf_mim through scripts/convert/convert_ijepa_to_hf.py."""
-    converter = load_module(IJEPA_CONVERTER, "_ijepa_converter")
+    converter = common.load_module(IJEPA_CONVERTER, "_ijepa_converter")
     inferred, state, _ = converter.convert_checkpoint(original.checkpoint(), "<original>", config.num_attention_heads)
     for key in (
         "hidden_size",
@@ -331,7 +295,7 @@ def build_capi(args, ijepa_config: IJepaConfig, notes: list[str]):
     from hf_mim import CapiConfig
     from hf_mim.masking import InverseBlockMasking, to_absolute
 
-    bp = load_module(CAPI_BENCHMARK, "_benchmark_pretraining")
+    bp = common.load_module(CAPI_BENCHMARK, "_benchmark_pretraining")
     c = ijepa_config
     settings = dict(
         image_size=c.image_size,
@@ -348,7 +312,7 @@ def build_capi(args, ijepa_config: IJepaConfig, notes: list[str]):
         num_prototypes=1024,
         drop_path_rate=0.0,
     )
-    settings.update(parse_overrides(args.capi_config_overrides))
+    settings.update(common.parse_overrides(args.capi_config_overrides, "--capi_config_overrides"))
     config = CapiConfig(**settings, attn_implementation=args.train_attn_implementation)
     bp.check_original_compatible(config)
     original, stubbed = bp.import_original(args.original_capi)
@@ -459,27 +423,55 @@ def matmul_gflops(size: int, reps: int, a: torch.Tensor, b: torch.Tensor, c: tor
     return 2 * size**3 / best_wall / 1e9, 2 * size**3 / best_cpu / 1e9
 
 
-def release_memory() -> None:
-    gc.collect()
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
+def measure(groups: dict[str, list[Impl]], args, flop_steps: int) -> tuple[list[tuple[float, float]], float]:
+    """Fill in every Impl of `groups`, under the timing arguments of `args` (_common.add_timing_arguments):
+    * `flops`: FLOPs per step, the mean over steps 0 .. flop_steps - 1 of a training Impl (step 0 of an inference
+      one); this doubles as warm-up, followed by one plain untimed step each;
+    * `rounds` / `cpu_rounds`: wall and process CPU seconds of each timed step. In each of `args.rounds` rounds every
+      workload's implementations take turns step by step (A B, B A, A B, ...: neighbours in time see about the same
+      machine load), `args.steps` timed steps each, at step indices that go on from round to round;
+    * `rss`: the peak RSS growth of one step (after timing: it trims the heap, which would perturb the timings).
+    Returns the (wall, CPU) GFLOP/s of the matmul yardstick (one call before the first round, the best of
+    `args.matmul_reps` after each) and the seconds the rounds took."""
+    impls = [impl for group in groups.values() for impl in group]
+    for impl in impls:
+        impl.flops = count_flops(impl, range(flop_steps) if impl.training else range(1))
+        impl.run(0)
 
+    size = args.matmul_size
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    c = torch.empty(size, size)
+    matmul_rounds = [matmul_gflops(size, 1, a, b, c)]  # warm-up call, also counted
+    step_index = 0
+    started = time.perf_counter()
+    for round_index in range(args.rounds):
+        for group in groups.values():
+            for impl in group:
+                impl.rounds.append([])
+                impl.cpu_rounds.append([])
+            for s in range(args.steps):
+                for impl in group if (round_index * args.steps + s) % 2 == 0 else group[::-1]:
+                    cpu_start, start = time.process_time(), time.perf_counter()
+                    impl.run(step_index + s)
+                    impl.rounds[-1].append(time.perf_counter() - start)
+                    impl.cpu_rounds[-1].append(time.process_time() - cpu_start)
+        step_index += args.steps
+        matmul_rounds.append(matmul_gflops(size, args.matmul_reps, a, b, c))
+    elapsed = time.perf_counter() - started
 
-def _maxrss() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
+    for impl in impls:
+        impl.rss = measure_rss(impl, 0)
+    return matmul_rounds, elapsed
 
 
 def measure_rss(impl: Impl, index: int) -> int | None:
     """Growth of the process peak RSS over one step, after a malloc_trim and a peak reset (None if not allowed)."""
-    release_memory()
-    try:
-        with open("/proc/self/clear_refs", "w") as handle:
-            handle.write("5")
-    except OSError:
+    common.release_memory()
+    if not common.reset_peak_rss():
         return None
-    baseline = _maxrss()
+    baseline = common.maxrss_bytes()
     impl.run(index)
-    return _maxrss() - baseline
+    return common.maxrss_bytes() - baseline
 
 
 # -------------------------------------------------------------------------------------------------------- reporting
@@ -532,6 +524,25 @@ def print_table(groups: dict[str, list[Impl]], peak: float) -> None:
             print("| " + " | ".join(cells) + " |")
 
 
+def print_round_medians(
+    groups: dict[str, list[Impl]], workload_width: int, name_width: int, versus: bool = False
+) -> None:
+    """Per-round medians of every implementation (wall, then CPU ms) and the per-round speed-up of hf_mim (the first
+    of each group) over each other implementation ("hf_mim speed-up vs <name>" with `versus`)."""
+    for clock, attribute in (("wall", "rounds"), ("CPU", "cpu_rounds")):
+        print(f"\nper-round medians, {clock} ms:")
+        for group in groups.values():
+            for impl in group:
+                values = " ".join(f"{statistics.median(r) * 1e3:.1f}" for r in getattr(impl, attribute))
+                print(f"  {impl.workload:<{workload_width}} {impl.name:<{name_width}} {values}")
+        for workload, group in groups.items():
+            for other in group[1:]:
+                pairs = zip(getattr(other, attribute), getattr(group[0], attribute))
+                ratios = " ".join(f"{statistics.median(o) / statistics.median(h):.3f}" for o, h in pairs)
+                label = f"hf_mim speed-up vs {other.name}" if versus else "hf_mim speed-up"
+                print(f"  {workload:<{workload_width}} {label}: {ratios}")
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--original_ijepa", type=Path, default=None, help="facebookresearch/ijepa work tree")
@@ -541,8 +552,6 @@ def main(argv=None) -> int:
     parser.add_argument("--capi_config_overrides", default=None, help='"k=v,..." CapiConfig fields of the CAPI row')
     parser.add_argument("--batch_size", type=int, default=8)
     parser.add_argument("--image_size", type=int, default=None, help="default: the config's image_size")
-    parser.add_argument("--rounds", type=int, default=8, help="interleaved rounds")
-    parser.add_argument("--steps", type=int, default=4, help="timed steps per implementation per round")
     parser.add_argument("--mask_draws", type=int, default=4, help="mask draws, cycled over the steps (both sides)")
     parser.add_argument(
         "--train_attn_implementation",
@@ -551,20 +560,13 @@ def main(argv=None) -> int:
         help="hf_mim's attention in the training steps (the original I-JEPA always runs eager math)",
     )
     parser.add_argument("--skip", default="", help="comma list of workloads to leave out (ijepa_step,ijepa_infer)")
-    parser.add_argument("--matmul_size", type=int, default=2048)
-    parser.add_argument("--matmul_reps", type=int, default=2, help="torch.mm calls per round (the best counts)")
-    parser.add_argument("--num_threads", type=int, default=1)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--verbose", action="store_true", help="also print per-round medians")
+    common.add_timing_arguments(parser, rounds=8, steps=4, verbose_help="also print per-round medians", profile=False)
     args = parser.parse_args(argv)
-    if args.rounds < 1 or args.steps < 1 or args.mask_draws < 1:
-        raise SystemExit("--rounds, --steps and --mask_draws must be >= 1")
-    torch.set_num_threads(args.num_threads)
-    with contextlib.suppress(RuntimeError):
-        torch.set_num_interop_threads(args.num_threads)
+    common.require_positive(args, "rounds", "steps", "mask_draws")
+    common.use_threads(args.num_threads)
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
-    skip = {s.strip() for s in args.skip.split(",") if s.strip()}
+    skip = set(common.comma_list(args.skip))
 
     config = build_ijepa_config(args)
     side = config.image_size
@@ -693,37 +695,9 @@ def main(argv=None) -> int:
     for line in checks:
         print("check: " + line)
 
-    # ---- FLOPs (doubles as warm-up: one step per mask draw), then one plain untimed step each
-    impls = [impl for group in groups.values() for impl in group]
-    for impl in impls:
-        impl.flops = count_flops(impl, range(args.mask_draws) if impl.training else range(1))
-        impl.run(0)
-
-    # ---- interleaved rounds
-    a, b = torch.randn(args.matmul_size, args.matmul_size), torch.randn(args.matmul_size, args.matmul_size)
-    c = torch.empty(args.matmul_size, args.matmul_size)
-    matmul_rounds = [matmul_gflops(args.matmul_size, 1, a, b, c)]  # warm-up call, also counted
-    step_index = 0
-    started = time.perf_counter()
-    for round_index in range(args.rounds):
-        for group in groups.values():
-            for impl in group:
-                impl.rounds.append([])
-                impl.cpu_rounds.append([])
-            for s in range(args.steps):  # A B, B A, A B, ...: neighbours in time see about the same machine load
-                for impl in group if (round_index * args.steps + s) % 2 == 0 else group[::-1]:
-                    cpu_start, start = time.process_time(), time.perf_counter()
-                    impl.run(step_index + s)
-                    impl.rounds[-1].append(time.perf_counter() - start)
-                    impl.cpu_rounds[-1].append(time.process_time() - cpu_start)
-        step_index += args.steps
-        matmul_rounds.append(matmul_gflops(args.matmul_size, args.matmul_reps, a, b, c))
-    elapsed = time.perf_counter() - started
+    # ---- FLOPs (doubles as warm-up: one step per mask draw), interleaved rounds, peak RSS growth
+    matmul_rounds, elapsed = measure(groups, args, args.mask_draws)
     peak_wall, peak = max(w for w, _ in matmul_rounds), max(c for _, c in matmul_rounds)
-
-    # ---- peak RSS growth of one step each (after timing: it trims the heap, which would perturb the timings)
-    for impl in impls:
-        impl.rss = measure_rss(impl, 0)
 
     print()
     print_table(groups, peak)
@@ -746,16 +720,7 @@ def main(argv=None) -> int:
     for note in notes:
         print("note: " + note)
     if args.verbose:
-        for clock, attribute in (("wall", "rounds"), ("CPU", "cpu_rounds")):
-            print(f"\nper-round medians, {clock} ms:")
-            for impl in impls:
-                values = " ".join(f"{statistics.median(r) * 1e3:.1f}" for r in getattr(impl, attribute))
-                print(f"  {impl.workload:<18} {impl.name:<13} {values}")
-            for workload, group in groups.items():
-                for other in group[1:]:
-                    pairs = zip(getattr(other, attribute), getattr(group[0], attribute))
-                    ratios = " ".join(f"{statistics.median(o) / statistics.median(h):.3f}" for o, h in pairs)
-                    print(f"  {workload:<18} hf_mim speed-up vs {other.name}: {ratios}")
+        print_round_medians(groups, 18, 13, versus=True)
         print("  matmul GFLOP/s per round (wall/CPU): " + " ".join(f"{w:.1f}/{c:.1f}" for w, c in matmul_rounds))
     return 0
 

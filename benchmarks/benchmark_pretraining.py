@@ -19,21 +19,18 @@ import argparse
 import ast
 import contextlib
 import copy
-import ctypes
-import gc
 import importlib.abc
 import importlib.machinery
 import importlib.util
 import logging
 import math
-import re
-import resource
 import statistics
 import sys
 import time
 import types
 from pathlib import Path
 
+import _common as common
 import torch
 import torch.nn.functional as F
 
@@ -58,34 +55,8 @@ def adamw(params, implementation: str, **kwargs) -> torch.optim.AdamW:
 
 
 # --------------------------------------------------------------------------------------------- arguments / config
-def parse_overrides(text: str | None) -> dict:
-    """Parse "k=v,k2=v2"; values are Python literals when they parse (1e-5, True, [1, 2]), strings otherwise."""
-    if not text:
-        return {}
-    overrides = {}
-    for item in re.split(r",(?=\s*[A-Za-z_]\w*\s*=)", text):  # commas inside values ([a, b]) are kept
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise SystemExit(f"--config_overrides: expected k=v, got {item!r}")
-        value = value.strip()
-        lowered = value.lower()
-        if lowered in ("true", "false"):
-            parsed = lowered == "true"
-        else:
-            try:
-                parsed = ast.literal_eval(value)
-            except (ValueError, SyntaxError):
-                parsed = value
-        overrides[key.strip()] = parsed
-    return overrides
-
-
 def build_config(args) -> CapiConfig:
-    overrides = parse_overrides(args.config_overrides)
-    reference = PRESETS[args.config]()
-    unknown = [key for key in overrides if not hasattr(reference, key)]
-    if unknown:
-        raise SystemExit(f"--config_overrides: CapiConfig has no attribute(s) {unknown}")
+    overrides = common.parse_overrides(args.config_overrides, "--config_overrides", reference=PRESETS[args.config]())
     return PRESETS[args.config](**overrides, attn_implementation=args.attn_implementation)
 
 
@@ -102,36 +73,25 @@ class PeakMemory:
         self.can_reset = False
         self.process_peak = 0
         if device.type == "cpu":
-            try:
-                with open("/proc/self/clear_refs", "w") as handle:
-                    handle.write("5")
-                self.can_reset = True
-            except OSError:
-                self.can_reset = False
-
-    @staticmethod
-    def _maxrss_bytes() -> int:
-        scale = 1 if sys.platform == "darwin" else 1024  # Linux reports KiB, macOS bytes
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
+            self.can_reset = common.reset_peak_rss()
 
     def start(self) -> None:
-        release_memory(self.device)
+        common.release_memory(self.device)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
             self.baseline = torch.cuda.memory_allocated(self.device)
             return
-        self.process_peak = max(self.process_peak, self._maxrss_bytes())
+        self.process_peak = max(self.process_peak, common.maxrss_bytes())
         if self.can_reset:
-            with open("/proc/self/clear_refs", "w") as handle:
-                handle.write("5")  # peak RSS := current RSS
-        self.baseline = self._maxrss_bytes()
+            common.reset_peak_rss()  # peak RSS := current RSS
+        self.baseline = common.maxrss_bytes()
 
     def stop(self) -> int:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
             return torch.cuda.max_memory_allocated(self.device) - self.baseline
-        peak = self._maxrss_bytes()
+        peak = common.maxrss_bytes()
         self.process_peak = max(self.process_peak, peak)
         return peak - self.baseline
 
@@ -155,14 +115,6 @@ class PeakMemory:
         return (
             text + " WARNING: the peak could not be reset, so the second phase only shows growth beyond the first's."
         )
-
-
-def release_memory(device: torch.device) -> None:
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6").malloc_trim(0)  # hand freed heap back to the OS so RSS reflects live memory
 
 
 # ----------------------------------------------------------------------------------------------- the original code
@@ -526,7 +478,7 @@ def benchmark(
         losses = results[runner.name]["losses"]
         if not all(math.isfinite(value) for value in losses):
             print(f"WARNING: {runner.name} produced non-finite losses: {losses}")
-    release_memory(device)
+    common.release_memory(device)
     return results
 
 
@@ -584,8 +536,7 @@ def main(argv=None) -> int:
     malloc_tuned = tune_glibc_malloc() if args.tune_malloc else False
     if args.tune_malloc and not malloc_tuned:
         print("note: --tune_malloc: not glibc, allocator unchanged")
-    if args.steps_per_round < 1:
-        raise SystemExit("--steps_per_round must be >= 1")
+    common.require_positive(args, "steps_per_round")
     if args.steps < 1 or args.warmup_steps < 0:
         raise SystemExit("--steps must be >= 1 and --warmup_steps >= 0")
     if args.device == "cuda" and not torch.cuda.is_available():

@@ -23,13 +23,12 @@ import contextlib
 import importlib
 import importlib.util
 import socket
-import statistics
 import sys
-import time
 import types
 from dataclasses import dataclass
 from pathlib import Path
 
+import _common as common
 import torch
 import torch.distributed as dist
 
@@ -71,14 +70,7 @@ WORKLOADS = {
 TOTAL_STRIDE = 32  # both backbones: one location-grid cell per 32 input pixels
 
 
-def load_module(path: Path, name: str):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-bench = load_module(IJEPA_BENCHMARK, "_benchmark_ijepa")  # Impl, count_flops, measure_rss, print_table, ...
+bench = common.load_module(IJEPA_BENCHMARK, "_benchmark_ijepa")  # Impl, measure, print_table, print_round_medians
 
 
 # ------------------------------------------------------------------------------------------------ the original code
@@ -225,7 +217,7 @@ def hf_config(workload: Workload) -> VicreglConfig:
 def copy_weights(original_model, hf_model: VicreglForPreTraining, config: VicreglConfig) -> str:
     """Original VICRegL module state -> hf_mim through scripts/convert/convert_vicregl_to_hf.py convert_checkpoint()
     (backbone renamed, projectors by index, the online classifier dropped), loaded strictly."""
-    converter = load_module(CONVERTER, "_vicregl_converter")
+    converter = common.load_module(CONVERTER, "_vicregl_converter")
     checkpoint = {k: v.detach().clone() for k, v in original_model.state_dict().items()}
     inferred, state, is_full, _ = converter.convert_checkpoint(
         checkpoint, "<original>", names=(f"alpha{config.alpha}",)
@@ -382,27 +374,13 @@ def profile(impls: list, steps: int, rows: int) -> None:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--original_src", type=Path, required=True, help="exported facebookresearch/VICRegL tree")
-    parser.add_argument("--workloads", default=",".join(WORKLOADS), help=f"comma list of {', '.join(WORKLOADS)}")
+    common.add_workloads_argument(parser, WORKLOADS)
     parser.add_argument("--batch_size", type=int, default=16)
-    parser.add_argument("--rounds", type=int, default=6, help="interleaved rounds")
-    parser.add_argument("--steps", type=int, default=3, help="timed steps per implementation per round")
-    parser.add_argument("--num_threads", type=int, default=1)
-    parser.add_argument("--matmul_size", type=int, default=2048)
-    parser.add_argument("--matmul_reps", type=int, default=2, help="torch.mm calls per round (the best counts)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--verbose", action="store_true", help="also print per-round medians and ratios")
-    parser.add_argument("--profile", type=int, default=0, metavar="ROWS", help="after timing, profile each side")
-    parser.add_argument("--profile_steps", type=int, default=3)
+    common.add_timing_arguments(parser, rounds=6, steps=3)
     args = parser.parse_args(argv)
-    if args.rounds < 1 or args.steps < 1:
-        raise SystemExit("--rounds and --steps must be >= 1")
-    names = [n.strip() for n in args.workloads.split(",") if n.strip()]
-    unknown = [n for n in names if n not in WORKLOADS]
-    if unknown or not names:
-        raise SystemExit(f"--workloads: unknown {unknown}; choose from {', '.join(WORKLOADS)}")
-    torch.set_num_threads(args.num_threads)
-    with contextlib.suppress(RuntimeError):
-        torch.set_num_interop_threads(args.num_threads)
+    common.require_positive(args, "rounds", "steps")
+    names = common.parse_workloads(args.workloads, WORKLOADS)
+    common.use_threads(args.num_threads)
 
     original, notes = import_original(args.original_src)
     init_process_group()
@@ -415,33 +393,10 @@ def main(argv=None) -> int:
     for line in checks:
         print("check: " + line)
 
-    # ---- FLOPs (doubles as warm-up), then one plain untimed step each
-    impls = [impl for group in groups.values() for impl in group]
-    for impl in impls:
-        impl.flops = bench.count_flops(impl, range(1))
-        impl.run(0)
-
-    # ---- interleaved rounds: A B, B A, ... within a round; a matmul yardstick between rounds
-    a, b = torch.randn(args.matmul_size, args.matmul_size), torch.randn(args.matmul_size, args.matmul_size)
-    c = torch.empty(args.matmul_size, args.matmul_size)
-    matmul_rounds = [bench.matmul_gflops(args.matmul_size, 1, a, b, c)]
-    started = time.perf_counter()
-    for round_index in range(args.rounds):
-        for group in groups.values():
-            for impl in group:
-                impl.rounds.append([])
-                impl.cpu_rounds.append([])
-            for s in range(args.steps):
-                for impl in group if (round_index * args.steps + s) % 2 == 0 else group[::-1]:
-                    cpu_start, start = time.process_time(), time.perf_counter()
-                    impl.run(s)
-                    impl.rounds[-1].append(time.perf_counter() - start)
-                    impl.cpu_rounds[-1].append(time.process_time() - cpu_start)
-        matmul_rounds.append(bench.matmul_gflops(args.matmul_size, args.matmul_reps, a, b, c))
-    elapsed = time.perf_counter() - started
+    # ---- FLOPs (doubles as warm-up), interleaved rounds (A B, B A, ...; a matmul yardstick between rounds), RSS;
+    # the steps run the one batch (they ignore the step index)
+    matmul_rounds, elapsed = bench.measure(groups, args, 1)
     peak_wall, peak = max(w for w, _ in matmul_rounds), max(c for _, c in matmul_rounds)
-    for impl in impls:  # after timing: it trims the heap
-        impl.rss = bench.measure_rss(impl, 0)
 
     print()
     bench.print_table(groups, peak)
@@ -461,15 +416,7 @@ def main(argv=None) -> int:
     for note in notes:
         print("note: " + note)
     if args.verbose:
-        for clock, attribute in (("wall", "rounds"), ("CPU", "cpu_rounds")):
-            print(f"\nper-round medians, {clock} ms:")
-            for impl in impls:
-                values = " ".join(f"{statistics.median(r) * 1e3:.1f}" for r in getattr(impl, attribute))
-                print(f"  {impl.workload:<22} {impl.name:<9} {values}")
-            for workload, (hf, other) in groups.items():
-                pairs = zip(getattr(other, attribute), getattr(hf, attribute))
-                ratios = " ".join(f"{statistics.median(o) / statistics.median(h):.3f}" for o, h in pairs)
-                print(f"  {workload:<22} hf_mim speed-up: {ratios}")
+        bench.print_round_medians(groups, 22, 9)
     if args.profile:
         for group in groups.values():
             profile(group, args.profile_steps, args.profile)
