@@ -130,8 +130,16 @@ def infer_config(backbone: dict[str, torch.Tensor], checkpoint_path) -> CapiConf
     )
 
 
+# The original never trains the RoPE tables (lr multiplier 0), but its EMA teacher re-rounds them every step
+# (m * t + (1 - m) * s in float32 with t == s), so a trained checkpoint's tables drift from the analytic values by
+# float rounding (measured: 4.6e-5 absolute, 1e-6 of the largest frequency, after 500 steps). Deviations up to this
+# fraction of the largest frequency are that drift (reported; the model rebuilds the analytic tables), more is not.
+ROPE_DRIFT_TOLERANCE = 1e-4
+
+
 def check_rope_tables(backbone: dict[str, torch.Tensor], config: CapiConfig) -> float:
-    """Every stored RoPE table must equal the analytic one (the model rebuilds it); returns the max abs deviation."""
+    """Every stored RoPE table must equal the analytic one (the model rebuilds it) up to the EMA's float rounding
+    drift; returns the max abs deviation."""
     worst = 0.0
     for key, table in backbone.items():
         if not is_rope_table(key):
@@ -141,7 +149,7 @@ def check_rope_tables(backbone: dict[str, torch.Tensor], config: CapiConfig) -> 
             raise CheckpointMismatchError(f"{key} has shape {tuple(table.shape)}, expected {tuple(expected.shape)}.")
         deviation = (table.float() - expected).abs().max().item()
         worst = max(worst, deviation)
-        if deviation > 1e-6 * expected.abs().max().item():
+        if deviation > ROPE_DRIFT_TOLERANCE * expected.abs().max().item():
             raise CheckpointMismatchError(
                 f"{key} differs from the analytic RoPE frequencies by {deviation:.3g}; this converter rebuilds them "
                 "analytically and would not reproduce the checkpoint."
