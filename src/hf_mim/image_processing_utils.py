@@ -185,3 +185,30 @@ class HfMimImageProcessor(TorchvisionBackend):
                 f"({type(self).__name__}.min_image_size, one patch); upsample it or drop it."
             )
         return tensor
+
+
+def input_statistics(source: str | None, image_size: int | None, config=None, cache_dir: str | None = None):
+    """(image_size, mean, std, processor) for an example script's transforms: `image_size` if given, else the image
+    processor's crop (or shortest edge) found at `source`, else `config.image_size`, else 224; mean / std from that
+    processor, else ImageNet's. `processor` is the one loaded (None when `source` has none)."""
+    from transformers import AutoImageProcessor
+    from transformers.utils import logging
+
+    processor = None
+    if source:
+        try:
+            processor = AutoImageProcessor.from_pretrained(source, cache_dir=cache_dir)
+        except (OSError, ValueError, KeyError) as error:
+            logging.get_logger(__name__).warning(
+                "No image processor at %s (%s): using ImageNet mean/std.", source, error
+            )
+    mean = tuple(getattr(processor, "image_mean", None) or IMAGENET_DEFAULT_MEAN)
+    std = tuple(getattr(processor, "image_std", None) or IMAGENET_DEFAULT_STD)
+    size = image_size
+    if size is None and processor is not None:
+        crop = getattr(processor, "crop_size", None) or getattr(processor, "size", None) or {}
+        crop = crop if isinstance(crop, dict) else dict(crop)
+        size = crop.get("height") or crop.get("shortest_edge")
+    if size is None:
+        size = getattr(config, "image_size", None) or 224
+    return int(size), mean, std, processor

@@ -31,7 +31,6 @@ import torch
 from datasets import ClassLabel, DatasetDict, load_dataset
 from transformers import (
     AutoConfig,
-    AutoImageProcessor,
     AutoModelForImageClassification,
     HfArgumentParser,
     set_seed,
@@ -47,7 +46,7 @@ from hf_mim.finetuning import (
     finetuning_eval_transform,
     finetuning_train_transform,
 )
-from hf_mim.finetuning.transforms import IMAGENET_MEAN, IMAGENET_STD
+from hf_mim.image_processing_utils import input_statistics
 
 logger = logging.get_logger(__name__)
 
@@ -217,25 +216,11 @@ def build_model(model_args: ModelArguments, labels: list[str], seed: int):
 def image_statistics(model_args: ModelArguments, data_args: DataArguments, model):
     """(image_size, mean, std, processor) from --image_size, the image processor, or the model config (ImageNet
     mean / std); `processor` is the one loaded, else a matching hf_mim processor for hf_mim models, else None."""
-    processor = None
-    source = model_args.image_processor_name or model_args.model_name_or_path
-    if source:
-        try:
-            processor = AutoImageProcessor.from_pretrained(source, cache_dir=model_args.cache_dir)
-        except (OSError, ValueError, KeyError) as error:
-            logger.warning("No image processor at %s (%s): using ImageNet mean/std.", source, error)
-    mean = tuple(getattr(processor, "image_mean", None) or IMAGENET_MEAN)
-    std = tuple(getattr(processor, "image_std", None) or IMAGENET_STD)
     size = data_args.image_size
     if size is None and data_args.uses_bundled_digits:
         size = DIGITS_IMAGE_SIZE
-    if size is None and processor is not None:
-        crop = getattr(processor, "crop_size", None) or getattr(processor, "size", None) or {}
-        crop = crop if isinstance(crop, dict) else dict(crop)
-        size = crop.get("height") or crop.get("shortest_edge")
-    if size is None:
-        size = getattr(model.config, "image_size", None) or 224
-    size = int(size)
+    source = model_args.image_processor_name or model_args.model_name_or_path
+    size, mean, std, processor = input_statistics(source, size, model.config, model_args.cache_dir)
     processor_class = PROCESSORS.get(getattr(model.config, "model_type", None))
     if processor is None and processor_class is not None:
         crop = {"height": size, "width": size}

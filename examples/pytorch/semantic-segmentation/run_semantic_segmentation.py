@@ -77,7 +77,6 @@ from torch.utils.data import DataLoader
 from transformers import (
     AutoBackbone,
     AutoConfig,
-    AutoImageProcessor,
     HfArgumentParser,
     Trainer,
     TrainingArguments,
@@ -98,7 +97,6 @@ from hf_mim.data.segmentation import (
     segmentation_collate,
     synthetic_segmentation_datasets,
 )
-from hf_mim.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from hf_mim.evaluation.segmentation import (
     FeatureScaler,
     FrozenBackboneSegmenter,
@@ -113,6 +111,7 @@ from hf_mim.evaluation.segmentation import (
     prediction_grid,
     upsample_patch_scores,
 )
+from hf_mim.image_processing_utils import input_statistics
 
 logger = logging.get_logger(__name__)
 
@@ -411,25 +410,11 @@ def build_backbone(model_args: ModelArguments, protocol: str, seed: int):
 def image_statistics(model_args: ModelArguments, data_args: DataArguments, config):
     """(image_size, mean, std, processor): --image_size, the image processor's crop / size, the config's image_size;
     mean / std from the processor, else ImageNet's."""
-    processor = None
-    source = model_args.image_processor_name or model_args.model_name_or_path
-    if source:
-        try:
-            processor = AutoImageProcessor.from_pretrained(source, cache_dir=model_args.cache_dir)
-        except (OSError, ValueError, KeyError) as error:
-            logger.warning("No image processor at %s (%s): using ImageNet mean/std.", source, error)
-    mean = tuple(getattr(processor, "image_mean", None) or IMAGENET_MEAN)
-    std = tuple(getattr(processor, "image_std", None) or IMAGENET_STD)
     size = data_args.image_size
     if size is None and data_args.uses_synthetic:
         size = SYNTHETIC_IMAGE_SIZE
-    if size is None and processor is not None:
-        crop = getattr(processor, "crop_size", None) or getattr(processor, "size", None) or {}
-        crop = crop if isinstance(crop, dict) else dict(crop)
-        size = crop.get("height") or crop.get("shortest_edge")
-    if size is None:
-        size = getattr(config, "image_size", None) or 224
-    return int(size), mean, std, processor
+    source = model_args.image_processor_name or model_args.model_name_or_path
+    return input_statistics(source, size, config, model_args.cache_dir)
 
 
 # ------------------------------------------------------------------------------------------------------- protocols
