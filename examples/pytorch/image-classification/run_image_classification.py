@@ -47,17 +47,11 @@ from hf_mim.finetuning import (
     finetuning_train_transform,
 )
 from hf_mim.image_processing_utils import input_statistics
+from hf_mim.presets import CONFIG_PRESETS
 
 logger = logging.get_logger(__name__)
 
-PRESETS = {
-    "ijepa-tiny": hf_mim.IJepaConfig.tiny,
-    "ijepa-small": hf_mim.IJepaConfig.small,
-    "ijepa-vith14": hf_mim.IJepaConfig.vith14,
-    "capi-tiny": hf_mim.CapiConfig.tiny,
-    "capi-small": hf_mim.CapiConfig.small,
-    "capi-vitl14": hf_mim.CapiConfig.vitl14,
-}
+PRESETS = CONFIG_PRESETS
 DEFAULT_PRESET = "ijepa-tiny"
 PROCESSORS = {
     hf_mim.IJepaConfig.model_type: hf_mim.IJepaImageProcessor,

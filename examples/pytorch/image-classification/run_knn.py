@@ -19,21 +19,14 @@ import hf_mim
 from hf_mim.data.labelled import digits_dataset, pixel_values_for
 from hf_mim.evaluation import extract_features, knn_accuracy
 from hf_mim.losses import effective_rank
-
-# Randomly initialised baselines: preset name -> (model class, config factory).
-PRESETS = {
-    "capi-tiny": (hf_mim.CapiModel, hf_mim.CapiConfig.tiny),
-    "capi-small": (hf_mim.CapiModel, hf_mim.CapiConfig.small),
-    "vicregl-tiny": (hf_mim.VicreglModel, hf_mim.VicreglConfig.tiny),
-    "vicregl-tiny-resnet": (hf_mim.VicreglModel, hf_mim.VicreglConfig.tiny_resnet),
-}
+from hf_mim.presets import CONFIG_PRESETS
 
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--model_name_or_path")
-    source.add_argument("--config_name", choices=sorted(PRESETS), help="Randomly initialised baseline (seed 0)")
+    source.add_argument("--config_name", choices=sorted(CONFIG_PRESETS), help="Randomly initialised baseline (seed 0)")
     parser.add_argument("--image_size", type=int, default=56)
     parser.add_argument("--pooling", choices=["pooler", "mean_patch"], default="pooler")
     parser.add_argument("--k", type=int, default=20)
@@ -45,8 +38,7 @@ def main(argv=None) -> dict:
         model = AutoModel.from_pretrained(args.model_name_or_path)
     else:
         torch.manual_seed(0)
-        model_class, config = PRESETS[args.config_name]
-        model = model_class(config())
+        model = AutoModel.from_config(CONFIG_PRESETS[args.config_name]())
     side = {"height": args.image_size, "width": args.image_size}
     processor = hf_mim.CapiImageProcessor(size=side, crop_size=side, do_center_crop=False)
     train, test = digits_dataset("train", args.image_size), digits_dataset("test", args.image_size)

@@ -26,6 +26,7 @@ from hf_mim import CaeConfig, CaeForPreTraining, CaeImageProcessor
 from hf_mim.data import TwoViewCollator, TwoViewCropTransform
 from hf_mim.masking import BlockMasking
 from hf_mim.models.cae.targets_cae import ClipTeacher, load_target_model
+from hf_mim.presets import presets_for
 from hf_mim.trainers import CaeTrainer, CaeTrainingArguments
 from hf_mim.trainers.run_pretraining import PretrainingRecipe, run
 
@@ -98,15 +99,7 @@ def collator(config: CaeConfig) -> TwoViewCollator:
 CAE = PretrainingRecipe(
     name="cae",
     config_class=CaeConfig,
-    config_presets={
-        "cae-base": CaeConfig.base,
-        "cae-large": CaeConfig.large,
-        "cae-v2-tiny": CaeConfig.v2_tiny,
-        "cae-v2-small": CaeConfig.v2_small,
-        "cae-v2-base": CaeConfig.v2_base,
-        "cae-v2-large": CaeConfig.v2_large,
-        "cae-tiny": CaeConfig.tiny,
-    },
+    config_presets=presets_for("cae"),
     default_preset="cae-tiny",
     model_class=CaeForPreTraining,
     image_processor_class=CaeImageProcessor,

@@ -20,13 +20,14 @@ import sys
 
 from hf_mim import CapiConfig, CapiForPreTraining, CapiImageProcessor
 from hf_mim.data import capi_collator
+from hf_mim.presets import presets_for
 from hf_mim.trainers import CapiTrainer, CapiTrainingArguments
 from hf_mim.trainers.run_pretraining import PretrainingRecipe, run
 
 CAPI = PretrainingRecipe(
     name="capi",
     config_class=CapiConfig,
-    config_presets={"capi-vitl14": CapiConfig.vitl14, "capi-small": CapiConfig.small, "capi-tiny": CapiConfig.tiny},
+    config_presets=presets_for("capi"),
     default_preset="capi-tiny",
     model_class=CapiForPreTraining,
     image_processor_class=CapiImageProcessor,

@@ -17,6 +17,7 @@ import sys
 
 from hf_mim import IJepaConfig, IJepaForPreTraining, IJepaImageProcessor
 from hf_mim.data import ijepa_collator
+from hf_mim.presets import presets_for
 from hf_mim.trainers import IJepaTrainer, IJepaTrainingArguments
 from hf_mim.trainers.run_pretraining import PretrainingRecipe, run
 
@@ -30,13 +31,7 @@ def target_encoder(model: IJepaForPreTraining):
 IJEPA = PretrainingRecipe(
     name="ijepa",
     config_class=IJepaConfig,
-    config_presets={
-        "ijepa-vith14": IJepaConfig.vith14,
-        "ijepa-vith16-448": IJepaConfig.vith16_448,
-        "ijepa-vitg16": IJepaConfig.vitg16,
-        "ijepa-small": IJepaConfig.small,
-        "ijepa-tiny": IJepaConfig.tiny,
-    },
+    config_presets=presets_for("ijepa"),
     default_preset="ijepa-tiny",
     model_class=IJepaForPreTraining,
     image_processor_class=IJepaImageProcessor,

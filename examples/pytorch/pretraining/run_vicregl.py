@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 from hf_mim import VicreglConfig, VicreglForPreTraining, VicreglImageProcessor
 from hf_mim.data import MultiCropCollator, MultiCropTransform
+from hf_mim.presets import presets_for
 from hf_mim.trainers import VicreglTrainer, VicreglTrainingArguments
 from hf_mim.trainers.run_pretraining import PretrainingRecipe, run
 
@@ -72,14 +73,7 @@ def describe(config: VicreglConfig) -> str:
 VICREGL = PretrainingRecipe(
     name="vicregl",
     config_class=VicreglConfig,
-    config_presets={
-        "vicregl-resnet50": VicreglConfig.resnet50,
-        "vicregl-convnext-small": VicreglConfig.convnext_small,
-        "vicregl-convnext-base": VicreglConfig.convnext_base,
-        "vicregl-convnext-xlarge": VicreglConfig.convnext_xlarge,
-        "vicregl-tiny": VicreglConfig.tiny,
-        "vicregl-tiny-resnet": VicreglConfig.tiny_resnet,
-    },
+    config_presets=presets_for("vicregl"),
     default_preset="vicregl-tiny",
     model_class=VicreglForPreTraining,
     image_processor_class=VicreglImageProcessor,

@@ -86,7 +86,6 @@ from transformers import (
 )
 from transformers.utils import logging
 
-import hf_mim
 from hf_mim.data.segmentation import (
     IGNORE_INDEX,
     SYNTHETIC_SEGMENTATION_LABELS,
@@ -112,23 +111,11 @@ from hf_mim.evaluation.segmentation import (
     upsample_patch_scores,
 )
 from hf_mim.image_processing_utils import input_statistics
+from hf_mim.presets import CONFIG_PRESETS
 
 logger = logging.get_logger(__name__)
 
-PRESETS = {
-    "capi-tiny": hf_mim.CapiConfig.tiny,
-    "capi-small": hf_mim.CapiConfig.small,
-    "capi-vitl14": hf_mim.CapiConfig.vitl14,
-    "ijepa-tiny": hf_mim.IJepaConfig.tiny,
-    "ijepa-small": hf_mim.IJepaConfig.small,
-    "cae-tiny": hf_mim.CaeConfig.tiny,
-    "cae-v2-tiny": hf_mim.CaeConfig.v2_tiny,
-    "cae-base": hf_mim.CaeConfig.base,
-    "vicregl-tiny": hf_mim.VicreglConfig.tiny,
-    "vicregl-tiny-resnet": hf_mim.VicreglConfig.tiny_resnet,
-    "vicregl-convnext-small": hf_mim.VicreglConfig.convnext_small,
-    "vicregl-resnet50": hf_mim.VicreglConfig.resnet50,
-}
+PRESETS = CONFIG_PRESETS
 DEFAULT_PRESET = "vicregl-tiny"
 PROTOCOLS = ("linear", "upernet", "knn", "logistic")
 SYNTHETIC_IMAGE_SIZE = 112

@@ -1,0 +1,39 @@
+"""Named configurations of every method, one table for every script (`--config_name capi-tiny`, ...): the released
+architectures and the tiny / small ones for CPU demos and tests."""
+
+from .models.cae import CaeConfig
+from .models.capi import CapiConfig
+from .models.ijepa import IJepaConfig
+from .models.vicregl import VicreglConfig
+
+CONFIG_PRESETS = {
+    "capi-vitl14": CapiConfig.vitl14,
+    "capi-small": CapiConfig.small,
+    "capi-tiny": CapiConfig.tiny,
+    "ijepa-vith14": IJepaConfig.vith14,
+    "ijepa-vith16-448": IJepaConfig.vith16_448,
+    "ijepa-vitg16": IJepaConfig.vitg16,
+    "ijepa-small": IJepaConfig.small,
+    "ijepa-tiny": IJepaConfig.tiny,
+    "cae-base": CaeConfig.base,
+    "cae-large": CaeConfig.large,
+    "cae-v2-tiny": CaeConfig.v2_tiny,
+    "cae-v2-small": CaeConfig.v2_small,
+    "cae-v2-base": CaeConfig.v2_base,
+    "cae-v2-large": CaeConfig.v2_large,
+    "cae-tiny": CaeConfig.tiny,
+    "vicregl-resnet50": VicreglConfig.resnet50,
+    "vicregl-convnext-small": VicreglConfig.convnext_small,
+    "vicregl-convnext-base": VicreglConfig.convnext_base,
+    "vicregl-convnext-xlarge": VicreglConfig.convnext_xlarge,
+    "vicregl-tiny": VicreglConfig.tiny,
+    "vicregl-tiny-resnet": VicreglConfig.tiny_resnet,
+}
+
+
+def presets_for(method: str) -> dict:
+    """The presets of one method ("capi", "ijepa", "cae", "vicregl"), by name."""
+    return {name: factory for name, factory in CONFIG_PRESETS.items() if name.split("-")[0] == method}
+
+
+__all__ = ["CONFIG_PRESETS", "presets_for"]
