@@ -1,6 +1,6 @@
 """Register every hf_mim model with transformers' Auto classes (runs on `import hf_mim`).
 
-`exist_ok=True` keeps re-imports (notebook reloads, spawned workers) from raising.
+The same classes are recorded for the remote-code export (`hf_mim.remote_code`). `exist_ok=True` keeps re-imports (notebook reloads, spawned workers) from raising.
 """
 
 import os
@@ -14,11 +14,22 @@ from transformers import (
     AutoModelForPreTraining,
 )
 
+from .remote_code import register_remote_code_classes
+
 
 def register_model(
     config_class, model=None, classification=None, pretraining=None, image_processor=None, backbone=None
 ) -> None:
     AutoConfig.register(config_class.model_type, config_class, exist_ok=True)
+    exported = {
+        "AutoConfig": config_class,
+        "AutoModel": model,
+        "AutoModelForImageClassification": classification,
+        "AutoModelForPreTraining": pretraining,
+        "AutoBackbone": backbone,
+        "AutoImageProcessor": image_processor,
+    }
+    register_remote_code_classes(config_class.model_type, {k: v for k, v in exported.items() if v is not None})
     for auto_class, target in (
         (AutoModel, model),
         (AutoModelForImageClassification, classification),

@@ -45,7 +45,10 @@ def _zero3_full_copy(tensor: torch.Tensor) -> torch.Tensor | None:
     """The full `.data` of a ZeRO-3 parameter that is currently materialised (persistent), else None."""
     if getattr(tensor, "ds_tensor", None) is None:
         return None
-    from deepspeed.runtime.zero.partition_parameters import ZeroParamStatus
+    try:  # a try block: remote-code checks (transformers' `check_imports`) skip it, deepspeed stays optional
+        from deepspeed.runtime.zero.partition_parameters import ZeroParamStatus
+    except ImportError:  # a ds_tensor without deepspeed importable: not a ZeRO-3 parameter we can read
+        return None
 
     if tensor.ds_status == ZeroParamStatus.AVAILABLE and tensor.data.numel() == tensor.ds_numel:
         return tensor.data

@@ -24,7 +24,7 @@ from ...layers import (
     resize_position_embeddings,
     sincos_2d_position_embedding,
 )
-from ...modeling_utils import classification_output, output_flags
+from ...modeling_utils import RemoteCodeExportMixin, classification_output, output_flags
 from .configuration_cae import CaeConfig
 
 
@@ -86,7 +86,7 @@ class CaeEmbeddings(nn.Module):
         return torch.cat([cls, patches], dim=1), grid
 
 
-class CaePreTrainedModel(PreTrainedModel):
+class CaePreTrainedModel(RemoteCodeExportMixin, PreTrainedModel):
     config_class = CaeConfig
     config: CaeConfig
     base_model_prefix = "cae"

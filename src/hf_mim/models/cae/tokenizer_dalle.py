@@ -38,6 +38,8 @@ from torch import nn
 from transformers import PreTrainedConfig, PreTrainedModel
 from transformers import initialization as init
 
+from ...modeling_utils import RemoteCodeExportMixin
+
 LOGIT_LAPLACE_EPS = 0.1
 
 
@@ -149,7 +151,7 @@ class DalleEncoderBlock(nn.Module):
         return self.id_path(hidden_states) + self.post_gain * self.res_path(hidden_states)
 
 
-class DalleTokenizer(PreTrainedModel):
+class DalleTokenizer(RemoteCodeExportMixin, PreTrainedModel):
     """The DALL-E dVAE encoder: `forward(pixel_values)` -> logits (B, vocab_size, H / 8, W / 8) (floor for sizes not
     divisible by 8, as the original's max-pools); `get_codebook_indices(pixel_values)` -> (B, H / 8 * W / 8) int64
     ids, the argmax over the codebook flattened row-major (CAE's / BEiT's labels).

@@ -24,7 +24,7 @@ from ...layers import (
 )
 from ...losses import sinkhorn_knopp, soft_cross_entropy
 from ...masking import InverseBlockMasking, to_absolute
-from ...modeling_utils import classification_output, output_flags
+from ...modeling_utils import RemoteCodeExportMixin, classification_output, output_flags
 from ...teacher import EmaTeacherMixin
 from .configuration_capi import CapiConfig
 
@@ -174,7 +174,7 @@ class CapiPredictor(nn.Module):
         return self.layernorm(queries)
 
 
-class CapiPreTrainedModel(PreTrainedModel):
+class CapiPreTrainedModel(RemoteCodeExportMixin, PreTrainedModel):
     config_class = CapiConfig
     config: CapiConfig
     base_model_prefix = "capi"

@@ -18,7 +18,7 @@ from ...layers import (
     sincos_2d_position_embedding,
 )
 from ...masking import MultiBlockMasking
-from ...modeling_utils import classification_output, output_flags
+from ...modeling_utils import RemoteCodeExportMixin, classification_output, output_flags
 from ...teacher import EmaTeacherMixin
 from .configuration_ijepa import IJepaConfig
 
@@ -117,7 +117,7 @@ def _load_target_encoder(model, pretrained_model_name_or_path, kwargs) -> None:
     logger.info("Loaded the EMA target encoder (config.standalone_encoder='target').")
 
 
-class IJepaPreTrainedModel(PreTrainedModel):
+class IJepaPreTrainedModel(RemoteCodeExportMixin, PreTrainedModel):
     config_class = IJepaConfig
     config: IJepaConfig
     base_model_prefix = "ijepa"

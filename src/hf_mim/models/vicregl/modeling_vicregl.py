@@ -10,7 +10,7 @@ from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.utils import ModelOutput
 
-from ...modeling_utils import classification_output, output_flags
+from ...modeling_utils import RemoteCodeExportMixin, classification_output, output_flags
 from .backbones_vicregl import (
     ConvNextEmbeddings,
     ConvNextEncoder,
@@ -38,7 +38,7 @@ class VicreglModelOutput(ModelOutput):
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
 
 
-class VicreglPreTrainedModel(PreTrainedModel):
+class VicreglPreTrainedModel(RemoteCodeExportMixin, PreTrainedModel):
     config_class = VicreglConfig
     config: VicreglConfig
     base_model_prefix = "vicregl"
