@@ -36,4 +36,17 @@ def presets_for(method: str) -> dict:
     return {name: factory for name, factory in CONFIG_PRESETS.items() if name.split("-")[0] == method}
 
 
-__all__ = ["CONFIG_PRESETS", "presets_for"]
+__all__ = ["CONFIG_PRESETS", "CPU_RECIPES", "presets_for"]
+
+
+# The CPU recipes: what `run_<method>.py` trains when it is given no data and no preset (its embedded default, the
+# README's first command). Small data (scikit-learn's digits, 1257 training images), short schedules, one CPU
+# thread: chosen by measurement with `benchmarks/benchmark_learning.py` (see benchmarks/README.md, "Learning"), so
+# that a few CPU minutes visibly improve the frozen backbone over its random initialisation. The paper's recipes
+# are the large-scale presets above with the trainers' default arguments; these are not.
+CPU_RECIPES: dict[str, tuple[str, ...]] = {
+    "capi": ("--config_overrides", "patch_size=7", "--max_steps", "600", "--per_device_train_batch_size", "64"),
+    "ijepa": ("--config_overrides", "patch_size=7", "--max_steps", "600", "--per_device_train_batch_size", "64"),
+    "cae": ("--max_steps", "600", "--per_device_train_batch_size", "64"),
+    "vicregl": ("--max_steps", "300", "--per_device_train_batch_size", "64"),
+}

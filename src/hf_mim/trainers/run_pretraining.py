@@ -16,7 +16,9 @@ from transformers.trainer_utils import get_last_checkpoint
 
 from ..conversion import image_processor_at
 from ..data import SafeImageTransform, bundled_photo_dataset, pretraining_transform
+from ..presets import CPU_RECIPES
 from ..zero3 import without_zero3_init
+from .learning_report import LearningReport
 from .pretraining_trainer import NonFiniteLossError
 
 logger = logging.getLogger(__name__)
@@ -77,7 +79,18 @@ class DataTrainingArguments:
     image_size: int | None = field(default=None, metadata={"help": "Crop size (default: config.image_size)."})
     crop_scale_min: float | None = field(default=None, metadata={"help": "RandomResizedCrop minimum scale."})
     bundled_dataset: str = field(
-        default="photos", metadata={"help": "Embedded default data: 'photos' (bundled photos) or 'digits'."}
+        default="digits",
+        metadata={
+            "help": "Embedded default data: 'digits' (scikit-learn's digits, the probe's training split) or 'photos' "
+            "(about twenty photos bundled with scikit-image / scikit-learn)."
+        },
+    )
+    learning_report: bool | None = field(
+        default=None,
+        metadata={
+            "help": "Probe the backbone before and after training (k-NN and effective rank on held-out digits) and "
+            "draw the PCA picture of its patch features. Default: on for the embedded default data."
+        },
     )
 
     @property
@@ -115,8 +128,10 @@ def load_training_data(data_args: DataTrainingArguments):
         )
     elif data_args.bundled_dataset == "digits":
         from ..data.labelled import digits_dataset
+        from ..evaluation.learning import PROBE_SPLIT_SEED, PROBE_TEST_FRACTION
 
-        dataset = digits_dataset("train")
+        # The learning report's training split: its test images are never trained on.
+        dataset = digits_dataset("train", test_fraction=PROBE_TEST_FRACTION, seed=PROBE_SPLIT_SEED)
     else:
         dataset = bundled_photo_dataset()
     column = data_args.image_column_name
@@ -179,6 +194,13 @@ def run(recipe: PretrainingRecipe, argv: list[str] | None = None) -> int:
         if not any(a == "--output_dir" or a.startswith("--output_dir=") for a in argv):
             argv = [*argv, "--output_dir", f"outputs/{recipe.name}-pretraining"]
         model_args, data_args, *extra_args, training_args = parser.parse_args_into_dataclasses(args=argv)
+        if not data_args.has_data and not model_args.config_name and not model_args.model_name_or_path:
+            # The embedded default runs the CPU recipe (hf_mim.presets.CPU_RECIPES); the command line still wins, as
+            # argparse keeps the last occurrence of an option.
+            cpu_recipe = list(CPU_RECIPES.get(recipe.name, ()))
+            model_args, data_args, *extra_args, training_args = parser.parse_args_into_dataclasses(
+                args=[*cpu_recipe, *argv]
+            )
     training_args.remove_unused_columns = False  # the collator builds the model inputs itself
     if not data_args.has_data and training_args.max_steps <= 0:
         training_args.max_steps = DEFAULT_DEMO_STEPS
@@ -204,6 +226,14 @@ def run(recipe: PretrainingRecipe, argv: list[str] | None = None) -> int:
     if recipe.attach is not None:
         with without_zero3_init():  # what a recipe attaches (a frozen target network) stays whole on every rank
             recipe.attach(model, *extra_args)
+
+    report = None
+    if data_args.learning_report if data_args.learning_report is not None else not data_args.has_data:
+        if training_args.deepspeed:
+            logger.warning("No learning report under DeepSpeed (ZeRO-3 partitions the weights it would probe).")
+        elif training_args.process_index == 0:
+            report = LearningReport(recipe.image_processor_class, image_size)
+            report.start(recipe.backbone(model))
 
     dataset = load_training_data(data_args)
     if recipe.transform is not None:
@@ -251,6 +281,9 @@ def run(recipe: PretrainingRecipe, argv: list[str] | None = None) -> int:
             print(f"Skipped {skipped} undecodable image(s) during training: {trainer.skipped_files}")
         print(f"Pretraining model saved to {output_dir.resolve()}")
         print(f"Backbone ({recipe.backbone_description}, AutoModel-loadable) saved to {backbone_dir.resolve()}")
+        if report is not None:
+            trained = recipe.model_class.from_pretrained(output_dir)
+            print(report.finish(recipe.backbone(trained), output_dir, backbone_dir))
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()
