@@ -237,7 +237,8 @@ def test_release_identification_and_model_card(converter):
     assert converter.matches_release(VicreglConfig.convnext_base(), "convnext_base_alpha0.9")
     assert not converter.matches_release(VicreglConfig.tiny(), "convnext_small_alpha0.9")
     config = VicreglConfig.convnext_xlarge(alpha=0.75)
-    front, body = converter.model_card("convnext_xlarge_alpha0.75", config, "convnext_xlarge_alpha0.75", True)
+    card = converter.model_card("convnext_xlarge_alpha0.75", config, "convnext_xlarge_alpha0.75", True)
+    front, body = card.data.to_dict(), card.text  # a huggingface_hub.ModelCard
     assert front["license"] == "cc-by-nc-4.0" and front["pipeline_tag"] == "image-feature-extraction"
     metrics = [r["metrics"][0]["value"] for r in front["model-index"][0]["results"]]
     assert metrics == [79.4, 78.7]

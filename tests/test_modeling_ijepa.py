@@ -146,7 +146,7 @@ def test_converted_folder(converted):
     names = {p.name for p in converted["context"].iterdir()}
     assert {"model.safetensors", "config.json", "preprocessor_config.json", "README.md"} <= names
     card = (converted["context"] / "README.md").read_text()
-    assert "cc-by-nc-4.0" in card and "ImageNet-1k" in card
+    assert "cc-by-nc-4.0" in card and "ijepa-vith14-in1k named, but the weights are not its architecture" in card
     config = IJepaConfig.from_pretrained(converted["context"])
     assert (config.hidden_size, config.num_hidden_layers, config.image_size, config.patch_size) == (40, 2, 84, 14)
     assert (config.predictor_hidden_size, config.predictor_num_hidden_layers) == (32, 2)

@@ -34,7 +34,6 @@ import argparse
 import math
 import re
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -43,42 +42,21 @@ from hf_mim import CaeConfig, CaeForPreTraining, CaeImageProcessor, CaeModel
 from hf_mim.conversion import (
     CheckpointMismatchError,
     account_for_keys,
+    add_remote_code_flag,
     image_processor_at,
     load_original_checkpoint,
     push_folder_to_hub,
     raise_on_mismatch,
     run_converter,
-    write_model_card,
+    save_converted_folder,
 )
+from hf_mim.model_cards import conversion_card
 from hf_mim.models.cae import cae_position_table
+from hf_mim.releases import CAE_PAPER, CAEV2_PAPER, Release, architecture_mismatches, release_for_file, releases_for
 
-ORIGINAL_REPOSITORY = "https://github.com/Atten4Vis/CAE"
-LICENSE_CHECKED_AT = "a7fd1628 (2023-11-28)"
-
-
-@dataclass(frozen=True)
-class Release:
-    """A released checkpoint and the results its README reports (ImageNet-1k top-1 for the three classification
-    protocols, ADE20K mIoU with UperNet); `attentive` is None where no number is published."""
-
-    version: int
-    size: str
-    epochs: int
-    linear: float
-    attentive: float | None
-    finetune: float
-    ade20k: float
-
-
-# A4V README table (v1) and the CAE v2 paper abstract (v2 ViT-L); reference/cae.md §1.1 / §1.2.
-RELEASES = {
-    "cae_base_300ep": Release(1, "base", 300, 64.5, 74.0, 83.6, 48.1),
-    "cae_base_800ep": Release(1, "base", 800, 68.9, 75.9, 83.8, 49.7),
-    "cae_base_1600ep": Release(1, "base", 1600, 70.3, 77.2, 83.9, 50.3),
-    "cae_large_1600ep": Release(1, "large", 1600, 77.8, 81.2, 86.2, 54.9),
-    "caev2_large": Release(2, "large", 300, 81.7, None, 86.7, 55.9),
-}
-SIZES = {"base": (768, 12), "large": (1024, 24)}  # (width, depth)
+# hf_mim.releases: file names, data, reported numbers (A4V README table for v1, the CAE v2 abstract for v2 ViT-L) and
+# the expected architecture of every release, keyed by this converter's release names (`cae_base_1600ep`, ...).
+RELEASES = {release.key: release for release in releases_for("cae")}
 
 CONTAINER_KEYS = ("model", "module", "state_dict")  # tried in this order, as the official loaders do
 IGNORED_TOP_LEVEL = {
@@ -691,68 +669,54 @@ def describe(config: CaeConfig, is_full: bool) -> str:
     return text
 
 
-def matches_release(config: CaeConfig, release: str) -> bool:
-    info = RELEASES[release]
-    width, depth = SIZES[info.size]
-    return (config.cae_version, config.hidden_size, config.num_hidden_layers) == (info.version, width, depth)
+def matches_release(config: CaeConfig, release: str | Release) -> bool:
+    """Whether `config` has the expected architecture of the release (hf_mim.releases)."""
+    return not architecture_mismatches(RELEASES[release] if isinstance(release, str) else release, config)
 
 
 # ------------------------------------------------------------------------------------------ model card
+def conversion_checks(report: dict) -> list[str]:
+    """What converting this file measured, in the card's words."""
+    checks = [
+        f"Layout: {report['layout']}; CAE v{report['cae_version']} ({report['cae_version_source']}).",
+        f"Every original key accounted for: {report['kept_keys']} kept, {report['ignored_keys']} ignored "
+        f"({report['ignored']}).",
+        f"Sin-cos position tables: {report['sincos_tables']}.",
+    ]
+    if "twin_check" in report:
+        checks.append(f"Stop-gradient twin: {report['twin_check']}.")
+    if "notes" in report:
+        checks.append(f"Head counts (not stored in fused weights): {report['notes']}.")
+    return checks
+
+
 def model_card(
-    model_name: str, config: CaeConfig, release: str | None, is_full: bool, source: str = LAYOUT_NAMES["a4v"]
-) -> tuple[dict, str]:
+    model_name: str,
+    config: CaeConfig,
+    release: str | Release | None,
+    is_full: bool,
+    source: str = LAYOUT_NAMES["a4v"],
+    report: dict | None = None,
+    repo_id: str | None = None,
+    remote_code: bool = True,
+    source_file: str | None = None,
+):
+    """The folder's `huggingface_hub.ModelCard` (layout: hf_mim.model_cards). `release`: a release of the table (or
+    its key, e.g. `cae_base_1600ep`) whose facts and reported numbers the card carries, or None."""
+    if isinstance(release, str):
+        release = RELEASES[release]
     version = config.cae_version
-    front = {
-        "license": "other",
-        "license_name": "no-license-stated",
-        "license_link": ORIGINAL_REPOSITORY,
-        "library_name": "transformers",
-        "pipeline_tag": "image-feature-extraction",
-        "tags": ["hf_mim", "cae" if version == 1 else "cae-v2", "vision", "self-supervised", "masked-image-modeling"],
-    }
-    paper = (
-        "CAE (Chen et al., *Context Autoencoder for Self-Supervised Representation Learning*, arXiv 2202.03026)"
-        if version == 1
-        else "CAE v2 (Zhang et al., *CAE v2: Context Autoencoder with CLIP Latent Alignment*, arXiv 2211.09799)"
+    name = "CAE" if version == 1 else "CAE v2"
+    data_text = (
+        f"pretrained on **{release.pretraining_data}**"
+        if release is not None
+        else "pretraining data not identified (every official CAE / CAE v2 release was pretrained on ImageNet-1k)"
     )
-    if release is not None:
-        info = RELEASES[release]
-        front["datasets"] = ["imagenet-1k"]
-        rows = [("image-classification", "linear probe (frozen encoder, cls feature)", "imagenet-1k", "ImageNet-1k",
-                 "accuracy", info.linear, "linear top-1"),
-                ("image-classification", "attentive probe (frozen encoder)", "imagenet-1k", "ImageNet-1k",
-                 "accuracy", info.attentive, "attentive top-1"),
-                ("image-classification", "fine-tuning", "imagenet-1k", "ImageNet-1k", "accuracy", info.finetune,
-                 "fine-tune top-1"),
-                ("image-segmentation", "semantic segmentation (UperNet, fine-tuned)", "scene_parse_150", "ADE20K",
-                 "mean_iou", info.ade20k, "mIoU")]  # fmt: skip
-        front["model-index"] = [
-            {
-                "name": model_name,
-                "results": [
-                    {
-                        "task": {"type": task, "name": protocol},
-                        "dataset": {"type": dataset, "name": dataset_name},
-                        "metrics": [{"type": metric, "value": value, "name": metric_name}],
-                    }
-                    for task, protocol, dataset, dataset_name, metric, value, metric_name in rows
-                    if value is not None
-                ],
-            }
-        ]
-        numbers = f"linear probe **{info.linear}**, " + (
-            f"attentive probe **{info.attentive}**, " if info.attentive is not None else ""
-        )
-        data_text = f"pretrained on **ImageNet-1k** (images only, {info.epochs} epochs)"
-        results = (
-            f"Reported by the authors: ImageNet-1k top-1 {numbers}fine-tuning **{info.finetune}**; ADE20K "
-            f"semantic segmentation (UperNet) mIoU **{info.ade20k}**."
-        )
-    else:
-        data_text = (
-            "pretraining data not identified (every official CAE / CAE v2 release was pretrained on ImageNet-1k)"
-        )
-        results = ""
+    summary = (
+        f"{name} ViT encoder (width {config.hidden_size}, {config.num_hidden_layers} blocks, "
+        f"{config.num_attention_heads} heads, patch {config.patch_size}, {config.image_size} px), {data_text}. "
+        f"Converted from a checkpoint in the {source} layout with hf_mim."
+    )
     contents = (
         "The folder holds the encoder and the pretraining heads (latent regressor"
         + (", decoder and DALL-E-token head" if version == 1 else " and CLIP-latent head")
@@ -761,44 +725,30 @@ def model_card(
         if is_full
         else "The folder holds the encoder (`AutoModel`); the pretraining heads are not part of this file."
     )
-    body = f"""# {model_name}
-
-{paper} ViT encoder (width {config.hidden_size}, {config.num_hidden_layers} blocks, {config.num_attention_heads} heads,
-patch {config.patch_size}, {config.image_size} px), {data_text}. Converted from a checkpoint in the {source} layout
-with hf_mim. {results}
-
-{contents}
-
-## License
-
-The original repository ({ORIGINAL_REPOSITORY}) contains no LICENSE file and its README states no license (checked at
-commit {LICENSE_CHECKED_AT}); the weights are therefore marked `other`. No license could be verified: ask the authors
-before using them beyond research.
-
-## Usage
-
-```python
-import hf_mim  # registers CAE with the Auto classes
-from transformers import AutoImageProcessor, AutoModel
-
-processor = AutoImageProcessor.from_pretrained("{model_name}")
-inputs = processor(images=image, return_tensors="pt")
-model = AutoModel.from_pretrained("{model_name}").eval()
-outputs = model(**inputs)
-linear_probe_feature = outputs.pooler_output  # cls token after the final LayerNorm (CAE's linear-probe feature)
-tokens = outputs.last_hidden_state            # [cls, patches row-major] after the final LayerNorm
-
-model = AutoModel.from_pretrained("{model_name}", pooling="mean").eval()  # or set config.pooling = "mean"
-finetune_feature = model(**inputs).pooler_output  # final LayerNorm of the mean of the un-normed patch tokens
-```
-
-`AutoModelForImageClassification.from_pretrained(..., num_labels=N, classifier_type=...)` adds the head of one of
-CAE's protocols: `"finetune"` (mean pooling + Linear), `"linear"` (cls + BatchNorm + Linear) or `"attentive"`. The
-processor resizes the shorter side to {round(config.image_size * 256 / 224)} (bicubic), center-crops
-{config.image_size} and normalises with the ImageNet mean / std, as every CAE evaluation does. The position table is
-CAE's fixed 2-D sin-cos table (row first), interpolated for other input sizes.
-"""
-    return front, body
+    notes = [
+        "`AutoModelForImageClassification.from_pretrained(..., num_labels=N, classifier_type=...)` adds the head of "
+        'one of CAE\'s protocols: `"finetune"` (mean pooling + Linear), `"linear"` (cls + BatchNorm + Linear) or '
+        f'`"attentive"`. The processor resizes the shorter side to {round(config.image_size * 256 / 224)} (bicubic), '
+        f"center-crops {config.image_size} and normalises with the ImageNet mean / std, as every CAE evaluation does. "
+        "The position table is CAE's fixed 2-D sin-cos table (row first), interpolated for other input sizes."
+    ]
+    return conversion_card(
+        "cae",
+        config=config,
+        model_name=model_name,
+        repo_id=repo_id,
+        release=release,
+        source_file=source_file,
+        summary=summary,
+        contents=contents,
+        checks=conversion_checks(report) if report is not None else (),
+        notes=notes,
+        remote_code=remote_code,
+        pretraining=is_full,
+        paper=CAE_PAPER if version == 1 else CAEV2_PAPER,
+        extra_tags=() if version == 1 else ("cae-v2",),
+        identification=report.get("release") if report is not None else None,
+    )
 
 
 # ------------------------------------------------------------------------------------------ entry point
@@ -809,14 +759,18 @@ def default_model_name(checkpoint_path: Path) -> str:
     return name
 
 
-def convert(checkpoint_path, output_dir, model_name=None, push_to_hub=None, num_heads=None, decoder_num_heads=None):
+def convert(checkpoint_path, output_dir, model_name=None, push_to_hub=None, num_heads=None, decoder_num_heads=None,
+            remote_code=True, repo_id=None, release: Release | None = None):  # fmt: skip
+    """Convert one file into `output_dir`. `release` (a `hf_mim.releases.Release`) overrides the identification
+    from the file / model name; a release whose architecture the weights do not have gets no release facts in the
+    card. `remote_code` also writes the code bundle; `repo_id` is the Hub id the card's snippets use."""
     checkpoint_path = Path(checkpoint_path)
     file_name = default_model_name(checkpoint_path)
     model_name = model_name or file_name
     checkpoint = load_original_checkpoint(checkpoint_path)
-    config, state, is_full, report = convert_checkpoint(
-        checkpoint, checkpoint_path, num_heads, decoder_num_heads, names=(model_name, file_name)
-    )
+    names = (model_name, file_name) if release is None else (release.key, model_name, file_name)
+    config, state, is_full, report = convert_checkpoint(checkpoint, checkpoint_path, num_heads, decoder_num_heads,
+                                                        names=names)  # fmt: skip
     model_class = CaeForPreTraining if is_full else CaeModel
     with torch.device("meta"):  # no random init: every tensor comes from the checkpoint
         model = model_class(config)
@@ -830,22 +784,34 @@ def convert(checkpoint_path, output_dir, model_name=None, push_to_hub=None, num_
         pixels = torch.zeros(1, config.num_channels, config.image_size, config.image_size, dtype=encoder.dtype)
         if not torch.isfinite(encoder(pixels).last_hidden_state).all():
             raise RuntimeError("The converted encoder produces non-finite outputs.")
-    output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(output_dir)
-    image_processor_at(CaeImageProcessor, config.image_size).save_pretrained(output_dir)
-    release = release_of(model_name, file_name)
+    if release is None:
+        key = release_of(model_name, file_name)
+        if key is None and (found := release_for_file(checkpoint_path)) is not None and found.method == "cae":
+            key = found.key
+        release = RELEASES.get(key)
     if release is not None and not matches_release(config, release):
-        report["release"] = f"{release} named, but the weights are not its architecture: no release results"
+        report["release"] = f"{release.key} named, but the weights are not its architecture: no release results"
         release = None
     else:
-        report["release"] = release or "none identified"
-    write_model_card(output_dir, *model_card(model_name, config, release, is_full, report["layout"].split(",")[0]))
+        report["release"] = release.key if release is not None else "none identified"
     report["saved_architecture"] = model_class.__name__
     report.update(model_name=model_name, output_dir=str(output_dir))
+    card = model_card(model_name, config, release, is_full, report["layout"].split(",")[0], report,
+                      repo_id or push_to_hub, remote_code, checkpoint_path.name)  # fmt: skip
+    processor = image_processor_at(CaeImageProcessor, config.image_size)
+    report["remote_code_files"] = save_converted_folder(output_dir, model, processor, card, remote_code)
     if push_to_hub:
         report["hub"] = push_folder_to_hub(output_dir, push_to_hub, f"Upload {model_name} converted with hf_mim")
     return report
+
+
+def convert_release(checkpoint_path, output_dir, release: Release, repo_id=None, remote_code=True) -> dict:
+    """`convert` for a release of the table (scripts/convert/publish_releases.py): the head counts, which fused
+    weights do not show, come from the release's architecture."""
+    arch = release.architecture
+    return convert(checkpoint_path, output_dir, model_name=release.name, num_heads=arch.get("num_attention_heads"),
+                   decoder_num_heads=arch.get("decoder_num_attention_heads"), remote_code=remote_code,
+                   repo_id=repo_id, release=release)  # fmt: skip
 
 
 def main(argv=None) -> int:
@@ -868,9 +834,10 @@ def main(argv=None) -> int:
         "--model_name", default=None, help="e.g. cae_base_1600ep (default: the file name); identifies the release"
     )
     parser.add_argument("--push_to_hub", default=None, metavar="REPO_ID", help="Upload the folder to this Hub repo")
+    add_remote_code_flag(parser)
     args = parser.parse_args(argv)
     return run_converter(convert, args.checkpoint_path, args.output_dir, args.model_name, args.push_to_hub,
-                         args.num_attention_heads, args.decoder_num_attention_heads)  # fmt: skip
+                         args.num_attention_heads, args.decoder_num_attention_heads, not args.no_remote_code)  # fmt: skip
 
 
 if __name__ == "__main__":

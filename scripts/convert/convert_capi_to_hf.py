@@ -4,13 +4,14 @@
     python scripts/convert/convert_capi_to_hf.py --checkpoint_path capi_vitl14_lvd.pth --output_dir capi-vitl14-lvd \
         [--model_name capi-vitl14-lvd] [--image_size 224] [--push_to_hub REPO_ID]
 
-Writes model.safetensors, config.json, preprocessor_config.json and a model card. Architecture hyper-parameters are
-read off the tensor shapes, so the same code converts the real ViT-L/14 and tiny test checkpoints. The training
-resolution is not in a checkpoint (RoPE works at any size): `--image_size` gives it (default 224, the releases'),
-and both `config.image_size` and the image processor (center crop `image_size`, shorter side resized to
-`image_size * 256 / 224`) follow it. Every original
-key is either converted or explicitly ignored (the student prediction head `head.*`, and the analytic RoPE tables
-after they are checked); anything else is an error that lists the missing and unexpected keys.
+Writes model.safetensors, config.json, preprocessor_config.json, a model card (hf_mim.model_cards; release facts
+and the authors' numbers from hf_mim.releases) and the remote-code bundle (`--no_remote_code` leaves it out).
+Architecture hyper-parameters are read off the tensor shapes, so the same code converts the real ViT-L/14 and tiny
+test checkpoints. The training resolution is not in a checkpoint (RoPE works at any size): `--image_size` gives it
+(default 224, the releases'), and both `config.image_size` and the image processor (center crop `image_size`,
+shorter side resized to `image_size * 256 / 224`) follow it. Every original key is either converted or explicitly
+ignored (the student prediction head `head.*`, and the analytic RoPE tables after they are checked); anything else
+is an error that lists the missing and unexpected keys.
 """
 
 import argparse
@@ -24,25 +25,20 @@ from hf_mim import CapiConfig, CapiForPreTraining, CapiImageProcessor, CapiModel
 from hf_mim.conversion import (
     CheckpointMismatchError,
     account_for_keys,
+    add_remote_code_flag,
     image_processor_at,
     load_original_checkpoint,
     push_folder_to_hub,
     raise_on_mismatch,
     run_converter,
-    write_model_card,
+    save_converted_folder,
 )
 from hf_mim.layers import CapiRope2D
+from hf_mim.model_cards import conversion_card
+from hf_mim.releases import Release, architecture_mismatches, release_for_file, release_named, releases_for
 
-# hub entry -> (pretraining data, k-NN ADE20K mIoU, attentive IN1k top-1), from the original README.
-RELEASES = {
-    "capi-vitl14-p205": ("Places205", 35.2, 79.2),
-    "capi-vitl14-lvd": ("LVD-142M", 32.1, 83.8),
-    "capi-vitl14-in22k": ("ImageNet-22k", 29.7, 83.6),
-    "capi-vitl14-in1k": ("ImageNet-1k", 29.2, 82.9),
-}
+RELEASES = {release.name: release for release in releases_for("capi")}  # hf_mim.releases: files, data, numbers
 RELEASE_IMAGE_SIZE = 224  # the four releases were pretrained at 224 px
-FILE_TO_NAME = {"p205": "capi-vitl14-p205", "lvd": "capi-vitl14-lvd", "i22k": "capi-vitl14-in22k",
-                "in22k": "capi-vitl14-in22k", "in1k": "capi-vitl14-in1k"}  # fmt: skip
 
 _BLOCK = {
     "residual1.norm.weight": "norm1.weight",
@@ -208,57 +204,63 @@ def build_pretraining_model(config: CapiConfig, backbone_state: dict, checkpoint
     return model
 
 
-def model_card(model_name: str) -> tuple[dict, str]:
-    data, knn, attentive = RELEASES.get(model_name, ("unknown", None, None))
-    front = {
-        "license": "apache-2.0",
-        "library_name": "transformers",
-        "pipeline_tag": "image-feature-extraction",
-        "tags": ["hf_mim", "capi", "vision", "self-supervised", "masked-image-modeling"],
-    }
-    if knn is not None:
-        front["model-index"] = [
-            {
-                "name": model_name,
-                "results": [
-                    {
-                        "task": {"type": "image-segmentation", "name": "k-NN semantic segmentation"},
-                        "dataset": {"type": "scene_parse_150", "name": "ADE20K"},
-                        "metrics": [{"type": "mean_iou", "value": knn, "name": "k-NN mIoU"}],
-                    },
-                    {
-                        "task": {"type": "image-classification", "name": "attentive probe"},
-                        "dataset": {"type": "imagenet-1k", "name": "ImageNet-1k"},
-                        "metrics": [{"type": "accuracy", "value": attentive, "name": "attentive top-1"}],
-                    },
-                ],
-            }
-        ]
-    body = f"""# {model_name}
+def conversion_checks(report: dict) -> list[str]:
+    """What converting this file measured, in the card's words."""
+    ignored = report["ignored"]
+    return [
+        f"Every original key accounted for: {report['converted']} tensors converted"
+        + (f", {len(ignored)} ignored (the student prediction head `head.*`, not part of the backbone)" if ignored
+           else "")
+        + ".",
+        f"RoPE tables: the {report['rope_tables_checked_and_dropped']} stored tables were checked against the analytic "
+        f"frequencies the model rebuilds (max abs deviation {report['rope_max_deviation']:.3g}) and dropped.",
+    ]  # fmt: skip
 
-CAPI ViT-L/14 (16 registers, 2-D RoPE, RMSNorm) pretrained on **{data}** with CAPI's latent clustering objective
-(Darcet et al., *Cluster and Predict Latent Patches for Improved Masked Image Modeling*, TMLR 2025,
-arXiv:2502.08769). Converted from the official release of `facebookresearch/capi` with hf_mim; the weights and code
-are Apache-2.0. Reported by the authors: k-NN ADE20K mIoU **{knn}**, attentive-probe ImageNet-1k top-1 **{attentive}**.
 
-## Usage
+def model_card(model_name: str, config: CapiConfig, release: Release | None, report: dict, repo_id=None,
+               remote_code: bool = True, source_file: str | None = None):  # fmt: skip
+    """The folder's `huggingface_hub.ModelCard` (layout: hf_mim.model_cards)."""
+    data = f"on **{release.pretraining_data}**" if release is not None else "(data not identified)"
+    summary = (
+        f"CAPI ViT (width {config.hidden_size}, {config.num_hidden_layers} blocks, patch {config.patch_size}, "
+        f"{config.num_register_tokens} registers, 2-D RoPE, RMSNorm) pretrained {data} with CAPI's latent clustering "
+        "objective; converted from the original checkpoint with hf_mim."
+    )
+    contents = (
+        "The folder holds a `CapiForPreTraining` (backbone as student and teacher, the released student head; the "
+        "clustering head was not released and starts fresh): `AutoModelForPreTraining` continues pretraining, "
+        "`AutoModel` loads the backbone."
+        if report.get("saved_architecture", "").startswith("CapiForPreTraining")
+        else "The folder holds the backbone (`CapiModel`: encoder and predictor)."
+    )
+    notes = [
+        "`pooler_output` is the mean of the first predictor block's outputs (mask-token queries at every position), "
+        f"exactly as the original `EncoderDecoder.forward` defines it. Any input whose sides are multiples of "
+        f"{config.patch_size} works; nothing is interpolated."
+    ]
+    return conversion_card(
+        "capi",
+        config=config,
+        model_name=model_name,
+        repo_id=repo_id,
+        release=release,
+        source_file=source_file,
+        summary=summary,
+        contents=contents,
+        checks=conversion_checks(report),
+        notes=notes,
+        remote_code=remote_code,
+        pretraining=report.get("saved_architecture", "").startswith("CapiForPreTraining"),
+        identification=report.get("release"),
+    )
 
-```python
-import hf_mim  # registers CAPI with the Auto classes
-from transformers import AutoImageProcessor, AutoModel
 
-processor = AutoImageProcessor.from_pretrained("{model_name}")
-model = AutoModel.from_pretrained("{model_name}")
-outputs = model(**processor(images=image, return_tensors="pt"))
-global_repr = outputs.pooler_output   # (1, 1024) CAPI's global representation
-feature_map = outputs.feature_map     # (1, 16, 16, 1024) patch features
-registers = outputs.register_tokens   # (1, 16, 1024)
-```
-
-`pooler_output` is the mean of the first predictor block's outputs (mask-token queries at every position), exactly
-as the original `EncoderDecoder.forward` defines it. Any input whose sides are multiples of 14 works.
-"""
-    return front, body
+def identify_release(checkpoint_path: Path, model_name: str | None) -> Release | None:
+    """The release this file is: by its download name (capi_vitl14_{p205,lvd,i22k,in22k,in1k}.pth), else by
+    `model_name`."""
+    return release_for_file(checkpoint_path) or (
+        release if (release := release_named(model_name)) is not None and release.method == "capi" else None
+    )
 
 
 def convert(
@@ -268,11 +270,17 @@ def convert(
     push_to_hub=None,
     with_pretraining_heads=False,
     image_size=RELEASE_IMAGE_SIZE,
+    remote_code=True,
+    repo_id=None,
+    release: Release | None = None,
 ) -> dict:
+    """Convert one file into `output_dir`. `release` (a `hf_mim.releases.Release`) overrides the identification
+    from the file name / model name; a named release whose architecture the weights do not have gets no release
+    facts in its card. `remote_code` also writes the code bundle (the folder then loads without hf_mim);
+    `repo_id` is the Hub id the card's snippets use (default: `push_to_hub`, else the release's suggested id)."""
     checkpoint_path = Path(checkpoint_path)
-    if model_name is None:
-        stem = checkpoint_path.stem.rsplit("_", 1)[-1]
-        model_name = FILE_TO_NAME.get(stem, checkpoint_path.stem.replace("_", "-"))
+    release = release or identify_release(checkpoint_path, model_name)
+    model_name = model_name or (release.name if release is not None else checkpoint_path.stem.replace("_", "-"))
     checkpoint = load_original_checkpoint(checkpoint_path)
     config, state, report = convert_state_dict(checkpoint, checkpoint_path)
     if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < config.patch_size:
@@ -290,21 +298,30 @@ def convert(
         out = model(torch.zeros(1, config.num_channels, side, side))
     if not torch.isfinite(out.pooler_output).all():
         raise RuntimeError("The converted model produces non-finite outputs.")
-    output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
     if with_pretraining_heads:
         model = build_pretraining_model(config, state, checkpoint)
         report["saved_architecture"] = "CapiForPreTraining (clustering head freshly initialised: not released)"
-    model.save_pretrained(output_dir)
-    image_processor_at(CapiImageProcessor, config.image_size).save_pretrained(output_dir)
-    front, body = model_card(model_name)
-    write_model_card(output_dir, front, body)
+    if release is not None and (mismatches := architecture_mismatches(release, config)):
+        report["release"] = f"{release.name} named, but the weights are not its architecture ({'; '.join(mismatches)})"
+        release = None
+    else:
+        report["release"] = release.name if release is not None else "none identified"
     report["model_name"] = model_name
     report["image_size"] = config.image_size
     report["output_dir"] = str(output_dir)
+    card = model_card(model_name, config, release, report, repo_id or push_to_hub, remote_code, checkpoint_path.name)
+    report["remote_code_files"] = save_converted_folder(
+        output_dir, model, image_processor_at(CapiImageProcessor, config.image_size), card, remote_code
+    )
     if push_to_hub:
         report["hub"] = push_folder_to_hub(output_dir, push_to_hub, f"Upload {model_name} converted with hf_mim")
     return report
+
+
+def convert_release(checkpoint_path, output_dir, release: Release, repo_id=None, remote_code=True) -> dict:
+    """`convert` for a release of the table (scripts/convert/publish_releases.py)."""
+    return convert(checkpoint_path, output_dir, model_name=release.name, image_size=release.architecture.get(
+        "image_size", RELEASE_IMAGE_SIZE), remote_code=remote_code, repo_id=repo_id, release=release)  # fmt: skip
 
 
 def main(argv=None) -> int:
@@ -326,6 +343,7 @@ def main(argv=None) -> int:
         help="Resolution the checkpoint was trained at (not stored in it); config.image_size and the image "
         f"processor's crop follow it (default: {RELEASE_IMAGE_SIZE}, the releases').",
     )
+    add_remote_code_flag(parser)
     args = parser.parse_args(argv)
     return run_converter(
         convert,
@@ -335,6 +353,7 @@ def main(argv=None) -> int:
         args.push_to_hub,
         args.with_pretraining_heads,
         args.image_size,
+        not args.no_remote_code,
     )
 
 

@@ -42,20 +42,23 @@ from torch import nn
 from hf_mim.conversion import (
     CheckpointMismatchError,
     account_for_keys,
+    add_remote_code_flag,
     load_original_checkpoint,
     push_folder_to_hub,
     raise_on_mismatch,
     run_converter,
-    write_model_card,
+    save_converted_folder,
 )
+from hf_mim.model_cards import conversion_card
 from hf_mim.models.cae.tokenizer_dalle import (
     DalleEncoderBlock,
     DalleTokenizer,
     DalleTokenizerConfig,
     map_pixels,
 )
+from hf_mim.releases import Release, architecture_mismatches, release_for_file, release_named, releases_for
 
-FILE_TO_NAME = {"encoder": "dalle-tokenizer", "dalle_encoder": "dalle-tokenizer"}
+RELEASES = {release.name: release for release in releases_for("dalle_tokenizer")}  # hf_mim.releases
 
 
 # ----------------------------------------------------------------------------------------- restricted unpickler
@@ -394,35 +397,62 @@ def convert_checkpoint(state, checkpoint_path="<checkpoint>", image_size: int = 
     return model, report
 
 
-def model_card(model_name: str, config: DalleTokenizerConfig) -> tuple[dict, str]:
-    front = {"library_name": "transformers", "tags": ["hf_mim", "dall-e", "dvae", "image-tokenizer", "cae", "beit"]}
+def conversion_checks(report: dict) -> list[str]:
+    """What converting this file measured, in the card's words."""
+    source = report.get("source", "")
+    checks = [
+        f"Source: {source}." if source else "",
+        f"Every key converted ({report['converted']} tensors, original dtypes "
+        f"{', '.join(report['original_dtypes'])}, saved in float32); sizes read off the tensors.",
+    ]
+    if source.startswith("pickled"):
+        checks.append(
+            "The pickled module's names and types, kernel sizes, max-pool settings, block `post_gain`s and recorded "
+            "hyper-parameters agree with the converted model."
+        )
+    return [check for check in checks if check]
+
+
+def model_card(model_name: str, config: DalleTokenizerConfig, release: Release | None = None,
+               report: dict | None = None, repo_id=None, remote_code: bool = True, source_file: str | None = None):  # fmt: skip
+    """The folder's `huggingface_hub.ModelCard` (layout: hf_mim.model_cards)."""
     grid = config.image_size // config.downsampling
-    body = f"""# {model_name}
+    summary = (
+        "The encoder of OpenAI's DALL-E discrete VAE, converted with hf_mim. It is the frozen tokenizer of CAE v1 and "
+        f"BEiT: a {config.image_size} x {config.image_size} image maps to a {grid} x {grid} grid of ids from a "
+        f"{config.vocab_size}-entry codebook."
+    )
+    notes = [
+        "The inputs must be logit-Laplace mapped (`map_pixels`: 0.8 x + 0.1). The original runs its convolutions in "
+        "float16 on CUDA; this port computes in float32, so a small fraction of ids can differ from the original's "
+        "GPU ids."
+    ]
+    return conversion_card(
+        "dalle_tokenizer",
+        config=config,
+        model_name=model_name,
+        repo_id=repo_id,
+        release=release,
+        source_file=source_file,
+        summary=summary,
+        checks=conversion_checks(report) if report is not None else (),
+        notes=notes,
+        remote_code=remote_code,
+        identification=report.get("release") if report is not None else None,
+    )
 
-The encoder of OpenAI's DALL-E discrete VAE (Ramesh et al., 2021; https://github.com/openai/DALL-E), converted with
-hf_mim. It is the frozen tokenizer of CAE v1 and BEiT: a {config.image_size} x {config.image_size} image maps to a
-{grid} x {grid} grid of ids from a {config.vocab_size}-entry codebook. Weights as released by OpenAI; see the original
-repository for their terms.
 
-```python
-import torch
-from hf_mim.models.cae.tokenizer_dalle import DalleTokenizer, map_pixels
-
-tokenizer = DalleTokenizer.from_pretrained("{model_name}").eval()
-images = torch.rand(1, 3, {config.image_size}, {config.image_size})      # RGB in [0, 1], no mean/std
-ids = tokenizer.get_codebook_indices(map_pixels(images))                # (1, {grid * grid}) int64, row-major
-```
-
-The inputs must be logit-Laplace mapped (`map_pixels`: 0.8 x + 0.1). The original runs its convolutions in float16
-on CUDA; this port computes in float32, so a small fraction of ids can differ from the original's GPU ids.
-"""
-    return front, body
-
-
-def convert(checkpoint_path, output_dir, image_size=112, model_name=None, push_to_hub=None) -> dict:
+def convert(checkpoint_path, output_dir, image_size=112, model_name=None, push_to_hub=None, remote_code=True,
+            repo_id=None, release: Release | None = None) -> dict:  # fmt: skip
+    """Convert one file into `output_dir`. `release` (a `hf_mim.releases.Release`) overrides the identification
+    from the file / model name; `remote_code` also writes the code bundle; `repo_id` is the Hub id the card's
+    snippets use."""
     checkpoint_path = Path(checkpoint_path)
     stem = checkpoint_path.name.rsplit(".", 1)[0]
-    model_name = model_name or FILE_TO_NAME.get(stem, stem.lower().replace("_", "-"))
+    if release is None:
+        release = release_for_file(checkpoint_path) or release_named(model_name)
+        release = release if release is not None and release.method == "dalle_tokenizer" else None
+    model_name = model_name or (release.name if release is not None else stem.lower().replace("_", "-"))
     state, modules, report = read_checkpoint(checkpoint_path)
     model, conversion_report = convert_checkpoint(state, checkpoint_path, image_size, modules)
     report.update(conversion_report)
@@ -434,14 +464,23 @@ def convert(checkpoint_path, output_dir, image_size=112, model_name=None, push_t
         logits = model(map_pixels(images))
     if not torch.isfinite(logits).all():
         raise RuntimeError("The converted tokenizer produces non-finite logits.")
-    output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(output_dir)
-    write_model_card(output_dir, *model_card(model_name, config))
+    if release is not None and (mismatches := architecture_mismatches(release, config)):
+        report["release"] = f"{release.name} named, but the weights are not its architecture ({'; '.join(mismatches)})"
+        release = None
+    else:
+        report["release"] = release.name if release is not None else "none identified"
     report.update(logits_shape=list(logits.shape), model_name=model_name, output_dir=str(output_dir))
+    card = model_card(model_name, config, release, report, repo_id or push_to_hub, remote_code, checkpoint_path.name)
+    report["remote_code_files"] = save_converted_folder(output_dir, model, None, card, remote_code)
     if push_to_hub:
         report["hub"] = push_folder_to_hub(output_dir, push_to_hub, f"Upload {model_name} converted with hf_mim")
     return report
+
+
+def convert_release(checkpoint_path, output_dir, release: Release, repo_id=None, remote_code=True) -> dict:
+    """`convert` for a release of the table (scripts/convert/publish_releases.py)."""
+    return convert(checkpoint_path, output_dir, image_size=release.architecture.get("image_size", 112),
+                   model_name=release.name, remote_code=remote_code, repo_id=repo_id, release=release)  # fmt: skip
 
 
 def main(argv=None) -> int:
@@ -453,9 +492,16 @@ def main(argv=None) -> int:
     parser.add_argument("--image_size", type=int, default=112, help="Resolution stored in the config (CAE v1: 112)")
     parser.add_argument("--model_name", default=None)
     parser.add_argument("--push_to_hub", default=None, metavar="REPO_ID")
+    add_remote_code_flag(parser)
     args = parser.parse_args(argv)
     return run_converter(
-        convert, args.checkpoint_path, args.output_dir, args.image_size, args.model_name, args.push_to_hub
+        convert,
+        args.checkpoint_path,
+        args.output_dir,
+        args.image_size,
+        args.model_name,
+        args.push_to_hub,
+        not args.no_remote_code,
     )
 
 

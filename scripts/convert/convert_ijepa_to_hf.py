@@ -11,6 +11,8 @@ encoder chosen with `--encoder` (default `context`: the trained encoder that tra
 weights are; `target` is the EMA encoder the fine-tuning recipe uses). Shapes are read off the tensors; the head
 count is not visible in the weights and defaults to 16 (all four releases). Every key is converted or explicitly
 ignored (optimizer / scaler state and bookkeeping); anything else is an error listing missing and unexpected keys.
+The folder also gets the image processor, a model card (hf_mim.model_cards, with the release facts of
+hf_mim.releases) and the remote-code bundle (`--no_remote_code` leaves it out).
 """
 
 import argparse
@@ -24,27 +26,19 @@ import torch
 from hf_mim import IJepaConfig, IJepaForPreTraining, IJepaImageProcessor
 from hf_mim.conversion import (
     CheckpointMismatchError,
+    add_remote_code_flag,
     image_processor_at,
     load_original_checkpoint,
     push_folder_to_hub,
     raise_on_mismatch,
     run_converter,
-    write_model_card,
+    save_converted_folder,
 )
 from hf_mim.layers import sincos_2d_position_embedding
+from hf_mim.model_cards import conversion_card
+from hf_mim.releases import Release, architecture_mismatches, release_for_file, release_named, releases_for
 
-RELEASES = {
-    "ijepa-vith14-in1k": ("ImageNet-1k", "300 epochs, 224 px"),
-    "ijepa-vith16-448-in1k": ("ImageNet-1k", "300 epochs, 448 px"),
-    "ijepa-vith14-in22k": ("ImageNet-22k", "66 epochs, 224 px"),
-    "ijepa-vitg16-in22k": ("ImageNet-22k", "44 epochs, 224 px"),
-}
-FILE_TO_NAME = {
-    "IN1K-vit.h.14-300e": "ijepa-vith14-in1k",
-    "IN1K-vit.h.16-448px-300e": "ijepa-vith16-448-in1k",
-    "IN22K-vit.h.14-900e": "ijepa-vith14-in22k",
-    "IN22K-vit.g.16-600e": "ijepa-vitg16-in22k",
-}
+RELEASES = {release.name: release for release in releases_for("ijepa")}  # hf_mim.releases
 PARTS = ("encoder", "predictor", "target_encoder")
 IGNORED_TOP_LEVEL = ("opt", "scaler", "epoch", "loss", "batch_size", "world_size", "lr")
 _BLOCK = {
@@ -177,43 +171,61 @@ def convert_checkpoint(checkpoint, checkpoint_path="<checkpoint>", num_heads: in
     return config, {k: v.contiguous().clone() for k, v in state.items()}, report
 
 
-def model_card(model_name: str, config: IJepaConfig, encoder: str) -> tuple[dict, str]:
-    data, schedule = RELEASES.get(model_name, ("unknown", "unknown"))
-    front = {
-        "license": "cc-by-nc-4.0",
-        "library_name": "transformers",
-        "pipeline_tag": "image-feature-extraction",
-        "tags": ["hf_mim", "ijepa", "vision", "self-supervised", "joint-embedding-predictive-architecture"],
-    }
-    body = f"""# {model_name}
-
-I-JEPA (Assran et al., *Self-Supervised Learning from Images with a Joint-Embedding Predictive Architecture*,
-CVPR 2023) ViT ({config.hidden_size} wide, {config.num_hidden_layers} blocks, patch {config.patch_size},
-{config.image_size} px) pretrained on **{data}** ({schedule}). Converted from the official `facebookresearch/ijepa`
-release with hf_mim; weights under **CC-BY-NC 4.0** (non-commercial), as released.
-
-The folder holds the context encoder, the EMA target encoder and the predictor. `AutoModel` loads the
-**{encoder}** encoder; `AutoModelForPreTraining` loads everything (to continue pretraining).
-
-```python
-import hf_mim  # registers hf_mim's I-JEPA with the Auto classes
-from transformers import AutoImageProcessor, AutoModel
-
-processor = AutoImageProcessor.from_pretrained("{model_name}")
-model = AutoModel.from_pretrained("{model_name}")
-outputs = model(**processor(images=image, return_tensors="pt"))
-embedding = outputs.pooler_output          # average-pooled patch tokens, I-JEPA's representation
-```
-
-The encoder's weights use transformers' `IJepaModel` names and load into `transformers.IJepaModel` as well.
-"""
-    return front, body
+def conversion_checks(report: dict) -> list[str]:
+    """What converting this file measured, in the card's words."""
+    return [
+        f"Every key of the context encoder, the EMA target encoder and the predictor converted ({report['converted']} "
+        f"tensors; ignored: {', '.join(report['ignored']) or 'nothing'} - optimizer and bookkeeping state).",
+        "Stored sin-cos position tables compared with hf_mim's `sincos_2d_position_embedding`: max abs deviation "
+        f"{report['sincos_table_max_deviation']:.3g} (the stored values are kept).",
+    ]
 
 
-def convert(checkpoint_path, output_dir, encoder="context", model_name=None, push_to_hub=None, num_heads=16) -> dict:
+def model_card(model_name: str, config: IJepaConfig, encoder: str, release: Release | None, report: dict,
+               repo_id=None, remote_code: bool = True, source_file: str | None = None):  # fmt: skip
+    """The folder's `huggingface_hub.ModelCard` (layout: hf_mim.model_cards)."""
+    data = f"on **{release.pretraining_data}**" if release is not None else ""
+    summary = (
+        f"I-JEPA ViT ({config.hidden_size} wide, {config.num_hidden_layers} blocks, patch {config.patch_size}, "
+        f"{config.image_size} px) pretrained {data or '(data not identified)'}; converted from the original checkpoint "
+        "with hf_mim."
+    )
+    contents = (
+        "The folder holds the context encoder, the EMA target encoder and the predictor. `AutoModel` loads the "
+        f"**{encoder}** encoder; `AutoModelForPreTraining` loads everything (to continue pretraining). The encoder's "
+        "weights use transformers' `IJepaModel` names and load into `transformers.IJepaModel` as well."
+    )
+    return conversion_card(
+        "ijepa",
+        config=config,
+        model_name=model_name,
+        repo_id=repo_id,
+        release=release,
+        source_file=source_file,
+        summary=summary,
+        contents=contents,
+        checks=conversion_checks(report),
+        remote_code=remote_code,
+        pretraining=True,
+        identification=report.get("release"),
+    )
+
+
+def identify_release(checkpoint_path: Path, model_name: str | None) -> Release | None:
+    return release_for_file(checkpoint_path) or (
+        release if (release := release_named(model_name)) is not None and release.method == "ijepa" else None
+    )
+
+
+def convert(checkpoint_path, output_dir, encoder="context", model_name=None, push_to_hub=None, num_heads=16,
+            remote_code=True, repo_id=None, release: Release | None = None) -> dict:  # fmt: skip
+    """Convert one file into `output_dir`. `release` (a `hf_mim.releases.Release`) overrides the identification
+    from the file name / model name; a release whose architecture the weights do not have gets no release facts
+    in the card. `remote_code` also writes the code bundle; `repo_id` is the Hub id the card's snippets use."""
     checkpoint_path = Path(checkpoint_path)
     stem = checkpoint_path.name.removesuffix(".tar").removesuffix(".pth")
-    model_name = model_name or FILE_TO_NAME.get(stem, stem.lower().replace(".", "-"))
+    release = release or identify_release(checkpoint_path, model_name)
+    model_name = model_name or (release.name if release is not None else stem.lower().replace(".", "-"))
     checkpoint = load_original_checkpoint(checkpoint_path)
     config, state, report = convert_checkpoint(checkpoint, checkpoint_path, num_heads, encoder)
     model = IJepaForPreTraining(config).eval()
@@ -222,16 +234,27 @@ def convert(checkpoint_path, output_dir, encoder="context", model_name=None, pus
         out = model.ijepa(torch.zeros(1, config.num_channels, config.image_size, config.image_size))
     if not torch.isfinite(out.last_hidden_state).all():
         raise RuntimeError("The converted encoder produces non-finite outputs.")
-    output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(output_dir)
-    # The training resolution follows from the position table: grid side x patch size (infer_config).
-    image_processor_at(IJepaImageProcessor, config.image_size).save_pretrained(output_dir)
-    write_model_card(output_dir, *model_card(model_name, config, encoder))
+    if release is not None and (mismatches := architecture_mismatches(release, config)):
+        report["release"] = f"{release.name} named, but the weights are not its architecture ({'; '.join(mismatches)})"
+        release = None
+    else:
+        report["release"] = release.name if release is not None else "none identified"
     report.update(model_name=model_name, output_dir=str(output_dir))
+    card = model_card(model_name, config, encoder, release, report, repo_id or push_to_hub, remote_code,
+                      checkpoint_path.name)  # fmt: skip
+    # The training resolution follows from the position table: grid side x patch size (infer_config).
+    processor = image_processor_at(IJepaImageProcessor, config.image_size)
+    report["remote_code_files"] = save_converted_folder(output_dir, model, processor, card, remote_code)
     if push_to_hub:
         report["hub"] = push_folder_to_hub(output_dir, push_to_hub, f"Upload {model_name} converted with hf_mim")
     return report
+
+
+def convert_release(checkpoint_path, output_dir, release: Release, repo_id=None, remote_code=True) -> dict:
+    """`convert` for a release of the table (scripts/convert/publish_releases.py): the head count, which the weights
+    do not show, comes from the release's architecture."""
+    return convert(checkpoint_path, output_dir, model_name=release.name, num_heads=release.architecture.get(
+        "num_attention_heads", 16), remote_code=remote_code, repo_id=repo_id, release=release)  # fmt: skip
 
 
 def main(argv=None) -> int:
@@ -245,9 +268,10 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--num_attention_heads", type=int, default=16, help="Not visible in the weights; 16 for all releases"
     )
+    add_remote_code_flag(parser)
     args = parser.parse_args(argv)
     return run_converter(convert, args.checkpoint_path, args.output_dir, args.encoder, args.model_name,
-                         args.push_to_hub, args.num_attention_heads)  # fmt: skip
+                         args.push_to_hub, args.num_attention_heads, not args.no_remote_code)  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -28,30 +28,20 @@ from hf_mim import VicreglConfig, VicreglForPreTraining, VicreglImageProcessor, 
 from hf_mim.conversion import (
     CheckpointMismatchError,
     account_for_keys,
+    add_remote_code_flag,
     image_processor_at,
     load_original_checkpoint,
     push_folder_to_hub,
     raise_on_mismatch,
     run_converter,
-    write_model_card,
+    save_converted_folder,
 )
+from hf_mim.model_cards import conversion_card
+from hf_mim.releases import Release, architecture_mismatches, releases_for
 
-# release -> (architecture, alpha, pretraining data, linear IN-1k top-1, linear VOC mIoU), from the original README.
-RELEASES = {
-    "resnet50_alpha0.9": ("resnet50", 0.9, "ImageNet-1k", 71.2, 54.0),
-    "resnet50_alpha0.75": ("resnet50", 0.75, "ImageNet-1k", 70.4, 55.9),
-    "convnext_small_alpha0.9": ("convnext_small", 0.9, "ImageNet-1k", 75.9, 66.7),
-    "convnext_small_alpha0.75": ("convnext_small", 0.75, "ImageNet-1k", 74.6, 67.5),
-    "convnext_base_alpha0.9": ("convnext_base", 0.9, "ImageNet-1k", 77.1, 69.3),
-    "convnext_base_alpha0.75": ("convnext_base", 0.75, "ImageNet-1k", 76.3, 70.4),
-    "convnext_xlarge_alpha0.75": ("convnext_xlarge", 0.75, "ImageNet-22k", 79.4, 78.7),
-}
-ARCHITECTURES = {
-    "resnet50": VicreglConfig.resnet50,
-    "convnext_small": VicreglConfig.convnext_small,
-    "convnext_base": VicreglConfig.convnext_base,
-    "convnext_xlarge": VicreglConfig.convnext_xlarge,
-}
+# hf_mim.releases: the seven releases (files, data, reported numbers, expected architecture), keyed by the original
+# names (`convnext_small_alpha0.9`, ...).
+RELEASES = {release.key: release for release in releases_for("vicregl")}
 RELEASE_IMAGE_SIZE = 224  # every release was pretrained with 224 px global crops
 FULL_CHECKPOINT_TOP_LEVEL = ("model",)
 IGNORED_TOP_LEVEL = ("epoch", "optimizer")
@@ -323,12 +313,9 @@ def release_of(model_name: str | None, *more_names) -> str | None:
     return None
 
 
-def matches_release(config: VicreglConfig, release: str) -> bool:
-    reference = ARCHITECTURES[RELEASES[release][0]]()
-    fields = ("backbone_type", "depths", "hidden_sizes")
-    return all(getattr(config, f) == getattr(reference, f) for f in fields) and (
-        config.backbone_type != "resnet" or config.embedding_size == reference.embedding_size
-    )
+def matches_release(config: VicreglConfig, release: str | Release) -> bool:
+    """Whether `config` has the expected backbone of the release (hf_mim.releases)."""
+    return not architecture_mismatches(RELEASES[release] if isinstance(release, str) else release, config)
 
 
 def convert_checkpoint(checkpoint, checkpoint_path="<checkpoint>", names=()):
@@ -470,79 +457,63 @@ def reference_difference(
 
 
 # ------------------------------------------------------------------------------------------ model card
-def model_card(model_name: str, config: VicreglConfig, release: str | None, is_full: bool) -> tuple[dict, str]:
+def conversion_checks(report: dict) -> list[str]:
+    """What converting this file measured, in the card's words."""
+    return [
+        f"Layout: {report['layout']}; every key accounted for ({report['kept_keys']} kept, {report['ignored_keys']} "
+        f"ignored: {report['ignored']}).",
+        f"alpha = {report['alpha']} ({report['alpha_source']}).",
+        "The converted backbone was run against a functional re-implementation of the original forward on the "
+        f"original-layout tensors (random 2 x 64 x 48 batch): max abs difference {report['reference_max_abs_diff']}.",
+    ]
+
+
+def model_card(model_name: str, config: VicreglConfig, release: str | Release | None, is_full: bool,
+               report: dict | None = None, repo_id: str | None = None, remote_code: bool = True,
+               source_file: str | None = None):  # fmt: skip
+    """The folder's `huggingface_hub.ModelCard` (layout: hf_mim.model_cards). `release`: a release of the table (or
+    its key, e.g. `convnext_small_alpha0.9`) whose facts and reported numbers the card carries, or None."""
+    if isinstance(release, str):
+        release = RELEASES[release]
     arch = "ResNet" if config.backbone_type == "resnet" else "ConvNeXt"
-    front = {
-        "license": "cc-by-nc-4.0",
-        "library_name": "transformers",
-        "pipeline_tag": "image-feature-extraction",
-        "tags": ["hf_mim", "vicregl", "vision", "self-supervised", "dense-features", config.backbone_type],
-    }
-    if release is not None:
-        _, _, data, linear_cls, linear_seg = RELEASES[release]
-        front["datasets"] = ["imagenet-1k"] if data == "ImageNet-1k" else ["imagenet-22k"]
-        front["model-index"] = [
-            {
-                "name": model_name,
-                "results": [
-                    {
-                        "task": {"type": "image-classification", "name": "linear probe (frozen backbone)"},
-                        "dataset": {"type": "imagenet-1k", "name": "ImageNet-1k"},
-                        "metrics": [{"type": "accuracy", "value": linear_cls, "name": "linear top-1"}],
-                    },
-                    {
-                        "task": {
-                            "type": "image-segmentation",
-                            "name": "linear semantic segmentation (frozen backbone)",
-                        },
-                        "dataset": {"type": "pascal_voc", "name": "Pascal VOC 2012 (aug)"},
-                        "metrics": [{"type": "mean_iou", "value": linear_seg, "name": "linear mIoU"}],
-                    },
-                ],
-            }
-        ]
-        data_text = f"pretrained on **{data}**"
-        results = (
-            f"Reported by the authors (frozen backbone): linear classification ImageNet-1k top-1 **{linear_cls}**, "
-            f"linear segmentation Pascal VOC 2012 mIoU **{linear_seg}**."
-        )
-    else:
-        data_text = "pretraining data not identified (not one of the seven releases)"
-        results = ""
-    width = config.representation_size
+    data_text = (
+        f"pretrained on **{release.pretraining_data}**"
+        if release is not None
+        else "pretraining data not identified (not one of the seven releases)"
+    )
+    summary = (
+        f"VICRegL {arch} backbone (depths {config.depths}, widths {config.hidden_sizes}), {data_text}, alpha = "
+        f"**{config.alpha}** (weight of the global loss; `1 - alpha` weighs the local one). Converted from the "
+        "original checkpoint with hf_mim."
+    )
     contents = (
         "The folder holds the backbone and the pretraining projector(s) of the full checkpoint: "
         "`AutoModelForPreTraining` loads everything (to continue pretraining), `AutoModel` the backbone."
         if is_full
         else "The folder holds the backbone (`AutoModel`); the projectors are not part of a backbone release."
     )
-    body = f"""# {model_name}
-
-VICRegL (Bardes, Ponce, LeCun, *VICRegL: Self-Supervised Learning of Local Visual Features*, NeurIPS 2022) {arch}
-backbone (depths {config.depths}, widths {config.hidden_sizes}), {data_text}, alpha = **{config.alpha}** (weight of
-the global loss; `1 - alpha` weighs the local one). Converted from the official `facebookresearch/VICRegL` release
-with hf_mim; weights under **CC-BY-NC 4.0** (non-commercial), as released. {results}
-
-{contents}
-
-## Usage
-
-```python
-import hf_mim  # registers VICRegL with the Auto classes
-from transformers import AutoImageProcessor, AutoModel
-
-processor = AutoImageProcessor.from_pretrained("{model_name}")
-model = AutoModel.from_pretrained("{model_name}").eval()
-outputs = model(**processor(images=image, return_tensors="pt"))
-representation = outputs.pooler_output  # (1, {width}) VICRegL's global representation (linear evaluation input)
-dense = outputs.feature_map             # (1, 7, 7, {width}) VICRegL's dense maps (local features)
-```
-
-As in the original, the representation is the average of the dense maps; for ConvNeXt each token is normalised by
-the final LayerNorm *before* averaging (`last_hidden_state` is the map before that norm, as in transformers'
-`ConvNextModel`). The weights use transformers' `{"ResNetModel" if arch == "ResNet" else "ConvNextModel"}` names.
-"""
-    return front, body
+    notes = [
+        "As in the original, the representation is the average of the dense maps; for ConvNeXt each token is "
+        "normalised by the final LayerNorm *before* averaging (`last_hidden_state` is the map before that norm, as in "
+        "transformers' `ConvNextModel`). The weights use transformers' "
+        f"`{'ResNetModel' if arch == 'ResNet' else 'ConvNextModel'}` names."
+    ]
+    return conversion_card(
+        "vicregl",
+        config=config,
+        model_name=model_name,
+        repo_id=repo_id,
+        release=release,
+        source_file=source_file,
+        summary=summary,
+        contents=contents,
+        checks=conversion_checks(report) if report is not None else (),
+        notes=notes,
+        extra_tags=(config.backbone_type,),
+        remote_code=remote_code,
+        pretraining=is_full,
+        identification=report.get("release") if report is not None else None,
+    )
 
 
 # ------------------------------------------------------------------------------------------ entry point
@@ -553,13 +524,18 @@ def default_model_name(checkpoint_path: Path) -> str:
     return name.removesuffix("_fullckpt")
 
 
-def convert(checkpoint_path, output_dir, model_name=None, push_to_hub=None) -> dict:
+def convert(checkpoint_path, output_dir, model_name=None, push_to_hub=None, remote_code=True, repo_id=None,
+            release: Release | None = None) -> dict:  # fmt: skip
+    """Convert one file into `output_dir`. `release` (a `hf_mim.releases.Release`) overrides the identification
+    from the model / file name; a release whose backbone the weights do not have gets no release facts in the card.
+    `remote_code` also writes the code bundle; `repo_id` is the Hub id the card's snippets use."""
     checkpoint_path = Path(checkpoint_path)
     file_name = default_model_name(checkpoint_path)
     model_name = model_name or file_name
     with torch.serialization.safe_globals(OPTIMIZER_GLOBALS):
         checkpoint = load_original_checkpoint(checkpoint_path)
-    config, state, is_full, report = convert_checkpoint(checkpoint, checkpoint_path, names=(model_name, file_name))
+    names = (model_name, file_name) if release is None else (release.key, model_name, file_name)
+    config, state, is_full, report = convert_checkpoint(checkpoint, checkpoint_path, names=names)
     model_class = VicreglForPreTraining if is_full else VicreglModel
     with torch.device("meta"):  # no random init: every tensor comes from the checkpoint
         model = model_class(config)
@@ -573,23 +549,29 @@ def convert(checkpoint_path, output_dir, model_name=None, push_to_hub=None) -> d
     difference, scale = reference_difference(backbone, original_backbone)
     if not difference <= 1e-4 * max(scale, 1.0):
         raise RuntimeError(f"The converted backbone differs from the original forward by {difference:.3g}.")
-    output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(output_dir)
-    image_processor_at(VicreglImageProcessor, config.image_size).save_pretrained(output_dir)
-    release = release_of(model_name, file_name)
+    if release is None:
+        release = RELEASES.get(release_of(model_name, file_name))
     if release is not None and not matches_release(config, release):
-        report["release"] = f"{release} named, but the weights are not its architecture: no release results"
+        report["release"] = f"{release.key} named, but the weights are not its architecture: no release results"
         release = None
     else:
-        report["release"] = release or "none identified"
-    write_model_card(output_dir, *model_card(model_name, config, release, is_full))
+        report["release"] = release.key if release is not None else "none identified"
     report["reference_max_abs_diff"] = f"{difference:.3g} (outputs up to {scale:.3g})"
     report["saved_architecture"] = model_class.__name__
     report.update(model_name=model_name, output_dir=str(output_dir))
+    card = model_card(model_name, config, release, is_full, report, repo_id or push_to_hub, remote_code,
+                      checkpoint_path.name)  # fmt: skip
+    processor = image_processor_at(VicreglImageProcessor, config.image_size)
+    report["remote_code_files"] = save_converted_folder(output_dir, model, processor, card, remote_code)
     if push_to_hub:
         report["hub"] = push_folder_to_hub(output_dir, push_to_hub, f"Upload {model_name} converted with hf_mim")
     return report
+
+
+def convert_release(checkpoint_path, output_dir, release: Release, repo_id=None, remote_code=True) -> dict:
+    """`convert` for a release of the table (scripts/convert/publish_releases.py)."""
+    return convert(checkpoint_path, output_dir, model_name=release.name, remote_code=remote_code, repo_id=repo_id,
+                   release=release)  # fmt: skip
 
 
 def main(argv=None) -> int:
@@ -602,8 +584,11 @@ def main(argv=None) -> int:
         help="e.g. convnext_small_alpha0.9 (default: from the file name); identifies the release and alpha",
     )
     parser.add_argument("--push_to_hub", default=None, metavar="REPO_ID", help="Upload the folder to this Hub repo")
+    add_remote_code_flag(parser)
     args = parser.parse_args(argv)
-    return run_converter(convert, args.checkpoint_path, args.output_dir, args.model_name, args.push_to_hub)
+    return run_converter(
+        convert, args.checkpoint_path, args.output_dir, args.model_name, args.push_to_hub, not args.no_remote_code
+    )
 
 
 if __name__ == "__main__":

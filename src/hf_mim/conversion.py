@@ -1,8 +1,8 @@
 """Machinery shared by the checkpoint converters in `scripts/convert/` (and the pretraining scripts' exports): safe
-loading, strict key accounting, image processors at the training resolution, model cards and Hub upload."""
+loading, strict key accounting, image processors at the training resolution, writing the Hub folder (weights,
+processor, remote code, model card) and Hub upload."""
 
 import argparse
-import json
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -78,13 +78,32 @@ def image_processor_at(processor_class: type, image_size: int, **kwargs):
     return processor_class(**{"size": size, "crop_size": crop_size, **kwargs})
 
 
-def write_model_card(output_dir: str | Path, front_matter: dict, body: str) -> None:
-    """README.md with YAML front matter (JSON is valid YAML, so no yaml dependency is needed)."""
-    lines = ["---"]
-    for key, value in front_matter.items():
-        lines.append(f"{key}: {json.dumps(value)}")
-    lines += ["---", "", body.strip(), ""]
-    Path(output_dir, "README.md").write_text("\n".join(lines))
+def save_converted_folder(output_dir: str | Path, model, image_processor, card, remote_code: bool = True) -> list[str]:
+    """Write a converted model's Hub folder: weights and config, the image processor (if any), the remote-code bundle
+    with `auto_map` (`remote_code=True`: the folder then loads in plain transformers with `trust_remote_code=True`)
+    and the model card (a `huggingface_hub.ModelCard`, see hf_mim.model_cards) as README.md. Returns the names of
+    the remote-code files written."""
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(output_dir, remote_code=False)
+    if image_processor is not None:
+        image_processor.save_pretrained(output_dir)
+    files = []
+    if remote_code:  # after the processor, so preprocessor_config.json gets its auto_map too
+        from .remote_code import export_remote_code
+
+        files = export_remote_code(output_dir)
+    card.save(output_dir / "README.md")
+    return files
+
+
+def add_remote_code_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--no_remote_code",
+        action="store_true",
+        help="Do not write the remote-code bundle (by default the folder also loads without hf_mim, with "
+        "trust_remote_code=True)",
+    )
 
 
 def push_folder_to_hub(output_dir: str | Path, repo_id: str, commit_message: str) -> str:

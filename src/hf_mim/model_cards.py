@@ -1,0 +1,485 @@
+"""Model cards for hf_mim folders, built with `huggingface_hub` (`ModelCard`, `ModelCardData`, `EvalResult`): one
+layout for converted releases (`conversion_card`, used by every converter in `scripts/convert/`) and for models
+trained with hf_mim (`training_card`, written by `MimPretrainingTrainer.create_model_card`, which `Trainer.push_to_hub`
+calls, so `run_<method>.py --push_to_hub` uploads it).
+
+A card holds: metadata (license, `library_name`, `pipeline_tag`, tags, datasets, `base_model` where one exists, the
+authors' reported numbers as `model-index` / `eval_results`), a facts table, usage for both loading paths (with hf_mim
+installed: `import hf_mim` + the Auto classes; without it: `trust_remote_code=True` on the bundled code), what was
+measured about the conversion, the license and the paper's BibTeX.
+"""
+
+import re
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+from .releases import METHODS, Method, Metric, Release, release_named
+
+LIBRARY_TAG = "hf_mim"
+UNVERIFIED_MARK = "†"
+_REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
+# model_type of a config -> the method whose usage, tags and license a card of that model uses
+MODEL_TYPES = {"capi": "capi", "hf_mim_ijepa": "ijepa", "cae": "cae", "vicregl": "vicregl",
+               "hf_mim_dalle_tokenizer": "dalle_tokenizer"}  # fmt: skip
+
+
+def is_repo_id(name: str | None) -> bool:
+    """`namespace/name` as the Hub spells repo ids (a local path that exists is not one)."""
+    return bool(name) and bool(_REPO_ID.match(str(name))) and not Path(str(name)).exists()
+
+
+def eval_results(metrics: Iterable[Metric], include_unverified: bool = False) -> list[EvalResult]:
+    """The metrics as `huggingface_hub.EvalResult`s (the Hub's `verified` flag is for its own evaluation service and
+    is never set); numbers marked unverified are left out unless `include_unverified`."""
+    return [
+        EvalResult(
+            task_type=m.task_type,
+            task_name=m.task_name,
+            dataset_type=m.dataset_type,
+            dataset_name=m.dataset_name,
+            metric_type=m.metric_type,
+            metric_value=m.value,
+            metric_name=m.name,
+            source_name=m.source,
+            source_url=m.source_url,
+        )
+        for m in metrics
+        if m.verified or include_unverified
+    ]
+
+
+def card_data(
+    method: Method,
+    *,
+    repo_id: str,
+    release: Release | None = None,
+    datasets: Sequence[str] = (),
+    base_model: str | None = None,
+    license: str | None = None,
+    license_name: str | None = None,
+    license_link: str | None = None,
+    extra_tags: Sequence[str] = (),
+    include_unverified_metrics: bool = False,
+) -> ModelCardData:
+    license = license or method.license
+    if license == method.license and license_name is None and license_link is None:
+        license_name, license_link = method.license_name, method.license_url
+    if license != "other":
+        license_name = license_link = None
+    results = eval_results(release.metrics, include_unverified_metrics) if release is not None else []
+    tags = list(dict.fromkeys([LIBRARY_TAG, *method.tags, *extra_tags]))
+    return ModelCardData(
+        license=license,
+        license_name=license_name,
+        license_link=license_link,
+        library_name="transformers",
+        pipeline_tag=method.pipeline_tag,
+        tags=tags,
+        datasets=list(datasets) or None,
+        base_model=base_model,
+        model_name=repo_id if results else None,
+        eval_results=results or None,
+    )
+
+
+# ---------------------------------------------------------------------------------------------------- usage
+def _config_value(config, name: str, default):
+    return getattr(config, name, default) if config is not None else default
+
+
+def _feature_lines(method: str, config) -> list[str]:
+    """What to do with `outputs` (comments give shapes for this config)."""
+    if method == "capi":
+        width = _config_value(config, "hidden_size", "D")
+        patch = _config_value(config, "patch_size", 14)
+        registers = _config_value(config, "num_register_tokens", "R")
+        return [
+            f"global_repr = outputs.pooler_output  # (1, {width}) CAPI's global representation",
+            f"feature_map = outputs.feature_map  # (1, H/{patch}, W/{patch}, {width}) patch features",
+            f"registers = outputs.register_tokens  # (1, {registers}, {width})",
+        ]
+    if method == "ijepa":
+        return ["embedding = outputs.pooler_output  # average-pooled patch tokens, I-JEPA's representation"]
+    if method == "cae":
+        return [
+            "linear_probe_feature = outputs.pooler_output  # cls token after the final LayerNorm (CAE's linear probe)",
+            "tokens = outputs.last_hidden_state  # [cls, patches row-major] after the final LayerNorm",
+        ]
+    if method == "vicregl":
+        width = config.representation_size if config is not None else "C"
+        return [
+            f"representation = outputs.pooler_output  # (1, {width}) VICRegL's global representation",
+            f"dense = outputs.feature_map  # (1, h, w, {width}) VICRegL's dense (local) features",
+        ]
+    raise ValueError(f"No usage snippet for {method!r}.")
+
+
+def usage_section(method: str, repo_id: str, config=None, remote_code: bool = True, pretraining: bool = False) -> str:
+    """'## Usage' with both loading paths: hf_mim installed, and plain transformers with `trust_remote_code=True`
+    (only if the folder carries the remote-code bundle)."""
+    if method == "dalle_tokenizer":
+        size = _config_value(config, "image_size", 112)
+        native = f"""```python
+import torch
+import hf_mim  # registers the tokenizer with AutoModel
+from hf_mim.models.cae.tokenizer_dalle import map_pixels
+from transformers import AutoModel
+
+tokenizer = AutoModel.from_pretrained("{repo_id}").eval()
+images = torch.rand(1, 3, {size}, {size})  # RGB in [0, 1], no mean / std
+ids = tokenizer.get_codebook_indices(map_pixels(images))  # (1, {(size // 8) ** 2}) int64, row-major
+```"""
+        remote = f"""```python
+import torch
+from transformers import AutoModel
+
+tokenizer = AutoModel.from_pretrained("{repo_id}", trust_remote_code=True).eval()
+images = torch.rand(1, 3, {size}, {size})
+ids = tokenizer.get_codebook_indices(0.8 * images + 0.1)  # map_pixels: the logit-Laplace input mapping
+```"""
+    else:
+        features = "\n".join(_feature_lines(method, config))
+        native = f"""```python
+import hf_mim  # registers hf_mim's models with the Auto classes
+from transformers import AutoImageProcessor, AutoModel
+
+processor = AutoImageProcessor.from_pretrained("{repo_id}")
+model = AutoModel.from_pretrained("{repo_id}").eval()
+outputs = model(**processor(images=image, return_tensors="pt"))  # image: a PIL image
+{features}
+```"""
+        if method == "cae":
+            native = native.removesuffix("```") + (
+                f'\nmodel = AutoModel.from_pretrained("{repo_id}", pooling="mean").eval()  # or config.pooling = "mean"\n'
+                'finetune_feature = model(**processor(images=image, return_tensors="pt")).pooler_output'
+                "  # final LayerNorm of the mean patch token\n```"
+            )
+        remote = f"""```python
+from transformers import AutoImageProcessor, AutoModel
+
+processor = AutoImageProcessor.from_pretrained("{repo_id}", trust_remote_code=True)
+model = AutoModel.from_pretrained("{repo_id}", trust_remote_code=True).eval()
+outputs = model(**processor(images=image, return_tensors="pt"))
+{features}
+```"""
+    parts = ["## Usage", "", "### With hf_mim installed (`pip install hf_mim`)", "", native, ""]
+    if pretraining:
+        parts += [
+            "`AutoModelForPreTraining.from_pretrained(...)` loads the full pretraining model (to continue "
+            "pretraining); `AutoModel` loads the backbone from the same folder.",
+            "",
+        ]
+    parts += ["### Without hf_mim (plain transformers, remote code)", ""]
+    if remote_code:
+        parts += [
+            "The folder carries the model's code (generated from hf_mim's source by `hf_mim.remote_code`), so "
+            "transformers loads it with `trust_remote_code=True`; read the `.py` files before trusting them.",
+            "",
+            remote,
+        ]
+    else:
+        parts += ["This folder was saved without the remote-code bundle: install hf_mim to load it."]
+    return "\n".join(parts)
+
+
+# ---------------------------------------------------------------------------------------------------- sections
+def _table(rows: Sequence[tuple[str, str]]) -> str:
+    lines = ["| | |", "|---|---|"]
+    lines += [f"| {key} | {value} |" for key, value in rows if value]
+    return "\n".join(lines)
+
+
+def results_section(release: Release, include_unverified_metrics: bool = False) -> str:
+    if not release.metrics:
+        return ""
+    lines = [
+        "## Results reported by the authors",
+        "",
+        "| protocol | dataset | metric | value | source |",
+        "|---|---|---|---|---|",
+    ]
+    unverified = False
+    for m in release.metrics:
+        mark = "" if m.verified else f" {UNVERIFIED_MARK}"
+        unverified |= not m.verified
+        lines.append(f"| {m.task_name} | {m.dataset_name} | {m.name} | {m.value}{mark} | {m.source} |")
+    lines += ["", "These are the original authors' numbers for the original weights; hf_mim did not re-run them."]
+    if unverified:
+        where = "included in" if include_unverified_metrics else "left out of"
+        lines.append(
+            f"{UNVERIFIED_MARK} Recalled from the paper in hf_mim's notes on the release and not verified against it; "
+            f"{where} the `model-index` metadata."
+        )
+    return "\n".join(lines)
+
+
+def license_section(method: Method, license: str, derived_from: str | None) -> str:
+    """The license paragraph: for weights derived from a release (a conversion, or a run continuing from one) the
+    original project's terms and link; for a run trained from scratch the license chosen for it."""
+    lines = ["## License", ""]
+    if derived_from is not None:
+        lines.append(f"These weights are derived from {derived_from} and keep its license. {method.license_note}")
+        lines += ["", f"See {method.license_url}"]
+    elif license == method.license:
+        lines.append(
+            f"`{license}`: the license hf_mim's example scripts give {method.display_name} models, the original "
+            f"project's ({method.license_url}). {method.license_note}"
+        )
+    else:
+        lines.append(f"`{license}`.")
+    return "\n".join(lines)
+
+
+def citation_section(bibtex: str) -> str:
+    return "\n".join(["## Citation", "", "```bibtex", bibtex.strip(), "```"])
+
+
+def _render(data: ModelCardData, sections: Sequence[str]) -> ModelCard:
+    body = "\n\n".join(section.strip() for section in sections if section and section.strip())
+    return ModelCard(f"---\n{data.to_yaml()}\n---\n\n{body}\n")
+
+
+def _method_link(method: Method, paper) -> str:
+    return f"{method.display_name}: [{paper.title}]({paper.url}) ({paper.authors}, {paper.venue})"
+
+
+# ---------------------------------------------------------------------------------------------------- conversions
+def conversion_card(
+    method: str,
+    *,
+    config,
+    model_name: str,
+    repo_id: str | None = None,
+    release: Release | None = None,
+    source_file: str | None = None,
+    summary: str = "",
+    contents: str = "",
+    checks: Sequence[str] = (),
+    notes: Sequence[str] = (),
+    remote_code: bool = True,
+    pretraining: bool = False,
+    include_unverified_metrics: bool = False,
+    paper=None,
+    identification: str | None = None,
+    extra_tags: Sequence[str] = (),
+) -> ModelCard:
+    """The card of a converted checkpoint. `release` (from `hf_mim.releases`) adds the release's facts, datasets
+    and reported numbers; without it (a checkpoint that is not a known release) those are left out. `checks` are
+    what was measured while converting this file (from the converter's report); `summary` / `contents` / `notes`
+    are the converter's sentences about the architecture, what the folder holds and the method's quirks;
+    `identification` says why no release was identified (e.g. a named release whose architecture differs)."""
+    info = METHODS[method]
+    repo_id = repo_id or (release.repo_id if release is not None else model_name)
+    paper = paper or (release.paper if release is not None else _method_paper(method, config))
+    data = card_data(
+        info,
+        repo_id=repo_id,
+        release=release,
+        datasets=release.datasets if release is not None else (),
+        extra_tags=extra_tags,
+        include_unverified_metrics=include_unverified_metrics,
+    )
+    from . import __version__
+
+    original = f"`{source_file}`" if source_file else ""
+    if release is not None:
+        original = (original or f"`{release.file_name}`") + " from " + ", ".join(f"<{u}>" for u in release.urls)
+    facts = _table(
+        [
+            ("Method", _method_link(info, paper) if paper else info.display_name),
+            ("Original code", info.repository),
+            ("Original checkpoint", original),
+            (
+                "Release",
+                f"`{release.name}` ({release.description})"
+                if release is not None
+                else (
+                    f"not identified: {identification}; the release's facts and reported numbers are left out"
+                    if identification and identification != "none identified"
+                    else "not a known release"
+                ),
+            ),
+            ("Pretraining data", release.pretraining_data if release is not None else "not identified"),
+            ("License", f"`{data.license}`" + (f" ({info.license_url})" if data.license == info.license else "")),
+            ("Converted with", f"hf_mim {__version__}, `{info.converter}`"),
+        ]
+    )
+    parity = ["## Conversion and parity", ""]
+    parity += [f"* {line}" for line in checks]
+    if release is not None and release.architecture:
+        fields = ", ".join(f"{k}={v}" for k, v in release.architecture.items())
+        parity.append(f"* Expected architecture of `{release.name}` (hf_mim's release table): {fields}.")
+    if info.parity:
+        parity.append(f"* {info.parity}")
+    release_notes = list(release.notes) if release is not None else []
+    return _render(
+        data,
+        [
+            f"# {model_name}",
+            summary,
+            facts,
+            contents,
+            usage_section(method, repo_id, config, remote_code=remote_code, pretraining=pretraining),
+            "\n\n".join(notes),
+            results_section(release, include_unverified_metrics) if release is not None else "",
+            "\n".join(parity) if len(parity) > 2 else "",
+            "\n\n".join(release_notes),
+            license_section(info, data.license, derived_from=f"the original {info.display_name} release"),
+            citation_section(paper.bibtex) if paper else "",
+        ],
+    )
+
+
+# ---------------------------------------------------------------------------------------------------- trained models
+def resolve_base_model(name_or_path: str | None) -> tuple[str | None, Release | None]:
+    """The Hub repo id a run started from, and its release if it is one: a repo id as given, or, for a local folder,
+    the `model-index` name its card records (hf_mim's converted releases record their repo id there)."""
+    if not name_or_path:
+        return None, None
+    if is_repo_id(name_or_path):
+        return str(name_or_path), release_named(name_or_path)
+    readme = Path(str(name_or_path), "README.md")
+    if readme.is_file():
+        try:
+            card = ModelCard.load(readme)
+        except Exception:  # an unreadable card only costs the base_model field
+            return None, None
+        recorded = card.data.model_name or card.data.get("base_model")
+        if isinstance(recorded, str) and _REPO_ID.match(recorded):
+            return recorded, release_named(recorded)
+    return None, None
+
+
+def _dataset_description(train_dataset) -> tuple[str | None, list[str]]:
+    """(text, Hub dataset ids) from a `datasets` dataset's info, where it names one."""
+    info = getattr(train_dataset, "info", None)
+    if info is None:
+        return None, []
+    name = getattr(info, "dataset_name", None) or getattr(info, "builder_name", None)
+    if not name or name in {"imagefolder", "generator", "parquet", "arrow", "json", "csv"}:
+        return (f"a local `{name}` dataset" if name else None), []
+    config = getattr(info, "config_name", None)
+    text = f"`{name}`" + (f" (config `{config}`)" if config and config != "default" else "")
+    return text, []
+
+
+def _final_loss(log_history: Sequence[dict]) -> float | None:
+    for entry in reversed(log_history):
+        if "train_loss" in entry:
+            return entry["train_loss"]
+    for entry in reversed(log_history):
+        if "loss" in entry:
+            return entry["loss"]
+    return None
+
+
+def training_card(
+    model,
+    *,
+    state,
+    args,
+    train_dataset=None,
+    model_name: str | None = None,
+    repo_id: str | None = None,
+    base_model: str | None = None,
+    license: str | None = None,
+    tags: Sequence[str] = (),
+    dataset: str | Sequence[str] | None = None,
+    dataset_tags: str | Sequence[str] | None = None,
+    remote_code: bool = True,
+) -> ModelCard:
+    """The card of a model pretrained with an hf_mim Trainer: `base_model` (the converted release or Hub model the
+    run started from, found from `model.config._name_or_path` unless given), license (the base model's, else the
+    method's as the example scripts state it), training data, steps and final loss from the trainer state, usage."""
+    config = model.config
+    method = MODEL_TYPES.get(config.model_type)
+    if method is None:
+        raise ValueError(f"No hf_mim card layout for model_type {config.model_type!r}.")
+    info = METHODS[method]
+    base_release = None
+    if base_model is None:
+        base_model, base_release = resolve_base_model(getattr(config, "_name_or_path", None))
+    else:
+        base_release = release_named(base_model)
+    started_from = getattr(config, "_name_or_path", None) or None
+    if license is None:
+        license = base_release.license if base_release is not None else info.license
+    datasets = [dataset_tags] if isinstance(dataset_tags, str) else list(dataset_tags or [])
+    data_text, inferred = _dataset_description(train_dataset)
+    if dataset is not None:
+        data_text = ", ".join(f"`{d}`" for d in ([dataset] if isinstance(dataset, str) else dataset))
+    datasets = datasets or inferred
+    name = model_name or (repo_id.split("/")[-1] if repo_id else Path(args.output_dir).name)
+    repo_id = repo_id or getattr(args, "hub_model_id", None) or name
+    data = card_data(
+        info,
+        repo_id=repo_id,
+        datasets=datasets,
+        base_model=base_model,
+        license=license,
+        extra_tags=["pretraining", *tags],
+    )
+    from . import __version__
+
+    loss = _final_loss(state.log_history)
+    batch = args.per_device_train_batch_size * max(args.world_size, 1) * args.gradient_accumulation_steps
+    if base_model:
+        origin = f"[`{base_model}`](https://huggingface.co/{base_model})"
+    elif started_from and Path(started_from).exists():
+        origin = f"local weights at `{started_from}` (no Hub id recorded)"
+    else:
+        origin = "random initialisation"
+    facts = _table(
+        [
+            ("Method", info.display_name + (f" ({info.repository})" if info.repository else "")),
+            ("Architecture", f"`{type(model).__name__}` ({config.model_type})"),
+            ("Started from", origin),
+            ("Training data", data_text or "not recorded by the trainer (pass `dataset=` to `create_model_card`)"),
+            ("Optimizer steps", f"{state.global_step}" + (f" ({state.epoch:.2f} epochs)" if state.epoch else "")),
+            ("Final training loss", f"{loss:.4f}" if loss is not None else "not logged"),
+            ("Batch size (total)", str(batch)),
+            ("Peak learning rate", f"{args.learning_rate:g}"),
+            ("Seed", str(args.seed)),
+            ("License", f"`{license}`"),
+            ("Trained with", f"hf_mim {__version__} (`{type(model).__name__}`, `MimPretrainingTrainer`)"),
+        ]
+    )
+    paper = base_release.paper if base_release is not None else _method_paper(method, config)
+    summary = (
+        f"{info.display_name} model pretrained with hf_mim"
+        + (f", continuing from `{base_model}`." if base_model else ".")
+        + " The folder holds the full pretraining model; the backbone loads with `AutoModel`."
+    )
+    return _render(
+        data,
+        [
+            f"# {name}",
+            summary,
+            facts,
+            usage_section(method, repo_id, config, remote_code=remote_code, pretraining=True),
+            license_section(info, license, derived_from=f"`{base_model}`" if base_release is not None else None),
+            citation_section(paper.bibtex) if paper is not None else "",
+        ],
+    )
+
+
+def _method_paper(method: str, config=None):
+    from .releases import CAEV2_PAPER, releases_for
+
+    if method == "cae" and getattr(config, "cae_version", 1) == 2:
+        return CAEV2_PAPER
+    releases = releases_for(method)
+    return releases[0].paper if releases else None
+
+
+__all__ = [
+    "card_data",
+    "conversion_card",
+    "eval_results",
+    "is_repo_id",
+    "resolve_base_model",
+    "training_card",
+    "usage_section",
+]
