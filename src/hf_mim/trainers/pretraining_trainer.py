@@ -6,6 +6,7 @@ What it adds to Trainer, once for every method:
 * the EMA teacher update after every optimizer step that was not skipped (via `model.update_teacher(m)`);
 * logging of every loss part the model returns, the momentum, and feature health (effective rank, feature std);
 * skipped (undecodable) images counted across ranks and reported at the end;
+* `create_model_card` (called by `push_to_hub`) writes hf_mim's card and the remote-code bundle (`ModelCardMixin`);
 * a NaN/inf loss stops training before the optimizer step (under DeepSpeed, whose engine steps inside backward:
   before anything is saved), so no checkpoint with broken weights is written and the last good one stays. The loss
   is checked every `nan_check_steps` steps and always on the step before a checkpoint.
@@ -21,6 +22,7 @@ from transformers.utils import logging
 
 from ..allocator import tune_glibc_malloc
 from ..losses import effective_rank
+from .model_card import ModelCardMixin
 from .schedules import linear, warmup_then_cosine
 
 logger = logging.get_logger(__name__)
@@ -52,7 +54,7 @@ class _ScheduleCallback(TrainerCallback):
         self.trainer.update_teacher(state.global_step - 1)
 
 
-class MimPretrainingTrainer(Trainer):
+class MimPretrainingTrainer(ModelCardMixin, Trainer):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         if getattr(self.args, "tune_malloc", False):
