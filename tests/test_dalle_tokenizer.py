@@ -23,12 +23,8 @@ from torch import nn
 from transformers import AutoConfig, AutoModel
 
 from hf_mim.conversion import CheckpointMismatchError
-from hf_mim.models.cae.tokenizer_dalle import (
-    DalleTokenizer,
-    DalleTokenizerConfig,
-    map_pixels,
-    register_dalle_tokenizer,
-)
+from hf_mim.models.cae import register_dalle_tokenizer
+from hf_mim.models.cae.tokenizer_dalle import DalleTokenizer, DalleTokenizerConfig, map_pixels
 
 from .helpers import load_script, run_script
 

@@ -198,3 +198,10 @@ def test_export_errors_name_the_problem(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "bert"}))
     with pytest.raises(ValueError, match="not an hf_mim model"):
         export_remote_code(tmp_path)
+
+
+def test_dalle_tokenizer_bundle_is_two_files():
+    # The tokenizer needs only its own module and the save mixin (its Auto registration lives in the package).
+    from hf_mim.models.cae.tokenizer_dalle import DalleTokenizer
+
+    assert sorted(bundle_sources([DalleTokenizer.__module__])) == ["hf_mim_modeling_utils.py", "tokenizer_dalle.py"]

@@ -22,6 +22,7 @@ from transformers.utils import logging
 
 from ..allocator import tune_glibc_malloc
 from ..losses import effective_rank
+from .feature_health import warn_if_collapsing
 from .model_card import ModelCardMixin
 from .schedules import linear, warmup_then_cosine
 
@@ -255,6 +256,7 @@ class MimPretrainingTrainer(ModelCardMixin, Trainer):
                     pooled = self.accelerator.gather(pooled)
                 logs["effective_rank"] = round(float(effective_rank(pooled)), 4)
                 logs["feature_std"] = round(float(pooled.std(dim=0).mean()), 6)
+                warn_if_collapsing(logs, pooled.shape[0], pooled.shape[1], self.state.global_step)
             skipped = self.total_skipped_images()  # collective: every rank logs
             if skipped:
                 logs["skipped_images"] = skipped

@@ -11,7 +11,17 @@ from .modeling_cae import (
     cae_position_table,
 )
 from .targets_cae import ClipTeacher, load_target_model
-from .tokenizer_dalle import DalleTokenizer, DalleTokenizerConfig, register_dalle_tokenizer
+from .tokenizer_dalle import DalleTokenizer, DalleTokenizerConfig
+
+
+def register_dalle_tokenizer() -> None:
+    """Register `DalleTokenizerConfig` / `DalleTokenizer` with `AutoConfig` / `AutoModel` (and the remote-code export).
+
+    Kept out of tokenizer_dalle.py so that the tokenizer's remote-code bundle does not pull in the registration."""
+    from ...auto_registration import register_model
+
+    register_model(DalleTokenizerConfig, model=DalleTokenizer)
+
 
 register_dalle_tokenizer()  # AutoModel / AutoConfig load tokenizer folders on `import hf_mim`
 
@@ -31,4 +41,5 @@ __all__ = [
     "DalleTokenizerConfig",
     "cae_position_table",
     "load_target_model",
+    "register_dalle_tokenizer",
 ]

@@ -210,11 +210,4 @@ class DalleTokenizer(RemoteCodeExportMixin, PreTrainedModel):
         return self(pixel_values).argmax(dim=1).flatten(1)
 
 
-def register_dalle_tokenizer() -> None:
-    """Register `DalleTokenizerConfig` / `DalleTokenizer` with `AutoConfig` / `AutoModel`."""
-    from ...auto_registration import register_model
-
-    register_model(DalleTokenizerConfig, model=DalleTokenizer)
-
-
-__all__ = ["DalleEncoderBlock", "DalleTokenizer", "DalleTokenizerConfig", "map_pixels", "register_dalle_tokenizer"]
+__all__ = ["DalleEncoderBlock", "DalleTokenizer", "DalleTokenizerConfig", "map_pixels"]
