@@ -35,8 +35,9 @@ from .helpers import REPO, StopAfter, load_script
 EXAMPLE = "examples/pytorch/pretraining/run_cae.py"
 TRAIN_LOOP = "tests/distributed/cae_train_loop.py"
 ZERO3_SCRIPT = "tests/distributed/cae_zero3_train.py"
+# no before / after learning report (tests/test_learning_report.py covers it): it probes the digits twice per run
 TINY = ["--max_steps", "3", "--per_device_train_batch_size", "4", "--logging_steps", "1", "--report_to", "none",
-        "--disable_tqdm", "true"]  # fmt: skip
+        "--disable_tqdm", "true", "--learning_report", "false"]  # fmt: skip
 DDP_STEPS = 3
 
 

@@ -22,8 +22,9 @@ from .helpers import FIXTURES, load_script
 
 SCRIPTS = {"capi": ("examples/pytorch/pretraining/run_capi.py", "CAPI"),
            "ijepa": ("examples/pytorch/pretraining/run_ijepa.py", "IJEPA")}  # fmt: skip
+# no before / after learning report (tests/test_learning_report.py covers it): it probes the digits twice per run
 TINY = ["--max_steps", "3", "--per_device_train_batch_size", "4", "--logging_steps", "1", "--report_to", "none",
-        "--disable_tqdm", "true"]  # fmt: skip
+        "--disable_tqdm", "true", "--learning_report", "false"]  # fmt: skip
 
 
 def recipe(method: str):

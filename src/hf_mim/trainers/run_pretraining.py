@@ -148,38 +148,40 @@ def describe_vit(config) -> str:
     return f"{config.hidden_size} wide, {config.num_hidden_layers} blocks, patch {config.patch_size}"
 
 
-def write_backbone(recipe: PretrainingRecipe, output_dir: Path, data_args, train_result, image_size: int) -> Path:
-    """Export the backbone (e.g. CAPI's EMA teacher) as a standalone model + model card + the image processor of
-    the training resolution `image_size`."""
+def write_backbone(recipe: PretrainingRecipe, output_dir: Path, trainer, data_args, image_size: int) -> Path:
+    """Export the backbone (e.g. CAPI's EMA teacher) as a standalone model with the image processor of the training
+    resolution `image_size`, its remote-code bundle and hf_mim's model card (`hf_mim.model_cards.training_card`)."""
+    from ..model_cards import resolve_base_model, training_card
+
     with without_zero3_init():  # rank 0 alone re-loads the saved model: it must not enter a ZeRO-3 collective
         full = recipe.model_class.from_pretrained(output_dir)
     backbone = recipe.backbone(full)
     backbone_dir = output_dir / "backbone"
-    backbone.save_pretrained(backbone_dir)
-    config = backbone.config
     image_processor_at(recipe.image_processor_class, image_size).save_pretrained(backbone_dir)
-    data = data_args.dataset_name or data_args.train_dir or f"bundled {data_args.bundled_dataset}"
-    (backbone_dir / "README.md").write_text(
-        f"""---
-library_name: transformers
-license: {recipe.license}
-pipeline_tag: image-feature-extraction
-tags: ["hf_mim", "{recipe.name}", "self-supervised"]
----
-
-# {recipe.name.upper()} backbone pretrained with hf_mim
-
-{recipe.backbone_description} of a run of `examples/pytorch/pretraining/run_{recipe.name}.py`:
-{(recipe.describe or describe_vit)(config)}, trained at {image_size} px.
-Data: {data}. Steps: {train_result.global_step}; final training loss {train_result.training_loss:.4f}.
-
-```python
-import hf_mim
-from transformers import AutoModel
-model = AutoModel.from_pretrained("{backbone_dir}")
-```
-"""
+    backbone.save_pretrained(backbone_dir, remote_code=True)  # after the processor: both configs get an auto_map
+    # The card describes the run: it started from what the trained model was loaded from (nothing for a fresh init).
+    backbone.config._name_or_path = getattr(trainer.model.config, "_name_or_path", "")
+    if data_args.dataset_name or data_args.train_dir:
+        data = data_args.dataset_name or data_args.train_dir
+    else:
+        data = f"hf_mim's bundled {data_args.bundled_dataset}"
+    card = training_card(
+        backbone,
+        dataset=data,
+        state=trainer.state,
+        args=trainer.args,
+        train_dataset=trainer.train_dataset,
+        model_name=f"{Path(trainer.args.output_dir).name}-backbone",
+        # The run's starting point (a converted release, a Hub model), not the folder the backbone was re-read from.
+        base_model=resolve_base_model(getattr(trainer.model.config, "_name_or_path", None))[0],
     )
+    card.text += (
+        f"\n## This folder\n\n{recipe.backbone_description} of a run of "
+        f"`examples/pytorch/pretraining/run_{recipe.name}.py`: {(recipe.describe or describe_vit)(backbone.config)}, "
+        f"trained at {image_size} px. The full pretraining model (resumable with `AutoModelForPreTraining`) is the "
+        "parent folder.\n"
+    )
+    card.save(backbone_dir / "README.md")
     return backbone_dir
 
 
@@ -276,14 +278,17 @@ def run(recipe: PretrainingRecipe, argv: list[str] | None = None) -> int:
     skipped = trainer.total_skipped_images()
     output_dir = Path(training_args.output_dir)
     if trainer.is_world_process_zero():
-        backbone_dir = write_backbone(recipe, output_dir, data_args, train_result, image_size)
+        backbone_dir = write_backbone(recipe, output_dir, trainer, data_args, image_size)
         if skipped:
             print(f"Skipped {skipped} undecodable image(s) during training: {trainer.skipped_files}")
         print(f"Pretraining model saved to {output_dir.resolve()}")
         print(f"Backbone ({recipe.backbone_description}, AutoModel-loadable) saved to {backbone_dir.resolve()}")
         if report is not None:
             trained = recipe.model_class.from_pretrained(output_dir)
-            print(report.finish(recipe.backbone(trained), output_dir, backbone_dir))
+            table = report.finish(recipe.backbone(trained), output_dir, backbone_dir)
+            print(table)
+            with open(backbone_dir / "README.md", "a") as card:  # the evidence travels with the model
+                card.write(f"\n## Learning report\n\n```\n{table}\n```\n")
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()
