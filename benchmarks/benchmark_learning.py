@@ -23,6 +23,7 @@ cores, one thread each.
 import argparse
 import json
 import shlex
+import shutil
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -67,14 +68,15 @@ def run_one(args, method: str, seed: int) -> dict:
     run_dir = args.output_dir / "runs" / f"{method}{'_' + args.tag if args.tag else ''}_seed{seed}"
     command = [
         sys.executable, str(REPO / "examples" / "pytorch" / "pretraining" / f"run_{method}.py"),
-        "--seed", str(seed), "--output_dir", str(run_dir), "--overwrite_output_dir", "True",
+        "--seed", str(seed), "--output_dir", str(run_dir),
         "--save_strategy", "no", "--report_to", "none", "--logging_steps", str(LOG_EVERY),
         "--disable_tqdm", "True", "--learning_report", "True",
     ]  # fmt: skip
     if args.steps.get(method):
         command += ["--max_steps", str(args.steps[method])]
     command += shlex.split(args.run_args.get(method, ""))
-    run_dir.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(run_dir, ignore_errors=True)  # a fresh run: run_<method>.py would resume from a stale checkpoint
+    run_dir.mkdir(parents=True)
     wall = run_logged(command, run_dir.parent / f"{run_dir.name}.log", args.threads)
     report = json.loads((run_dir / "learning_report.json").read_text())
     history = json.loads((run_dir / "trainer_state.json").read_text())["log_history"]

@@ -464,6 +464,48 @@ def fmt(value: float, digits: int) -> str:
     return "n/a" if value is None or math.isnan(value) else f"{value:.{digits}f}"
 
 
+def initial_results(args, method: str) -> dict[int, dict]:
+    """{seed: result} of the original's initialisation: a cache made with `--steps 1 --variants original` (lr and
+    weight decay are 0 at the first warmup step and the EMA momentum starts at 1, so its teacher is the init)."""
+    found = {}
+    for seed in args.seeds:
+        path = args.init_dir / "results" / f"{method}_original_seed{seed}.json"
+        if path.exists():
+            found[seed] = json.loads(path.read_text())
+    return found
+
+
+def change_over_init_lines(args, method: str, feature: str, sources: set) -> list[str]:
+    """Paired per seed: trained minus the same seed's initialisation, hf_mim default (vs its `random` variant) and
+    original (vs `--init_dir`). Removes the spread of initial draws, which dominates at small budgets."""
+    inits = initial_results(args, method)
+    gains = {"default": [], "original": []}
+    for seed in args.seeds:
+        random_init, default = cached(args, method, "random", seed), cached(args, method, "default", seed)
+        original = cached(args, method, "original", seed)
+        if random_init and default:
+            gains["default"].append(100 * (default["metrics"][feature]["knn_top1"]
+                                           - random_init["metrics"][feature]["knn_top1"]))  # fmt: skip
+        if seed in inits and original:
+            gains["original"].append(100 * (original["metrics"][feature]["knn_top1"]
+                                            - inits[seed]["metrics"][feature]["knn_top1"]))  # fmt: skip
+    if not gains["default"] or not gains["original"]:
+        return []
+    w = welch_interval(gains["default"], gains["original"])
+    sources.add(w["source"])
+    lines = ["\nChange over the same seed's initialisation (k-NN points; original init from `--init_dir`):\n",
+             "| side | n | change (mean ± std) | per seed |", "| --- | --- | --- | --- |"]  # fmt: skip
+    for side, values in gains.items():
+        m, sd = mean_std(values)
+        lines.append(
+            f"| {side} | {len(values)} | {fmt(m, 1)} ± {fmt(sd, 1)} | {' '.join(f'{x:+.1f}' for x in values)} |"
+        )
+    lines.append(
+        f"\nhf_mim − original change: {w['diff']:+.1f} [{fmt(w['low'], 1)}, {fmt(w['high'], 1)}] (90 % Welch)"
+    )
+    return lines
+
+
 def report(args) -> str:
     lines = []
     sources = set()
@@ -506,6 +548,8 @@ def report(args) -> str:
                         sources.add(w["source"])
                         cells += [f"{w['diff']:+.{digits}f}", f"[{fmt(w['low'], digits)}, {fmt(w['high'], digits)}]"]
                     lines.append(f"| {variant} | " + " | ".join(cells) + " |")
+            if args.init_dir is not None:
+                lines += change_over_init_lines(args, method, feature, sources)
         timing = []
         for variant in variants[1:]:
             walls = [r["total_wall_s"] for r in results[variant]]
@@ -558,6 +602,9 @@ def main(argv=None) -> int:
                         help="folder with train_original_{ijepa,capi}.py (default: ../shared/tools from the repo)")  # fmt: skip
     parser.add_argument("--report_only", action="store_true", help="print the table from the cache, run nothing")
     parser.add_argument("--keep_runs", action="store_true", help="keep the original checkpoints (.pth) too")
+    parser.add_argument("--init_dir", type=Path, default=None,
+                        help="output_dir of a '--steps 1 --variants original' run (same seeds): adds the change of "
+                        "each side over its own initialisation, paired per seed")  # fmt: skip
     parser.add_argument("--_worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--method", help=argparse.SUPPRESS)
     parser.add_argument("--variant", help=argparse.SUPPRESS)

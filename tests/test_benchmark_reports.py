@@ -1,0 +1,63 @@
+"""The learning-parity benchmark's tables, computed from a cache of results (no training): the Welch interval of the
+difference of means and the change of each side over its own initialisation, paired per seed (`--init_dir`)."""
+
+import json
+import math
+import sys
+
+import pytest
+
+from .helpers import REPO, load_script
+
+
+@pytest.fixture(scope="module")
+def parity():
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        yield load_script("benchmarks/benchmark_learning_parity.py")
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+
+
+def write_result(folder, method, variant, seed, pooled, mean_patch):
+    metrics = {
+        "pooled": {"knn_top1": pooled / 100, "effective_rank": 10.0 + seed},
+        "mean_patch": {"knn_top1": mean_patch / 100, "effective_rank": 8.0 + seed},
+    }
+    path = folder / "results" / f"{method}_{variant}_seed{seed}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"metrics": metrics, "settings": {"steps": 500}, "total_wall_s": 60.0}))
+
+
+def test_welch_interval_matches_the_textbook_formula(parity):
+    a, b = [1.0, 2.0, 3.0, 4.0], [2.0, 4.0, 6.0]
+    w = parity.welch_interval(a, b)
+    va, vb = (1.6666666666666667 / 4), (4.0 / 3)
+    df = (va + vb) ** 2 / (va**2 / 3 + vb**2 / 2)
+    assert w["diff"] == pytest.approx(2.5 - 4.0)
+    assert w["df"] == pytest.approx(df)
+    assert w["high"] - w["diff"] == pytest.approx(w["t"] * math.sqrt(va + vb))
+    assert 2.0 < w["t"] < 3.0  # the 95 % quantile of t with about 2.8 degrees of freedom (2.35 for df 3, 2.92 for 2)
+
+
+def test_change_over_initialisation_is_paired_per_seed(parity, tmp_path, capsys):
+    runs, inits = tmp_path / "runs", tmp_path / "inits"
+    # hf_mim: random init and trained, per seed; original: trained, and its init in another cache
+    for seed, (random_init, default, original_init, original) in enumerate(
+        [(20, 25, 30, 36), (30, 33, 20, 24), (25, 31, 28, 33)]
+    ):
+        write_result(runs, "capi", "random", seed, random_init, random_init)
+        write_result(runs, "capi", "default", seed, default, default - 1)
+        write_result(runs, "capi", "original", seed, original, original)
+        write_result(inits, "capi", "original", seed, original_init, original_init)
+    parity.main(["--methods", "capi", "--seeds", "0,1,2", "--variants", "default,original", "--output_dir", str(runs),
+                 "--init_dir", str(inits), "--report_only"])  # fmt: skip
+    text = capsys.readouterr().out
+    # pooled: hf_mim changes +5 +3 +6, the original +6 +4 +5 (each against its own seed's init)
+    assert "| default | 3 | 4.7 ± 1.5 | +5.0 +3.0 +6.0 |" in text
+    assert "| original | 3 | 5.0 ± 1.0 | +6.0 +4.0 +5.0 |" in text
+    assert "hf_mim − original change: -0.3 [" in text
+    # mean patch: hf_mim one point lower after training
+    assert "| default | 3 | 3.7 ± 1.5 | +4.0 +2.0 +5.0 |" in text
+    # unpaired difference of the trained means is in the table too: (25+33+31)/3 - (36+24+33)/3 = -1.3
+    assert "| default | -1.3 | [" in text
