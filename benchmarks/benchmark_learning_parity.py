@@ -465,14 +465,11 @@ def fmt(value: float, digits: int) -> str:
 
 
 def initial_results(args, method: str) -> dict[int, dict]:
-    """{seed: result} of the original's initialisation: a cache made with `--steps 1 --variants original` (lr and
-    weight decay are 0 at the first warmup step and the EMA momentum starts at 1, so its teacher is the init)."""
-    found = {}
-    for seed in args.seeds:
-        path = args.init_dir / "results" / f"{method}_original_seed{seed}.json"
-        if path.exists():
-            found[seed] = json.loads(path.read_text())
-    return found
+    """{seed: result} of the original's initialisation: the cache of a `--steps 1 --variants original` run in
+    `--init_dir` (lr and weight decay are 0 at the first warmup step and the EMA momentum starts at 1, so its teacher
+    is the init)."""
+    init_args = argparse.Namespace(**{**vars(args), "output_dir": args.init_dir, "report_only": True})
+    return {seed: result for seed in args.seeds if (result := cached(init_args, method, "original", seed))}
 
 
 def change_over_init_lines(args, method: str, feature: str, sources: set) -> list[str]:

@@ -148,9 +148,13 @@ def describe_vit(config) -> str:
     return f"{config.hidden_size} wide, {config.num_hidden_layers} blocks, patch {config.patch_size}"
 
 
-def write_backbone(recipe: PretrainingRecipe, output_dir: Path, trainer, data_args, image_size: int) -> Path:
+def write_backbone(
+    recipe: PretrainingRecipe, output_dir: Path, trainer, data_args, image_size: int, report: LearningReport | None
+) -> tuple[Path, str | None]:
     """Export the backbone (e.g. CAPI's EMA teacher) as a standalone model with the image processor of the training
-    resolution `image_size`, its remote-code bundle and hf_mim's model card (`hf_mim.model_cards.training_card`)."""
+    resolution `image_size`, its remote-code bundle and hf_mim's model card (`hf_mim.model_cards.training_card`).
+    With a learning `report`, the same backbone is probed (no second load) and its table goes into the card too.
+    Returns the folder and the report's table."""
     from ..model_cards import resolve_base_model, training_card
 
     with without_zero3_init():  # rank 0 alone re-loads the saved model: it must not enter a ZeRO-3 collective
@@ -160,11 +164,9 @@ def write_backbone(recipe: PretrainingRecipe, output_dir: Path, trainer, data_ar
     image_processor_at(recipe.image_processor_class, image_size).save_pretrained(backbone_dir)
     backbone.save_pretrained(backbone_dir, remote_code=True)  # after the processor: both configs get an auto_map
     # The card describes the run: it started from what the trained model was loaded from (nothing for a fresh init).
-    backbone.config._name_or_path = getattr(trainer.model.config, "_name_or_path", "")
-    if data_args.dataset_name or data_args.train_dir:
-        data = data_args.dataset_name or data_args.train_dir
-    else:
-        data = f"hf_mim's bundled {data_args.bundled_dataset}"
+    started_from = getattr(trainer.model.config, "_name_or_path", "")
+    backbone.config._name_or_path = started_from
+    data = data_args.dataset_name or data_args.train_dir or f"hf_mim's bundled {data_args.bundled_dataset}"
     card = training_card(
         backbone,
         dataset=data,
@@ -173,7 +175,7 @@ def write_backbone(recipe: PretrainingRecipe, output_dir: Path, trainer, data_ar
         train_dataset=trainer.train_dataset,
         model_name=f"{Path(trainer.args.output_dir).name}-backbone",
         # The run's starting point (a converted release, a Hub model), not the folder the backbone was re-read from.
-        base_model=resolve_base_model(getattr(trainer.model.config, "_name_or_path", None))[0],
+        base_model=resolve_base_model(started_from or None)[0],
     )
     card.text += (
         f"\n## This folder\n\n{recipe.backbone_description} of a run of "
@@ -181,8 +183,12 @@ def write_backbone(recipe: PretrainingRecipe, output_dir: Path, trainer, data_ar
         f"trained at {image_size} px. The full pretraining model (resumable with `AutoModelForPreTraining`) is the "
         "parent folder.\n"
     )
+    table = None
+    if report is not None:
+        table = report.finish(backbone, output_dir, backbone_dir)
+        card.text += f"\n## Learning report\n\n```\n{table}\n```\n"  # the evidence travels with the model
     card.save(backbone_dir / "README.md")
-    return backbone_dir
+    return backbone_dir, table
 
 
 def run(recipe: PretrainingRecipe, argv: list[str] | None = None) -> int:
@@ -278,17 +284,13 @@ def run(recipe: PretrainingRecipe, argv: list[str] | None = None) -> int:
     skipped = trainer.total_skipped_images()
     output_dir = Path(training_args.output_dir)
     if trainer.is_world_process_zero():
-        backbone_dir = write_backbone(recipe, output_dir, trainer, data_args, image_size)
+        backbone_dir, table = write_backbone(recipe, output_dir, trainer, data_args, image_size, report)
         if skipped:
             print(f"Skipped {skipped} undecodable image(s) during training: {trainer.skipped_files}")
         print(f"Pretraining model saved to {output_dir.resolve()}")
         print(f"Backbone ({recipe.backbone_description}, AutoModel-loadable) saved to {backbone_dir.resolve()}")
-        if report is not None:
-            trained = recipe.model_class.from_pretrained(output_dir)
-            table = report.finish(recipe.backbone(trained), output_dir, backbone_dir)
+        if table is not None:
             print(table)
-            with open(backbone_dir / "README.md", "a") as card:  # the evidence travels with the model
-                card.write(f"\n## Learning report\n\n```\n{table}\n```\n")
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()
