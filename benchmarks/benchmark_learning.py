@@ -44,6 +44,8 @@ def parse_per_method(text: str | None, methods, cast=str) -> dict:
         return {method: cast(text) for method in methods}
     values = {}
     for part in text.split(";" if ";" in text else ","):
+        if not part.strip():  # a trailing ";" lets one method's arguments hold commas
+            continue
         name, _, value = part.partition("=")
         if name.strip() not in METHODS:
             raise SystemExit(f"unknown method {name!r} in {text!r}")

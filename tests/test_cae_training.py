@@ -102,6 +102,24 @@ def test_run_cae_embedded_default(version, tmp_path, caplog):
     assert_no_target_keys(output, full)
 
 
+@pytest.mark.parametrize(("patch_size", "image_size", "tokenizer_view"), [(16, 224, 112), (16, 64, 32), (8, 64, 64)])
+def test_run_cae_tokenizer_view_gives_one_token_per_patch(patch_size, image_size, tokenizer_view):
+    """The DALL-E encoder downsamples 8x: its view is (image_size / patch_size) * 8 px (the original's 112 for 224 /
+    16), so the token grid equals the patch grid for any patch size; --crop_scale_min reaches both CAE transforms."""
+    script = load_script(EXAMPLE)
+    data_args = type("DataArgs", (), {"crop_scale_min": None})()
+    config = CaeConfig.tiny(patch_size=patch_size, image_size=image_size)
+    v1 = script.transform(config, data_args, image_size, None)
+    assert v1.second_size == tokenizer_view and v1.scale == (0.08, 1.0)
+    tokenizer = DalleTokenizer(DalleTokenizerConfig.tiny(vocab_size=config.vocab_size))
+    ids = tokenizer.get_codebook_indices(torch.zeros(1, 3, tokenizer_view, tokenizer_view))
+    assert ids.shape == (1, (image_size // patch_size) ** 2)
+    data_args.crop_scale_min = 0.4
+    assert script.transform(config, data_args, image_size, None).scale == (0.4, 1.0)
+    config_v2 = CaeConfig.tiny(cae_version=2)
+    assert script.transform(config_v2, data_args, 64, None).scale == (0.4, 1.0)
+
+
 @pytest.mark.parametrize("version", [1, 2])
 def test_run_cae_with_target_network_folder(version, tmp_path, caplog):
     """A real (tiny, random) DalleTokenizer / CLIP folder passed by path is loaded, attached and trained against."""

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Pretrain CAE v1 (DALL-E token targets) or CAE v2 (CLIP latent targets) with hf_mim's CaeTrainer.
 
-    accelerate launch examples/pytorch/pretraining/run_cae.py                      # tiny CAE v1, bundled photos
+    accelerate launch examples/pytorch/pretraining/run_cae.py                      # CPU recipe: tiny CAE v1, digits
     accelerate launch examples/pytorch/pretraining/run_cae.py --cae_version 2      # tiny CAE v2
     accelerate launch --config_file examples/pytorch/pretraining/accelerate_configs/multi_gpu_ddp.yaml \\
         examples/pytorch/pretraining/run_cae.py --config_name cae-base --tokenizer_name_or_path dalle-tokenizer \\
@@ -87,8 +87,12 @@ def attach(model: CaeForPreTraining, cae: CaeArguments) -> None:
 
 
 def transform(config: CaeConfig, data_args, image_size: int, cae: CaeArguments):
-    preset = TwoViewCropTransform.cae_v1 if config.cae_version == 1 else TwoViewCropTransform.cae_v2
-    return preset(image_size)
+    options = {"scale": (data_args.crop_scale_min, 1.0)} if data_args.crop_scale_min else {}
+    if config.cae_version == 2:
+        return TwoViewCropTransform.cae_v2(image_size, **options)
+    # The DALL-E encoder downsamples 8x: a tokenizer view of (image_size / patch_size) * 8 px gives one token per
+    # patch. For 16 px patches that is the original's image_size // 2 (112 for 224).
+    return TwoViewCropTransform.cae_v1(image_size, second_size=image_size // config.patch_size * 8, **options)
 
 
 def collator(config: CaeConfig) -> TwoViewCollator:

@@ -7,8 +7,10 @@
         --per_device_train_batch_size 48 --bf16 --num_train_epochs 100 --output_dir vicregl-convnext-small
 
 Same conventions as run_capi.py / run_ijepa.py (HfArgumentParser or one JSON file, --dataset_name / --train_dir,
-bundled photos by default, automatic resume). Presets: vicregl-resnet50, vicregl-convnext-small, -base, -xlarge
-(the released architectures), vicregl-tiny (default: a 1-block-per-stage ConvNeXt at 64 px) and vicregl-tiny-resnet.
+automatic resume). Without data and preset it runs the CPU recipe (hf_mim.presets.CPU_RECIPES: vicregl-tiny-resnet,
+800 steps on the bundled digits). Presets: vicregl-resnet50, vicregl-convnext-small, -base, -xlarge (the released
+architectures), vicregl-tiny (a 1-block-per-stage ConvNeXt at 64 px, the default with own data) and
+vicregl-tiny-resnet.
 Multi-crop follows the original per backbone: ConvNeXt 2 global crops (scale 0.4-1) + 6 local crops of 96/224 of
 the global size (scale 0.08-0.4); ResNet 2 global crops (scale 0.08-1), no local crops (README commands); every
 setting can be changed (MultiCropArguments). Optimizer, lr scaling and schedules: VicreglTrainingArguments. The output
