@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import datasets
 import numpy as np
@@ -107,7 +108,7 @@ def test_run_cae_tokenizer_view_gives_one_token_per_patch(patch_size, image_size
     """The DALL-E encoder downsamples 8x: its view is (image_size / patch_size) * 8 px (the original's 112 for 224 /
     16), so the token grid equals the patch grid for any patch size; --crop_scale_min reaches both CAE transforms."""
     script = load_script(EXAMPLE)
-    data_args = type("DataArgs", (), {"crop_scale_min": None})()
+    data_args = SimpleNamespace(crop_scale_min=None)  # the one DataArguments field the transform reads
     config = CaeConfig.tiny(patch_size=patch_size, image_size=image_size)
     v1 = script.transform(config, data_args, image_size, None)
     assert v1.second_size == tokenizer_view and v1.scale == (0.08, 1.0)

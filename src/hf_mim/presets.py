@@ -49,8 +49,8 @@ CPU_RECIPES: dict[str, tuple[str, ...]] = {
     # A faster EMA teacher than the paper's 0.999 / 0.996: in a few hundred steps the paper's teacher barely leaves
     # its initialisation (pooled k-NN gain, CAPI at 600 steps: 0.999 +0, 0.99 +9.8, 0.98 +15.4 / +18.0 / +14.1;
     # 0.98 at 1000 steps +17.4 / +22.6. I-JEPA 0.996 for 1500 steps -5.6, 0.98 for 600 steps +6.7; at 600 steps
-    # and momentum 0.98, lr 1e-3 / 5e-4 / 2e-4 gave +6.7 (seed 42) / +15.9, -6.9 / +1.3, +27.6 on seeds 0, 1: I-JEPA
-    # at this scale varies a lot between seeds, see benchmarks/README.md "How the recipes were chosen").
+    # and momentum 0.98, lr 1e-3 / 5e-4 / 2e-4 gave +6.7 (seed 42) / +15.9, -6.9 / +1.3, +27.6 on seeds 0, 1 with
+    # the tiny preset's narrow predictor, see benchmarks/README.md "How the recipes were chosen").
     "capi": ("--config_overrides", "patch_size=7", "--max_steps", "1000", "--per_device_train_batch_size", "64",
              "--teacher_momentum", "0.98"),
     # I-JEPA also needs a predictor as wide as its encoder (4 blocks x 64 instead of the tiny preset's 2 x 32): with
