@@ -10,7 +10,8 @@
 
 Same conventions as the other run_<method>.py scripts. The target network is frozen and kept outside the trained
 model: v1 a DALL-E tokenizer folder (`scripts/convert/convert_dalle_tokenizer_to_hf.py` makes one from OpenAI's
-encoder.pkl or MMPretrain's dalle_encoder.pth), v2 any CLIP ViT (transformers' CLIPVisionModelWithProjection).
+encoder.pkl or MMPretrain's dalle_encoder.pth; `train_dalle_tokenizer.py` next to this script trains a small one on
+your images), v2 any CLIP ViT (transformers' CLIPVisionModelWithProjection).
 Without one (the embedded default) a small RANDOM target network is built and the log says so: the run then only
 shows that the machinery trains, its targets carry no meaning. Presets: cae-base, cae-large (v1 releases), cae-v2-tiny,
 cae-v2-small, cae-v2-base, cae-v2-large, cae-tiny (default; with --cae_version 2 its v2 twin).
@@ -78,10 +79,11 @@ def attach(model: CaeForPreTraining, cae: CaeArguments) -> None:
     else:
         target = random_target_model(model.config)
         what = "DALL-E tokenizer" if version == 1 else "CLIP teacher"
+        hint = " train_dalle_tokenizer.py trains a small tokenizer on your images." if version == 1 else ""
         logger.warning(
             "No %s given (--%s): training against a small RANDOM %s. This only shows that CAE v%d trains; its targets "
-            "carry no meaning.", what, "tokenizer_name_or_path" if version == 1 else "teacher_name_or_path",
-            what, version,
+            "carry no meaning.%s", what, "tokenizer_name_or_path" if version == 1 else "teacher_name_or_path",
+            what, version, hint,
         )  # fmt: skip
     model.set_target_model(target)
 

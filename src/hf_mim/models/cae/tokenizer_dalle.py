@@ -124,28 +124,33 @@ def _conv(n_in: int, n_out: int, kernel_size: int) -> nn.Conv2d:
     return nn.Conv2d(n_in, n_out, kernel_size, padding=(kernel_size - 1) // 2)
 
 
-class DalleEncoderBlock(nn.Module):
-    """`id_path(x) + post_gain * res_path(x)`, as `dall_e.encoder.EncoderBlock`."""
+def init_dalle_conv(module: nn.Module) -> None:
+    """The original's init for every conv of the dVAE: weights N(0, 1 / sqrt(n_in * k * k)), biases 0."""
+    if isinstance(module, nn.Conv2d):
+        fan_in = module.in_channels * module.kernel_size[0] * module.kernel_size[1]
+        init.normal_(module.weight, mean=0.0, std=fan_in**-0.5)
+        if module.bias is not None:
+            init.zeros_(module.bias)
 
-    def __init__(self, n_in: int, n_out: int, num_layers: int):
+
+class DalleEncoderBlock(nn.Module):
+    """`id_path(x) + post_gain * res_path(x)`, as `dall_e.encoder.EncoderBlock`: `res_path` = four ReLU + conv pairs
+    with `kernel_sizes` (3, 3, 3, 1), the first three to width / 4. `dall_e.decoder.DecoderBlock` is the same block
+    with kernel sizes (1, 3, 3, 3) (`hf_mim.models.cae.dvae_dalle`)."""
+
+    def __init__(self, n_in: int, n_out: int, num_layers: int, kernel_sizes: tuple[int, ...] = (3, 3, 3, 1)):
         super().__init__()
         n_hid = n_out // 4
         self.post_gain = 1 / num_layers**2
         self.id_path = _conv(n_in, n_out, 1) if n_in != n_out else nn.Identity()
-        self.res_path = nn.Sequential(
-            OrderedDict(
-                [
-                    ("relu_1", nn.ReLU()),
-                    ("conv_1", _conv(n_in, n_hid, 3)),
-                    ("relu_2", nn.ReLU()),
-                    ("conv_2", _conv(n_hid, n_hid, 3)),
-                    ("relu_3", nn.ReLU()),
-                    ("conv_3", _conv(n_hid, n_hid, 3)),
-                    ("relu_4", nn.ReLU()),
-                    ("conv_4", _conv(n_hid, n_out, 1)),
-                ]
-            )
-        )
+        widths = [n_in, n_hid, n_hid, n_hid, n_out]
+        layers = []
+        for index, kernel_size in enumerate(kernel_sizes, start=1):
+            layers += [
+                (f"relu_{index}", nn.ReLU()),
+                (f"conv_{index}", _conv(*widths[index - 1 : index + 1], kernel_size)),
+            ]
+        self.res_path = nn.Sequential(OrderedDict(layers))
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         return self.id_path(hidden_states) + self.post_gain * self.res_path(hidden_states)
@@ -187,12 +192,7 @@ class DalleTokenizer(RemoteCodeExportMixin, PreTrainedModel):
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
-        """The original's init: conv weights N(0, 1 / sqrt(n_in * k * k)), biases 0."""
-        if isinstance(module, nn.Conv2d):
-            fan_in = module.in_channels * module.kernel_size[0] * module.kernel_size[1]
-            init.normal_(module.weight, mean=0.0, std=fan_in**-0.5)
-            if module.bias is not None:
-                init.zeros_(module.bias)
+        init_dalle_conv(module)
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """Mapped images (B, num_channels, H, W) -> logits (B, vocab_size, H / 8, W / 8), in the model's dtype."""
@@ -210,4 +210,4 @@ class DalleTokenizer(RemoteCodeExportMixin, PreTrainedModel):
         return self(pixel_values).argmax(dim=1).flatten(1)
 
 
-__all__ = ["DalleEncoderBlock", "DalleTokenizer", "DalleTokenizerConfig", "map_pixels"]
+__all__ = ["DalleEncoderBlock", "DalleTokenizer", "DalleTokenizerConfig", "init_dalle_conv", "map_pixels"]
