@@ -159,6 +159,37 @@ def test_script_writes_a_loadable_tokenizer(tmp_path):
         script.main(["--output_dir", str(tmp_path / "x"), "--image_size", "64"])
 
 
+def test_a_tokenizer_with_more_codes_than_the_cae_head_is_refused():
+    from hf_mim import CaeConfig, CaeForPreTraining
+
+    model = CaeForPreTraining(CaeConfig.tiny())  # vocab_size 64
+    model.set_target_model(DalleTokenizer(DalleTokenizerConfig.tiny(vocab_size=64)))
+    with pytest.raises(ValueError, match="has 128 codes but the CAE head predicts 64"):
+        model.set_target_model(DalleTokenizer(DalleTokenizerConfig.tiny(vocab_size=128)))
+
+
+def test_capped_views_come_from_random_images_not_the_first_ones(tmp_path, monkeypatch):
+    """A folder sorted by class: the first half dark, the second bright; 8 views of 20 images, one each."""
+    script = load_script("examples/pytorch/pretraining/train_dalle_tokenizer.py")
+    rows = datasets.Dataset.from_dict({"image": [_png(10)] * 10 + [_png(240)] * 10})
+    monkeypatch.setattr(script, "load_training_data", lambda data_args: rows)
+    captured = {}
+
+    class Drawn(Exception):
+        pass
+
+    def record(views, *args):  # stop once the views are drawn
+        captured["views"] = views
+        raise Drawn
+
+    monkeypatch.setattr(script, "train_dalle_tokenizer", record)
+    with pytest.raises(Drawn):
+        script.main(["--output_dir", str(tmp_path / "x"), "--views_per_image", "1", "--max_views", "8"])
+    brightness = captured["views"].mean(dim=(1, 2, 3))
+    assert len(brightness) == 8
+    assert (brightness < 0.3).any() and (brightness > 0.7).any()  # both halves of the folder are drawn from
+
+
 def test_script_needs_a_sample_count_for_streamed_data(tmp_path, monkeypatch):
     script = load_script("examples/pytorch/pretraining/train_dalle_tokenizer.py")
     streamed = datasets.Dataset.from_dict({"image": [_png(100)] * 4}).to_iterable_dataset()

@@ -79,6 +79,22 @@ def training_views(dataset, column: str, transform: TwoViewCropTransform, count:
     return torch.stack(views)
 
 
+def images_to_view(dataset, data_args, tokenizer_args: TokenizerArguments, seed: int):
+    """(dataset, image count) to draw `views_per_image` views from each. When that would exceed `max_views`, a
+    seeded random subset of the images (the first ones of a folder sorted by class would show a few classes only)."""
+    streamed = isinstance(dataset, datasets.IterableDataset)
+    if streamed and not data_args.max_train_samples:
+        raise ValueError("A streamed dataset needs --max_train_samples (how many images to draw views from).")
+    images = data_args.max_train_samples if streamed else len(dataset)
+    if tokenizer_args.views_per_image * images <= tokenizer_args.max_views:
+        return dataset, images
+    images = max(1, tokenizer_args.max_views // tokenizer_args.views_per_image)
+    logger.info("Drawing views from %d randomly chosen images (--max_views %d)", images, tokenizer_args.max_views)
+    if streamed:
+        return dataset.shuffle(seed=seed, buffer_size=10_000).take(images), images
+    return dataset.shuffle(seed=seed).select(range(images)), images
+
+
 def block_average_error(views: torch.Tensor, block: int) -> float:
     """Squared error of replacing every `block` x `block` pixel square by its mean: what a perfect continuous value
     per code position would reconstruct (a reference for the tokenizer's error, which has one code per square)."""
@@ -115,13 +131,8 @@ def main(argv: list[str] | None = None) -> int:
     # the crops run_cae.py takes: the CPU recipe's 0.4 on the embedded digits, CAE v1's 0.08 on your data
     scale = (data_args.crop_scale_min or (0.08 if data_args.has_data else 0.4), 1.0)
     transform = TwoViewCropTransform.cae_v1(size, second_size=size, scale=scale)
-    if isinstance(dataset, datasets.IterableDataset):  # no length: views of the first --max_train_samples images
-        if not data_args.max_train_samples:
-            raise ValueError("A streamed dataset needs --max_train_samples (how many images to draw views from).")
-        images = data_args.max_train_samples
-    else:
-        images = len(dataset)
-    count = min(tokenizer_args.views_per_image * images, tokenizer_args.max_views)
+    dataset, images = images_to_view(dataset, data_args, tokenizer_args, dvae_args.seed)
+    count = tokenizer_args.views_per_image * images
     views = training_views(dataset, data_args.image_column_name, transform, count, dvae_args.seed)
     logger.info("Training a %d-code dVAE on %d views of %d px", config.vocab_size, len(views), size)
     tokenizer, history = train_dalle_tokenizer(views, config, dvae_args)

@@ -378,6 +378,13 @@ class CaeForPreTraining(CaePreTrainedModel):
         """Attach the frozen target network: v1 a `DalleTokenizer` (`get_codebook_indices`), v2 a
         `CLIPVisionModelWithProjection`-like teacher (see `hf_mim.models.cae.targets`). It is kept outside the module
         tree: not in the state dict, not in `parameters()` (so never optimised, sharded or averaged)."""
+        codes = getattr(getattr(target_model, "config", None), "vocab_size", None)
+        if self.config.cae_version == 1 and codes is not None and codes > self.config.vocab_size:
+            # caught here rather than as an index error (or a CUDA assert) in the first cross-entropy
+            raise ValueError(
+                f"The tokenizer has {codes} codes but the CAE head predicts {self.config.vocab_size} "
+                f"(config.vocab_size): use a tokenizer with at most {self.config.vocab_size} codes or set vocab_size."
+            )
         if target_model is not None:
             target_model.requires_grad_(False).eval()
         self.__dict__["_target_model"] = target_model

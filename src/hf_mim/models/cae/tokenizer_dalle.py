@@ -140,6 +140,8 @@ class DalleEncoderBlock(nn.Module):
 
     def __init__(self, n_in: int, n_out: int, num_layers: int, kernel_sizes: tuple[int, ...] = (3, 3, 3, 1)):
         super().__init__()
+        if len(kernel_sizes) != 4 or any(k < 1 or k % 2 == 0 for k in kernel_sizes):
+            raise ValueError(f"kernel_sizes must be four odd sizes (the paddings keep the size), got {kernel_sizes}.")
         n_hid = n_out // 4
         self.post_gain = 1 / num_layers**2
         self.id_path = _conv(n_in, n_out, 1) if n_in != n_out else nn.Identity()
