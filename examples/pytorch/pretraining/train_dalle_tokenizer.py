@@ -33,6 +33,7 @@ from transformers import HfArgumentParser
 from hf_mim.data import SafeImageTransform, TwoViewCropTransform
 from hf_mim.models.cae.dvae_dalle import DvaeTrainingArguments, train_dalle_tokenizer
 from hf_mim.models.cae.tokenizer_dalle import DalleTokenizerConfig
+from hf_mim.presets import CPU_RECIPES
 from hf_mim.trainers.run_pretraining import DataTrainingArguments, load_training_data
 
 logger = logging.getLogger(__name__)
@@ -128,8 +129,10 @@ def main(argv: list[str] | None = None) -> int:
         )
     dataset = load_training_data(data_args)
     size = tokenizer_args.tokenizer_image_size
-    # the crops run_cae.py takes: the CPU recipe's 0.4 on the embedded digits, CAE v1's 0.08 on your data
-    scale = (data_args.crop_scale_min or (0.08 if data_args.has_data else 0.4), 1.0)
+    # the crops run_cae.py takes: its CPU recipe's on the embedded digits, CAE v1's 0.08 on your data
+    recipe = CPU_RECIPES["cae"]
+    default_scale = 0.08 if data_args.has_data else float(recipe[recipe.index("--crop_scale_min") + 1])
+    scale = (data_args.crop_scale_min or default_scale, 1.0)
     transform = TwoViewCropTransform.cae_v1(size, second_size=size, scale=scale)
     dataset, images = images_to_view(dataset, data_args, tokenizer_args, dvae_args.seed)
     count = tokenizer_args.views_per_image * images

@@ -111,13 +111,18 @@ class DvaeTrainingArguments:
         return self.temperature_start * (self.temperature_end / self.temperature_start) ** progress
 
     def beta(self, step: int) -> float:
-        return self.kl_weight * min(1.0, step / max((self.steps - 1) / 2, 1))
+        from ...trainers.schedules import linear  # imported here: hf_mim.trainers imports the models
+
+        return linear(step, 0.0, self.kl_weight, max((self.steps - 1) / 2, 1))
 
     def lr_factor(self, step: int) -> float:
+        """(step + 1) / warmup over the first 5 % of steps, then a cosine to 0: the shared `warmup_then_cosine`."""
+        from ...trainers.schedules import warmup_then_cosine
+
         warmup = max(1, self.steps // 20)
-        if step < warmup:
-            return (step + 1) / warmup
-        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(self.steps - warmup, 1)))
+        return warmup_then_cosine(
+            step, 1.0, 0.0, self.steps, warmup, start_warmup_value=1 / warmup, linspace_warmup=True
+        )
 
 
 class DiscreteVae(nn.Module):
