@@ -1,6 +1,16 @@
 """Register every hf_mim model with transformers' Auto classes (runs on `import hf_mim`).
 
 The same classes are recorded for the remote-code export (`hf_mim.remote_code`). `exist_ok=True` keeps re-imports (notebook reloads, spawned workers) from raising.
+
+Every model type is also registered with `AutoVideoProcessor` as having no video processor (an empty backend map).
+Without it, each `pipeline(...)` on an exported folder stopped at transformers' "Do you wish to run the custom code?
+[y/N]" question (15 s in a terminal): vision pipelines try a video processor as an optional component, and
+`AutoVideoProcessor` guesses one from the folder's `auto_map` (`image_processing_capi.CapiImageProcessor` ->
+`...CapiVideoProcessor`, a class that does not exist). With no local class registered for the config, it counted as
+remote code only and asked. Registered, transformers treats the model type as locally covered: `trust_remote_code`
+resolves to False without a question, no remote module is imported, and the lookup fails with a ValueError that the
+pipeline already treats as "no video processor". This goes through transformers' public `register` API; nothing in
+transformers is patched. Without hf_mim, transformers' own `trust_remote_code` rule applies unchanged.
 """
 
 import os
@@ -12,6 +22,7 @@ from transformers import (
     AutoModel,
     AutoModelForImageClassification,
     AutoModelForPreTraining,
+    AutoVideoProcessor,
 )
 
 from .remote_code import register_remote_code_classes
@@ -44,6 +55,8 @@ def register_model(
         )
     if backbone is not None:
         enable_auto_backbone_local_folders()
+    # hf_mim models take no video processor: see the module docstring (no trust_remote_code prompt in pipelines).
+    AutoVideoProcessor.register(config_class, video_processor_classes={}, exist_ok=True)
 
 
 def enable_auto_backbone_local_folders() -> None:
