@@ -3,6 +3,7 @@
 import torch
 
 from ..masking import InverseBlockMasking
+from .positional import batch_rng, unreadable_files
 
 
 class PretrainingCollator:
@@ -10,8 +11,9 @@ class PretrainingCollator:
     (`num_skipped`, `skipped_files`) so the trainer can count them across workers and ranks.
 
     `mask_generator(batch_size, grid)` returns an object with tensor fields; they are added to the batch under the
-    same names (e.g. CAPI's `visible_indices` / `predict_indices`). Masks use torch's global RNG, which the Trainer
-    checkpoints and restores, so resumed runs draw the same masks.
+    same names (e.g. CAPI's `visible_indices` / `predict_indices`). Masks are seeded by the examples' `sample_seed`
+    when they carry one (`PositionalDataset`: the same batch always gets the same masks, however far the loader ran
+    ahead), else drawn from torch's global RNG (the originals' order).
     """
 
     def __init__(self, patch_size: int, mask_generator=None):
@@ -20,14 +22,15 @@ class PretrainingCollator:
 
     def __call__(self, examples: list[dict]) -> dict:
         good = [e for e in examples if e.get("pixel_values") is not None]
-        skipped = [e.get("decode_error") or "<unknown>" for e in examples if e.get("pixel_values") is None]
+        skipped = unreadable_files(examples)
         if not good:
             raise RuntimeError(f"Every image in this batch failed to decode: {skipped}")
         pixel_values = torch.stack([e["pixel_values"] for e in good])
         batch = {"pixel_values": pixel_values, "num_skipped": torch.tensor([len(skipped)]), "skipped_files": skipped}
         if self.mask_generator is not None:
             grid = (pixel_values.shape[-2] // self.patch_size, pixel_values.shape[-1] // self.patch_size)
-            masks = self.mask_generator(pixel_values.shape[0], grid)
+            with batch_rng(good):
+                masks = self.mask_generator(pixel_values.shape[0], grid)
             batch.update(vars(masks))
         return batch
 

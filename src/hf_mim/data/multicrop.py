@@ -43,6 +43,7 @@ import torchvision.transforms.functional as TF
 from PIL import ImageFilter, ImageOps
 from torchvision.transforms import v2
 
+from .positional import unreadable_files
 from .transforms import IMAGENET_MEAN, decode_image
 
 # The original pretraining normalisation: ImageNet mean, and std with 0.228 (a typo for 0.229) in the red channel.
@@ -293,13 +294,8 @@ class MultiCropCollator:
     which every image failed raises RuntimeError. `MultiCropTransform`'s own output dicts are valid examples too."""
 
     def __call__(self, examples: list[dict]) -> dict:
-        good, skipped = [], []
-        for example in examples:
-            value = example.get("pixel_values")
-            if value is None:
-                skipped.append(example.get("decode_error") or "<unknown>")
-            else:
-                good.append(example)
+        good = [example for example in examples if example.get("pixel_values") is not None]
+        skipped = unreadable_files(examples)
         if not good:
             raise RuntimeError(f"Every image in this batch failed to decode: {skipped}")
         batch = {}

@@ -34,6 +34,21 @@ class MimPretrainingArguments(TrainingArguments):
     nan_check_steps: int = field(
         default=1, metadata={"help": "Check the loss for NaN/inf every N steps (0: never). 1 keeps checkpoints clean."}
     )
+    augmentation_rng: str = field(
+        default="position",
+        metadata={
+            "help": "'position': crops, flips, colour jitter and masks are seeded by (seed, epoch, example index), so "
+            "a run resumed from any step trains exactly like the uninterrupted one. 'global': drawn from the global "
+            "RNG in loader order, as the originals do (exact resume only at epoch ends)."
+        },
+    )
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={
+            "help": "Start afresh in an output folder that holds checkpoints of another (or a finished) run: its "
+            "checkpoints are deleted. Without it such a folder is resumed only if the run is unfinished and matches."
+        },
+    )
     ddp_find_unused_parameters: bool | None = field(
         default=False, metadata={"help": "Every trainable parameter gets a gradient in these objectives."}
     )

@@ -7,21 +7,39 @@ What it adds to Trainer, once for every method:
 * logging of every loss part the model returns, the momentum, and feature health (effective rank, feature std);
 * skipped (undecodable) images counted across ranks and reported at the end;
 * `create_model_card` (called by `push_to_hub`) writes hf_mim's card and the remote-code bundle (`ModelCardMixin`);
-* a NaN/inf loss stops training before the optimizer step (under DeepSpeed, whose engine steps inside backward:
-  before anything is saved), so no checkpoint with broken weights is written and the last good one stays. The loss
-  is checked every `nan_check_steps` steps and always on the step before a checkpoint.
+* augmentations and masks as a pure function of (seed, epoch, example index) (`hf_mim.data.positional`), so a run
+  resumed from any step, mid-epoch included, trains exactly like the uninterrupted one; an undecodable image is
+  replaced by the next decodable one and its file named once;
+* a NaN/inf loss or gradient norm stops training before the optimizer step (under DeepSpeed, whose engine steps
+  inside backward: before anything is saved), and weights are checked before every save, so no checkpoint with broken
+  weights is written; the error names the newest checkpoint read back and found finite. Loss and gradients are
+  checked every `nan_check_steps` steps and always on the step before a checkpoint;
+* atomic checkpoints (`checkpoints.py`): written under `.incomplete/` and renamed into place when complete; a failed
+  write (full disk) raises `CheckpointWriteError` with the earlier checkpoints intact.
 """
 
 import math
+import os
+import shutil
+from pathlib import Path
 
 import torch
 from torch import nn
+from torch.utils.data import IterableDataset
 from transformers import Trainer, TrainerCallback
-from transformers.trainer_utils import get_last_checkpoint
+from transformers.trainer_utils import has_length, rotate_checkpoints
 from transformers.utils import logging
 
 from ..allocator import tune_glibc_malloc
+from ..data.positional import PositionalDataset
 from ..losses import effective_rank
+from .checkpoints import (
+    STAGING_DIR,
+    clear_staging,
+    last_good_checkpoint,
+    latest_complete_checkpoint,
+    non_finite_parameters,
+)
 from .feature_health import warn_if_collapsing
 from .model_card import ModelCardMixin
 from .schedules import linear, warmup_then_cosine
@@ -37,7 +55,11 @@ LOGGED_PARTS = (
 
 
 class NonFiniteLossError(RuntimeError):
-    """Training stopped because the loss became NaN or infinite."""
+    """Training stopped because the loss, the gradient norm or the weights became NaN or infinite."""
+
+
+class CheckpointWriteError(RuntimeError):
+    """A checkpoint could not be written (e.g. a full disk); nothing of it was kept, earlier checkpoints are intact."""
 
 
 class _ScheduleCallback(TrainerCallback):
@@ -45,6 +67,12 @@ class _ScheduleCallback(TrainerCallback):
 
     def __init__(self, trainer: "MimPretrainingTrainer"):
         self.trainer = trainer
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        # Before the epoch's DataLoader iterator exists: its worker processes copy the dataset, epoch included.
+        # state.epoch is the float progress (e.g. 1.6 after resuming mid-epoch); its integer part is the epoch.
+        if self.trainer.positional_dataset is not None:
+            self.trainer.positional_dataset.set_epoch(math.floor(state.epoch + 1e-9))
 
     def on_step_begin(self, args, state, control, **kwargs):
         self.trainer.apply_weight_decay_schedule(state.global_step)
@@ -66,7 +94,34 @@ class MimPretrainingTrainer(ModelCardMixin, Trainer):
         self._last_pooled: torch.Tensor | None = None
         self._last_momentum: float | None = None
         self.num_skipped_images = 0
-        self.skipped_files: list[str] = []
+        self.skipped_files: list[str] = []  # each unreadable file once, in the order met
+        self._skipped_seen: set[str] = set()
+        self.positional_dataset: PositionalDataset | None = None
+        if self.args.augmentation_rng not in ("position", "global"):
+            raise ValueError(f"augmentation_rng must be 'position' or 'global', got {self.args.augmentation_rng!r}")
+
+    # ------------------------------------------------------------------ data
+    def get_train_dataloader(self):
+        """Map-style data goes through `PositionalDataset`: refilled undecodable images, and (augmentation_rng
+        "position") draws keyed by (seed, epoch, index) instead of the global RNG's running state."""
+        dataset = self.train_dataset
+        if dataset is None or isinstance(dataset, IterableDataset) or not has_length(dataset):
+            return super().get_train_dataloader()  # streamed data: drawn in stream order (see README)
+        positional = self.args.augmentation_rng == "position"
+        if positional and self.args.dataloader_persistent_workers and self.args.dataloader_num_workers > 0:
+            raise ValueError(
+                "--dataloader_persistent_workers keeps each worker's copy of the dataset from the first epoch, so "
+                "every epoch would repeat its augmentations under --augmentation_rng position: turn one of them off."
+            )
+        seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
+        self.positional_dataset = PositionalDataset(dataset, seed=seed, refill=True, seeded=positional)
+        return self._get_dataloader(
+            dataset=self.positional_dataset,
+            description="Training",
+            batch_size=self._train_batch_size,
+            sampler_fn=self._get_train_sampler,
+            is_training=True,
+        )
 
     # ------------------------------------------------------------------ optimisation
     def parameter_groups(self, model: nn.Module) -> list[dict]:
@@ -206,29 +261,103 @@ class MimPretrainingTrainer(ModelCardMixin, Trainer):
         return (loss, outputs) if return_outputs else loss
 
     def training_step(self, model, inputs, num_items_in_batch=None):
-        skipped = inputs.pop("num_skipped", None)
-        files = inputs.pop("skipped_files", None)
-        if skipped is not None:
-            self.num_skipped_images += int(skipped.sum())
-            if files:
-                self.skipped_files.extend(files)
-                logger.warning("Skipped %d undecodable image(s): %s", len(files), "; ".join(files))
+        inputs.pop("num_skipped", None)
+        self.record_skipped_files(inputs.pop("skipped_files", None) or ())
         loss = super().training_step(model, inputs, num_items_in_batch)
         if self._should_check_loss(self.state.global_step + 1):
-            finite = torch.isfinite(loss.detach()).float().reshape(1)
-            finite = self.accelerator.reduce(finite, reduction="min") if self.accelerator.num_processes > 1 else finite
-            if finite.item() < 1:
-                last = get_last_checkpoint(self.args.output_dir) if self.args.output_dir else None
-                when = (
-                    "DeepSpeed's engine has already applied this step, but nothing was saved"
-                    if self.is_deepspeed_enabled
-                    else "training stopped before the optimizer step, nothing was saved"
-                )
-                raise NonFiniteLossError(
-                    f"Non-finite loss ({loss.item()}) at step {self.state.global_step + 1}: {when}. "
-                    f"Last good checkpoint: {last or 'none yet'}."
-                )
+            self._stop_unless_finite(loss.detach(), "loss", reduce=True)
         return loss
+
+    def record_skipped_files(self, files) -> None:
+        """Name each unreadable file once (the first time it fails, not every epoch) and count distinct files."""
+        new = [name for name in files if name not in self._skipped_seen]
+        if new:
+            self._skipped_seen.update(new)
+            self.skipped_files.extend(new)
+            self.num_skipped_images += len(new)
+            logger.warning("Skipped %d unreadable image(s): %s", len(new), "; ".join(new))
+
+    def _get_grad_norm(self, model, grad_norm=None):
+        # transformers computes the norm of every step's gradients here, before `optimizer.step()`: a NaN gradient
+        # with a finite loss (seen in practice) stops training before it reaches the weights.
+        grad_norm = super()._get_grad_norm(model, grad_norm)
+        if grad_norm is not None and self._should_check_loss(self.state.global_step + 1):
+            value = grad_norm if torch.is_tensor(grad_norm) else torch.tensor(float(grad_norm))
+            self._stop_unless_finite(value.detach().float(), "gradient norm", reduce=False)
+        return grad_norm
+
+    def _stop_unless_finite(self, value: torch.Tensor, what: str, reduce: bool) -> None:
+        finite = torch.isfinite(value).all().float().reshape(1)
+        if reduce and self.accelerator.num_processes > 1:
+            finite = self.accelerator.reduce(finite, reduction="min")
+        if finite.item() < 1:
+            when = (
+                "DeepSpeed's engine has already applied this step, but nothing was saved"
+                if self.is_deepspeed_enabled
+                else "training stopped before the optimizer step, nothing was saved"
+            )
+            raise NonFiniteLossError(
+                f"Non-finite {what} ({float(value.float().reshape(-1)[0])}) at step {self.state.global_step + 1}: "
+                f"{when}. {self.last_good_checkpoint_message()}"
+            )
+
+    def last_good_checkpoint_message(self) -> str:
+        good = last_good_checkpoint(self.args.output_dir) if self.args.output_dir else None
+        return f"Last good checkpoint (weights read back, all finite): {good or 'none yet'}."
+
+    # ------------------------------------------------------------------ checkpoints
+    def _save_checkpoint(self, model, trial):
+        """Check the weights, write the checkpoint under `.incomplete/`, and rename it into place once complete."""
+        step = self.state.global_step
+        bad = non_finite_parameters(self.accelerator.unwrap_model(self.model))
+        flag = torch.tensor([float(bool(bad))], device=self.args.device)
+        if self.accelerator.num_processes > 1:
+            flag = self.accelerator.reduce(flag, reduction="max")
+        if flag.item() > 0:
+            raise NonFiniteLossError(
+                f"Non-finite weights at step {step} ({', '.join(bad[:5]) or 'on another rank'}): checkpoint-{step} "
+                f"was not written. {self.last_good_checkpoint_message()}"
+            )
+        run_dir = Path(self._get_output_dir(trial=trial))
+        staging = run_dir / STAGING_DIR
+        if self.args.should_save:
+            clear_staging(run_dir)
+        self.accelerator.wait_for_everyone()
+        output_dir = self.args.output_dir
+        try:
+            # Trainer names the folder after output_dir: pointing it at the staging area for the duration of the
+            # save is the one change needed; everything (weights, optimizer, RNG states, trainer state) lands there.
+            self.args.output_dir = str(staging)
+            super()._save_checkpoint(model, trial)
+        except Exception as error:
+            if self.args.should_save:
+                clear_staging(run_dir)
+            raise CheckpointWriteError(
+                f"Writing checkpoint-{step} failed ({type(error).__name__}: {error}); nothing of it was kept and "
+                f"the earlier checkpoints are intact. Free space (or fix the error) and run the same command again: "
+                f"it resumes from {self._newest_checkpoint(run_dir) or 'the start'}."
+            ) from error
+        finally:
+            self.args.output_dir = output_dir
+        self.accelerator.wait_for_everyone()
+        if self.args.should_save:
+            final = run_dir / f"checkpoint-{step}"
+            if final.exists():  # an earlier run's folder of the same step: replaced by this complete one
+                shutil.rmtree(final)
+            os.replace(staging / final.name, final)
+            clear_staging(run_dir)
+            rotate_checkpoints(
+                output_dir=str(run_dir),
+                save_total_limit=self.args.save_total_limit,
+                best_model_checkpoint=self.state.best_model_checkpoint,
+                use_mtime=True,
+            )
+        self.accelerator.wait_for_everyone()
+
+    @staticmethod
+    def _newest_checkpoint(run_dir: Path) -> str | None:
+        newest = latest_complete_checkpoint(run_dir)
+        return str(newest) if newest else None
 
     def _should_check_loss(self, step: int) -> bool:
         """Every `nan_check_steps` steps, and always on a step that is followed by a checkpoint or ends training, so
@@ -254,6 +383,10 @@ class MimPretrainingTrainer(ModelCardMixin, Trainer):
                 pooled = self._last_pooled
                 if self.accelerator.num_processes > 1:
                     pooled = self.accelerator.gather(pooled)
+            else:
+                pooled = None
+            # A batch with NaN/inf features has no spectrum: skip the metrics (the finite-loss checks stop the run).
+            if pooled is not None and bool(torch.isfinite(pooled).all()):
                 logs["effective_rank"] = round(float(effective_rank(pooled)), 4)
                 logs["feature_std"] = round(float(pooled.std(dim=0).mean()), 6)
                 warn_if_collapsing(logs, pooled.shape[0], pooled.shape[1], self.state.global_step)
@@ -261,6 +394,15 @@ class MimPretrainingTrainer(ModelCardMixin, Trainer):
             if skipped:
                 logs["skipped_images"] = skipped
         super().log(logs, start_time)
+
+    def all_skipped_files(self) -> list[str]:
+        """Every distinct unreadable file met on any rank (collective: every rank must call it)."""
+        files = self.skipped_files
+        if self.accelerator.num_processes > 1:
+            from accelerate.utils import gather_object
+
+            files = gather_object(list(files))
+        return list(dict.fromkeys(files))
 
     def total_skipped_images(self) -> int:
         """Undecodable images skipped so far, summed over ranks."""
