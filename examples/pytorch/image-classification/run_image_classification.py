@@ -18,6 +18,9 @@ ijepa-small, capi-tiny, capi-small, or a config path). Data: `--dataset_name` (a
 or `--train_dir` / `--validation_dir` (image folders, one sub-folder per class); without any, scikit-learn's digits
 (bundled, 56 px) with a random-init `ijepa-tiny`, 3 epochs (~30 s of CPU; from scratch under the full recipe it
 reaches only ~15-25 % top-1, chance is 10 %: the demo checks the pipeline, pretrained backbones are the real input).
+Unreadable images (corrupt, truncated, not an image) are skipped: each is named in a warning the first time it fails,
+and the run ends with a "Skipped N unreadable image(s): ..." line (see `hf_mim.data.skipped`); a training batch in
+which every image failed is refilled with random readable images, an evaluation batch of failures is skipped.
 Prints the final top-1 / top-5 as JSON. On a small shared CPU machine, `OMP_NUM_THREADS=1` avoids thread
 oversubscription (two threads on two busy cores measured ~15x slower for these tiny models).
 """
@@ -39,10 +42,12 @@ from transformers.utils import logging
 
 import hf_mim
 from hf_mim.data.labelled import digits_dataset
-from hf_mim.data.transforms import decode_image
+from hf_mim.data.transforms import without_decoding
 from hf_mim.finetuning import (
+    ClassificationExamples,
     FinetuningArguments,
     FinetuningTrainer,
+    classification_collator,
     finetuning_eval_transform,
     finetuning_train_transform,
 )
@@ -223,32 +228,6 @@ def image_statistics(model_args: ModelArguments, data_args: DataArguments, model
     return size, mean, std, processor
 
 
-class ExampleTransform:
-    """`with_transform` function: decoded RGB image -> pixel_values, label -> labels."""
-
-    def __init__(self, transform, image_column: str, label_column: str, label2id: dict | None):
-        self.transform = transform
-        self.image_column = image_column
-        self.label_column = label_column
-        self.label2id = label2id
-
-    def __call__(self, examples: dict) -> dict:
-        labels = examples[self.label_column]
-        if self.label2id is not None:
-            labels = [self.label2id[str(label)] for label in labels]
-        return {
-            "pixel_values": [self.transform(decode_image(image)) for image in examples[self.image_column]],
-            "labels": labels,
-        }
-
-
-def collate(examples: list[dict]) -> dict:
-    return {
-        "pixel_values": torch.stack([example["pixel_values"] for example in examples]),
-        "labels": torch.tensor([int(example["labels"]) for example in examples], dtype=torch.long),
-    }
-
-
 def main(argv=None) -> dict:
     model_args, data_args, training_args = parse_arguments(argv)
     if training_args.should_log:
@@ -262,6 +241,7 @@ def main(argv=None) -> dict:
     label_column = resolve_column(
         dataset["train"], data_args.label_column_name, ("label", "labels", "fine_label"), "label"
     )
+    dataset = without_decoding(dataset, image_column)  # decode_image reads the files: unreadable ones are skipped
     labels = label_names(dataset, label_column)
     is_class_label = isinstance(dataset["train"].features[label_column], ClassLabel)
     label2id = None if is_class_label else {name: i for i, name in enumerate(labels)}
@@ -289,12 +269,12 @@ def main(argv=None) -> dict:
     )
     eval_transform = finetuning_eval_transform(image_size, mean, std, crop_pct=data_args.crop_pct)
     train_dataset = dataset["train"].with_transform(
-        ExampleTransform(train_transform, image_column, label_column, label2id)
+        ClassificationExamples(train_transform, image_column, label_column, label2id)
     )
     eval_dataset = None
     if "validation" in dataset:
         eval_dataset = dataset["validation"].with_transform(
-            ExampleTransform(eval_transform, image_column, label_column, label2id)
+            ClassificationExamples(eval_transform, image_column, label_column, label2id)
         )
     elif training_args.eval_strategy != "no":
         training_args.eval_strategy = "no"
@@ -305,7 +285,7 @@ def main(argv=None) -> dict:
         args=training_args,
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
-        data_collator=collate,
+        data_collator=classification_collator(image_size),
         processing_class=processor,
     )
     train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
@@ -330,7 +310,11 @@ def main(argv=None) -> dict:
             top1=round(metrics["eval_top1"], 4),
             **{f"top{training_args.top_k}": round(metrics[f"eval_top{training_args.top_k}"], 4)},
         )
+    skipped = trainer.skipped_files.gathered()  # every process's files (a collective)
+    result["skipped_images"] = len(skipped)
     if trainer.is_world_process_zero():
+        if skipped:
+            print(skipped.summary())
         print(json.dumps(result))
 
     if torch.distributed.is_available() and torch.distributed.is_initialized():

@@ -13,6 +13,8 @@ held in memory (at most `--max_views`). It trains on the CPU: a tokenizer for a 
 Data arguments are run_cae.py's (default: the digits training split). Writes a `DalleTokenizer` folder
 (safetensors + config) and `dvae_history.json` (reconstruction error, KL, code perplexity during training), and
 prints how many codes the trained encoder uses. See `hf_mim.models.cae.dvae_dalle` for the model and objective.
+Images are decoded as in pretraining (`hf_mim.data.transforms.decode_image`): an unreadable file (corrupt, truncated,
+not an image) is skipped, named in a warning once, and counted in a "Skipped N unreadable image(s): ..." line.
 
 Measured (benchmarks/README.md, "How the recipes were chosen"): on digits this tokenizer reconstructs its 32 px
 views from its codes better than a perfect mean per 8 x 8 square (MSE 0.031 against 0.038), but CAE v1 trained
@@ -30,7 +32,9 @@ import torch
 import torch.nn.functional as F
 from transformers import HfArgumentParser
 
-from hf_mim.data import SafeImageTransform, TwoViewCropTransform
+from hf_mim.data import TwoViewCropTransform
+from hf_mim.data.skipped import SkippedFiles
+from hf_mim.data.transforms import DECODE_ERRORS, decode_failure, decode_image
 from hf_mim.models.cae.dvae_dalle import DvaeTrainingArguments, train_dalle_tokenizer
 from hf_mim.models.cae.tokenizer_dalle import DalleTokenizerConfig
 from hf_mim.presets import CPU_RECIPES
@@ -54,29 +58,29 @@ class TokenizerArguments:
     )
 
 
-def training_views(dataset, column: str, transform: TwoViewCropTransform, count: int, seed: int) -> torch.Tensor:
-    """`count` target views (N, 3, s, s), cycling through `dataset`; undecodable images are skipped and named in the
-    log (through `SafeImageTransform`, as in pretraining). Seeded: the same arguments give the same views, and the
-    caller's random stream is left as it was."""
-    safe = SafeImageTransform(transform, column)
-    views, skipped = [], 0
+def training_views(
+    dataset, column: str, transform: TwoViewCropTransform, count: int, seed: int, skipped: SkippedFiles | None = None
+) -> torch.Tensor:
+    """`count` target views (N, 3, s, s), cycling through `dataset`; undecodable images are skipped (decoded by
+    `decode_image`, as in pretraining) and recorded in `skipped` (a warning names each file once, however many times
+    the cycle meets it). Seeded: the same arguments give the same views, and the caller's random stream is left as it
+    was."""
+    skipped = SkippedFiles() if skipped is None else skipped
+    views = []
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         while len(views) < count:
             before = len(views)
             for example in dataset:
-                out = safe({column: [example[column]]})
-                if out["decode_error"][0] is None:
-                    views.append(out["target_pixel_values"][0])
-                else:  # a corrupt file costs one image, not the run
-                    skipped += 1
-                    logger.warning("Skipping an undecodable image: %s", out["decode_error"][0])
+                value = example[column]
+                try:
+                    views.append(transform(decode_image(value))["target_pixel_values"])
+                except DECODE_ERRORS as error:  # a corrupt file costs one image, not the run
+                    skipped.add(*decode_failure(value, error))
                 if len(views) == count:
                     break
             if len(views) == before:
-                raise ValueError("No decodable image in the training data.")
-    if skipped:
-        logger.warning("Skipped %d undecodable image(s).", skipped)
+                raise ValueError(f"No decodable image in the training data. {skipped.summary()}")
     return torch.stack(views)
 
 
@@ -136,7 +140,8 @@ def main(argv: list[str] | None = None) -> int:
     transform = TwoViewCropTransform.cae_v1(size, second_size=size, scale=scale)
     dataset, images = images_to_view(dataset, data_args, tokenizer_args, dvae_args.seed)
     count = tokenizer_args.views_per_image * images
-    views = training_views(dataset, data_args.image_column_name, transform, count, dvae_args.seed)
+    skipped = SkippedFiles()
+    views = training_views(dataset, data_args.image_column_name, transform, count, dvae_args.seed, skipped)
     logger.info("Training a %d-code dVAE on %d views of %d px", config.vocab_size, len(views), size)
     tokenizer, history = train_dalle_tokenizer(views, config, dvae_args)
 
@@ -145,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     used = codes_in_use(tokenizer, views)
     reference = block_average_error(views[:1024], config.downsampling)
     summary = {"history": history, "codes_used": used, "views": len(views), "block_average_mse": reference,
-               "dvae_args": asdict(dvae_args)}  # fmt: skip
+               "dvae_args": asdict(dvae_args), "skipped_images": skipped.errors}  # fmt: skip
     (output_dir / "dvae_history.json").write_text(json.dumps(summary, indent=2))
     last = history[-1]
     print(
@@ -154,6 +159,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{config.downsampling} x {config.downsampling} square: {reference:.4f}), code perplexity "
         f"{last['perplexity']:.1f}, {used} of {config.vocab_size} codes used"
     )
+    if skipped:
+        print(skipped.summary())
     return 0
 
 

@@ -43,7 +43,10 @@ whose files pair by name stem; or, without any, the embedded SYNTHETIC set (`hf_
 scikit-learn digits pasted on crops of the bundled photos, 11 classes, 112 px; a pipeline check, not a benchmark).
 Label names: `--id2label_file` (JSON {id: name}), an `id2label.json` inside a local `--dataset_name` folder, the
 synthetic set's, or the class indices found in the training masks. `--reduce_labels` maps 0 -> 255 and the others
-- 1 (ADE20K).
+- 1 (ADE20K). Unreadable files (corrupt, truncated, not an image) are skipped with their pair, each named in a
+warning the first time it fails; the run ends with a "Skipped N unreadable image(s): ..." line. A training batch in
+which every pair failed is refilled with random readable pairs, an evaluation batch of failures is skipped (see
+`hf_mim.data.skipped`).
 
 Results: `eval_results.json` / `all_results.json` in `--output_dir` (mean_iou, pixel_accuracy, mean_accuracy,
 iou_<class>, accuracy_<class>, prefixed `eval_` as the Trainer writes them), and `segmentation_predictions.png`
@@ -93,9 +96,11 @@ from hf_mim.data.segmentation import (
     SegmentationTransform,
     mask_to_array,
     reduce_labels,
-    segmentation_collate,
+    segmentation_collator,
     synthetic_segmentation_datasets,
 )
+from hf_mim.data.skipped import SkippedFiles, SkippedFilesTrainerMixin, readable_part
+from hf_mim.data.transforms import DECODE_ERRORS, decode_failure, without_decoding
 from hf_mim.evaluation.segmentation import (
     FeatureScaler,
     FrozenBackboneSegmenter,
@@ -289,9 +294,11 @@ def load_data(data_args: DataArguments, model_args: ModelArguments, seed: int) -
     return dataset
 
 
-def label_names(data_args: DataArguments, dataset: DatasetDict, label_column: str) -> list[str]:
+def label_names(
+    data_args: DataArguments, dataset: DatasetDict, label_column: str, skipped: SkippedFiles | None = None
+) -> list[str]:
     """Class names, index = class id: --id2label_file, a local dataset folder's id2label.json, the synthetic set's,
-    or the ids found in the training masks (after --reduce_labels)."""
+    or the ids found in the training masks (after --reduce_labels; unreadable masks are recorded in `skipped`)."""
     path = data_args.id2label_file
     if path is None and data_args.dataset_name and os.path.isdir(data_args.dataset_name):
         candidate = os.path.join(data_args.dataset_name, "id2label.json")
@@ -306,7 +313,12 @@ def label_names(data_args: DataArguments, dataset: DatasetDict, label_column: st
     logger.warning("No id2label: scanning the training masks for their class ids (pass --id2label_file to skip).")
     largest = -1
     for mask in dataset["train"][label_column]:
-        labels = mask_to_array(mask)
+        try:
+            labels = mask_to_array(mask)
+        except DECODE_ERRORS as error:
+            if skipped is not None:
+                skipped.add(*decode_failure(mask, error))
+            continue
         if data_args.reduce_labels:
             labels = reduce_labels(labels)
         labels = labels[labels != IGNORE_INDEX]
@@ -407,6 +419,11 @@ def image_statistics(model_args: ModelArguments, data_args: DataArguments, confi
 # ------------------------------------------------------------------------------------------------------- protocols
 
 
+class SegmentationTrainer(SkippedFilesTrainerMixin, Trainer):
+    """The Trainer, skipping unreadable pairs: placeholders dropped in training (an all-failed batch is refilled),
+    ignored in evaluation; each file recorded once in `skipped_files`."""
+
+
 def save_metrics(output_dir: str, split: str, metrics: dict) -> None:
     """Trainer.save_metrics(combined=True): `<split>_results.json` and the union in `all_results.json`."""
     os.makedirs(output_dir, exist_ok=True)
@@ -436,7 +453,9 @@ def save_prediction_picture(path, examples, predictions, mean, std, num_labels) 
     prediction_grid(images, labels, predictions, num_labels).save(path)
 
 
-def run_trained_protocol(protocol_args, training_args, backbone, config, datasets, names, visual_examples):
+def run_trained_protocol(
+    protocol_args, training_args, backbone, config, datasets, names, visual_examples, collator, skipped
+):
     num_labels = len(names)
     id2label = dict(enumerate(names))
     if protocol_args.protocol == "linear":
@@ -458,12 +477,13 @@ def run_trained_protocol(protocol_args, training_args, backbone, config, dataset
         model.backbone = backbone  # the loaded (or seeded random) weights, not the fresh copy UperNet built
         if protocol_args.freeze_backbone:
             model.backbone.requires_grad_(False)
-    trainer = Trainer(
+    trainer = SegmentationTrainer(
         model=model,
         args=training_args,
         train_dataset=datasets["train"],
         eval_dataset=datasets.get("validation"),
-        data_collator=segmentation_collate,
+        data_collator=collator,
+        skipped_files=skipped,
         compute_metrics=SegmentationComputeMetrics(num_labels, names),
         preprocess_logits_for_metrics=argmax_logits,
     )
@@ -490,13 +510,18 @@ def run_trained_protocol(protocol_args, training_args, backbone, config, dataset
     return metrics, predictions, {"train_loss": round(float(train_result.training_loss), 4), "seconds": elapsed}
 
 
-def run_patch_protocol(protocol_args, training_args, backbone, datasets, names, visual_examples):
+def run_patch_protocol(protocol_args, training_args, backbone, datasets, names, visual_examples, collator, skipped):
     num_labels = len(names)
     device = training_args.device
     backbone.to(device).eval()
-    loader = dict(batch_size=training_args.per_device_eval_batch_size, collate_fn=segmentation_collate)
+    loader = dict(
+        batch_size=training_args.per_device_eval_batch_size,
+        collate_fn=collator,
+        num_workers=training_args.dataloader_num_workers,
+    )
     start = time.perf_counter()
-    features, labels = patch_feature_bank(backbone, DataLoader(datasets["train_eval"], **loader), device)
+    bank_batches = DataLoader(datasets["train_eval"], **loader)
+    features, labels = patch_feature_bank(backbone, bank_batches, device, skipped=skipped)
     features, labels = features.to(device), labels.to(device)
     scaler = FeatureScaler.fit(features).to(device) if protocol_args.standardize_features else torch.nn.Identity()
     if protocol_args.protocol == "knn":
@@ -525,6 +550,9 @@ def run_patch_protocol(protocol_args, training_args, backbone, datasets, names, 
     metric = SegmentationMetrics(num_labels).to(device)
     with torch.no_grad():
         for batch in DataLoader(datasets["validation"], **loader):
+            batch = readable_part(batch, skipped)
+            if batch is None:
+                continue  # every pair of this batch was unreadable
             metric.update(predict(batch["pixel_values"], batch["labels"].shape[-2:]), batch["labels"].to(device))
         predictions = []
         if visual_examples:
@@ -553,7 +581,10 @@ def main(argv=None) -> dict:
     for split, limit in (("train", data_args.max_train_samples), ("validation", data_args.max_eval_samples)):
         if split in dataset and limit is not None:
             dataset[split] = dataset[split].select(range(min(limit, len(dataset[split]))))
-    names = label_names(data_args, dataset, label_column)
+    # decode_image / load_image read the files, so that an unreadable image or mask is skipped instead of crashing
+    dataset = without_decoding(dataset, image_column, label_column)
+    skipped = SkippedFiles()
+    names = label_names(data_args, dataset, label_column, skipped)
 
     backbone, config = build_backbone(model_args, protocol, training_args.seed)
     image_size, mean, std, processor = image_statistics(model_args, data_args, config)
@@ -579,17 +610,25 @@ def main(argv=None) -> dict:
         logger.warning("No validation split: evaluation disabled.")
     visual_examples = []
     if "validation" in datasets and protocol_args.num_visualized > 0:
-        count = min(protocol_args.num_visualized, len(datasets["validation"]))
-        visual_examples = [datasets["validation"][i] for i in range(count)]
+        for index in range(len(datasets["validation"])):  # the first readable validation pairs
+            if len(visual_examples) == protocol_args.num_visualized:
+                break
+            example = datasets["validation"][index]
+            if example["pixel_values"] is None:
+                skipped.add(*example["skipped_file"])
+            else:
+                visual_examples.append(example)
+    collator = segmentation_collator(image_size)
 
     if protocol in ("linear", "upernet"):
         metrics, predictions, extra = run_trained_protocol(
-            protocol_args, training_args, backbone, config, datasets, names, visual_examples
+            protocol_args, training_args, backbone, config, datasets, names, visual_examples, collator, skipped
         )
     else:
         metrics, predictions, extra = run_patch_protocol(
-            protocol_args, training_args, backbone, datasets, names, visual_examples
+            protocol_args, training_args, backbone, datasets, names, visual_examples, collator, skipped
         )
+    skipped = skipped.gathered()  # every process's files (a collective)
 
     result = {
         "protocol": protocol,
@@ -599,6 +638,7 @@ def main(argv=None) -> dict:
         "train_images": len(dataset["train"]),
         "eval_images": len(dataset["validation"]) if "validation" in dataset else 0,
         **{key: round(value, 4) if isinstance(value, float) else value for key, value in extra.items()},
+        "skipped_images": len(skipped),
     }
     for key in ("mean_iou", "pixel_accuracy", "mean_accuracy"):
         if f"eval_{key}" in metrics:
@@ -610,6 +650,8 @@ def main(argv=None) -> dict:
             result["picture"] = path
         if processor is not None and protocol in ("linear", "upernet"):
             processor.save_pretrained(training_args.output_dir)
+        if skipped:
+            print(skipped.summary())
         print(json.dumps(result))
 
     if torch.distributed.is_available() and torch.distributed.is_initialized():

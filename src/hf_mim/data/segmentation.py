@@ -15,7 +15,9 @@ four).
 Transforms: `SegmentationTransform` crops, flips and resizes an image and its mask with the same parameters
 (torchvision transforms v2 with `tv_tensors.Mask`, which always resamples masks with nearest neighbour), then
 normalises the image only. Training: RandomResizedCrop + horizontal flip; evaluation: a square resize (CAPI's
-`Resize((224, 224))`; labels are evaluated at this resolution).
+`Resize((224, 224))`; labels are evaluated at this resolution). Images and masks are decoded by
+`hf_mim.data.transforms` (`decode_image` / `load_image`: EXIF orientation applied to both, as `datasets` does);
+`SegmentationExamples` skips a pair whose image or mask is unreadable, naming the file (`hf_mim.data.skipped`).
 """
 
 import functools
@@ -30,7 +32,8 @@ from torchvision.transforms import v2
 
 from .bundled import bundled_photos
 from .labelled import _digits_split_indices
-from .transforms import IMAGENET_MEAN, IMAGENET_STD, decode_image
+from .skipped import SkippingCollator
+from .transforms import DECODE_ERRORS, IMAGENET_MEAN, IMAGENET_STD, decode_failure, decode_image, load_image
 
 IGNORE_INDEX = 255
 SYNTHETIC_SEGMENTATION_LABELS = ("background",) + tuple(str(digit) for digit in range(10))
@@ -189,15 +192,11 @@ def reduce_labels(labels: np.ndarray | torch.Tensor, ignore_index: int = IGNORE_
 
 def mask_to_array(mask) -> np.ndarray:
     """A segmentation map (PIL "L" / "P" / "I" / "I;16" image, path, bytes, datasets dict or array) -> (H, W) int64
-    class indices. RGB(A) masks are refused: a colour-coded map needs its palette to be turned into indices."""
-    if isinstance(mask, dict):
-        mask = mask.get("bytes") or mask.get("path")
-    if isinstance(mask, bytes):
-        import io
-
-        mask = PIL.Image.open(io.BytesIO(mask))
-    elif isinstance(mask, str):
-        mask = PIL.Image.open(mask)
+    class indices. Files are read by `load_image` (EXIF-oriented like their images, closed after reading; one of
+    DECODE_ERRORS when unreadable). RGB(A) masks are refused: a colour-coded map needs its palette to be turned into
+    indices."""
+    if not isinstance(mask, np.ndarray | torch.Tensor | list | tuple):
+        mask = load_image(mask)
     if isinstance(mask, PIL.Image.Image):
         if mask.mode in ("RGB", "RGBA"):
             raise ValueError(
@@ -268,8 +267,14 @@ class SegmentationTransform:
 
 
 class SegmentationExamples:
-    """`Dataset.with_transform` function: a batch of examples -> {"pixel_values": [...], "labels": [...]} through a
-    `SegmentationTransform` applied to the `image_column` / `label_column` pairs."""
+    """`Dataset.with_transform` function: a batch of examples -> {"pixel_values": [...], "labels": [...],
+    "skipped_file": [...]} through a `SegmentationTransform` applied to the `image_column` / `label_column` pairs.
+
+    A pair whose image or mask cannot be read (one of DECODE_ERRORS, truncated files included) gives `pixel_values`
+    and `labels` None and `skipped_file` = (name of the unreadable file, error), for `segmentation_collator` to turn
+    into an ignored placeholder. A readable pair that does not fit (an RGB mask, sizes that differ) still raises.
+    Cast both columns with `hf_mim.data.transforms.without_decoding` first, so that `datasets` hands the files over
+    undecoded."""
 
     def __init__(self, transform: SegmentationTransform, image_column: str = "image", label_column: str = "label"):
         self.transform = transform
@@ -277,11 +282,45 @@ class SegmentationExamples:
         self.label_column = label_column
 
     def __call__(self, examples: dict) -> dict:
-        pairs = [
-            self.transform(image, mask)
-            for image, mask in zip(examples[self.image_column], examples[self.label_column])
-        ]
-        return {"pixel_values": [pixels for pixels, _ in pairs], "labels": [labels for _, labels in pairs]}
+        pixel_values, labels, skipped = [], [], []
+        for image, mask in zip(examples[self.image_column], examples[self.label_column]):
+            image, mask, failure = _decode_pair(image, mask)
+            if failure is None:
+                pixels, target = self.transform(image, mask)
+            else:
+                pixels = target = None
+            pixel_values.append(pixels)
+            labels.append(target)
+            skipped.append(failure)
+        return {"pixel_values": pixel_values, "labels": labels, "skipped_file": skipped}
+
+
+def _decode_pair(image, mask):
+    """(RGB image, mask, None), or (None, None, (name, error)) naming the first of the two that cannot be read."""
+    try:
+        decoded = decode_image(image)
+    except DECODE_ERRORS as error:
+        return None, None, decode_failure(image, error)
+    if isinstance(mask, np.ndarray | torch.Tensor | list | tuple):
+        return decoded, mask, None
+    try:
+        return decoded, load_image(mask), None
+    except DECODE_ERRORS as error:
+        return None, None, decode_failure(mask, error)
+
+
+def segmentation_collator(
+    image_size: int | tuple[int, int], ignore_index: int = IGNORE_INDEX, num_channels: int = 3
+) -> SkippingCollator:
+    """Collator for `SegmentationExamples` that may hold unreadable pairs: stacks "pixel_values" (B, C, H, W) and
+    "labels" (B, H, W) int64; an unreadable pair becomes a zero image with an all-`ignore_index` mask and is
+    reported in `skipped_files` (see `hf_mim.data.skipped.SkippingCollator`)."""
+    height, width = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+    placeholders = {
+        "pixel_values": torch.zeros(num_channels, height, width),
+        "labels": torch.full((height, width), ignore_index, dtype=torch.long),
+    }
+    return SkippingCollator(placeholders)
 
 
 def segmentation_collate(examples: list[dict]) -> dict:
@@ -301,6 +340,7 @@ __all__ = [
     "mask_to_array",
     "reduce_labels",
     "segmentation_collate",
+    "segmentation_collator",
     "synthetic_segmentation_dataset",
     "synthetic_segmentation_datasets",
 ]

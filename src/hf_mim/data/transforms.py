@@ -1,9 +1,21 @@
-"""Pretraining image transforms (torchvision transforms v2) with safe decoding of odd or corrupt files."""
+"""Image decoding for every hf_mim example, and the pretraining transforms (torchvision transforms v2).
 
+`decode_image` is the one decoding function of the examples (pretraining, fine-tuning, k-NN, segmentation, the dVAE
+tokenizer): it reads paths, bytes and `datasets` `{"bytes", "path"}` dicts (use `without_decoding` so that
+`datasets` hands those over instead of decoding itself), applies the EXIF orientation as `datasets` does, closes
+the file it opened, treats a truncated file as unreadable, and raises one of `DECODE_ERRORS` for any file it cannot
+read. `SafeImageTransform` and `hf_mim.data.skipped` turn those errors into skipped, named files.
+"""
+
+import contextlib
+import hashlib
 import io
-from collections.abc import Mapping
+import os
+import struct
+from collections.abc import Iterator, Mapping
 
 import PIL.Image
+import PIL.ImageOps
 import torch
 from torchvision.transforms import v2
 
@@ -12,34 +24,106 @@ from ..image_processing_utils import _pil_to_rgb_array
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 DECODE_ERRORS = (OSError, SyntaxError, ValueError, PIL.Image.DecompressionBombError)
+# What some PIL decoders raise on malformed data besides DECODE_ERRORS; decode_image turns them into an OSError.
+_MALFORMED_DATA_ERRORS = (EOFError, IndexError, KeyError, TypeError, ZeroDivisionError, struct.error)
+_ORIENTATION = PIL.Image.ExifTags.Base.Orientation
+
+
+def _source(value):
+    """The thing to open: a path (str), a BytesIO, or an in-memory PIL image."""
+    if isinstance(value, Mapping):
+        value = value.get("bytes") or value.get("path")
+    if isinstance(value, os.PathLike):
+        value = os.fspath(value)
+    if isinstance(value, bytes | bytearray | memoryview):
+        return io.BytesIO(value)
+    if isinstance(value, str | PIL.Image.Image):
+        return value
+    raise ValueError(f"Cannot decode an image from {type(value).__name__}")
+
+
+def _exif_orientation(image: PIL.Image.Image) -> int:
+    """The EXIF orientation tag (1 when absent); metadata too broken to read counts as absent: the pixels decide
+    whether a file is readable, not its metadata."""
+    try:
+        return int(image.getexif().get(_ORIENTATION, 1) or 1)
+    except (*DECODE_ERRORS, *_MALFORMED_DATA_ERRORS):
+        return 1
+
+
+@contextlib.contextmanager
+def _loaded(value) -> Iterator[PIL.Image.Image]:
+    """The image of `value`, fully loaded and EXIF-oriented, valid inside the block. A file opened here is closed on
+    leaving the block, also on error. PIL's own malformed-data errors become an OSError."""
+    source = _source(value)
+    try:
+        with contextlib.ExitStack() as stack:
+            image = source if isinstance(source, PIL.Image.Image) else stack.enter_context(PIL.Image.open(source))
+            # Pillow's default ImageFile.LOAD_TRUNCATED_IMAGES = False (never changed here) makes load() raise
+            # "image file is truncated" instead of filling the missing part with grey.
+            image.load()
+            if min(image.size) < 1:
+                raise ValueError(f"Image has an empty side: {image.size}")
+            if _exif_orientation(image) != 1:
+                image = PIL.ImageOps.exif_transpose(image)  # a new image; as datasets' Image feature decodes
+            yield image
+    except _MALFORMED_DATA_ERRORS as error:
+        raise OSError(f"Cannot decode the image: {type(error).__name__}: {error}") from error
 
 
 def decode_image(value) -> PIL.Image.Image:
     """PIL image, path, bytes or a datasets `{"bytes", "path"}` dict -> RGB PIL image (any mode, 16-bit included).
 
-    Raises one of DECODE_ERRORS for an unreadable file; the caller decides whether to skip it.
+    The EXIF orientation is applied (`PIL.ImageOps.exif_transpose`, as `datasets` does). A file opened here is closed
+    before returning, also when it fails; the image returned is loaded and owns its pixels. Raises one of
+    DECODE_ERRORS for an unreadable file - truncated ones included -; the caller decides whether to skip it.
     """
-    if isinstance(value, dict):
-        value = value.get("bytes") or value.get("path")
-    if isinstance(value, bytes):
-        value = PIL.Image.open(io.BytesIO(value))
-    elif isinstance(value, str):
-        value = PIL.Image.open(value)
-    if not isinstance(value, PIL.Image.Image):
-        raise ValueError(f"Cannot decode an image from {type(value).__name__}")
-    value.load()
-    if min(value.size) < 1:
-        raise ValueError(f"Image has an empty side: {value.size}")
-    return PIL.Image.fromarray(_pil_to_rgb_array(value))
+    with _loaded(value) as image:
+        return PIL.Image.fromarray(_pil_to_rgb_array(image))
+
+
+def load_image(value) -> PIL.Image.Image:
+    """`decode_image` without the RGB conversion: the image in its own mode ("L", "P", "I;16", ...), e.g. a
+    segmentation mask. Loaded, EXIF-oriented, independent of any file; raises one of DECODE_ERRORS when unreadable."""
+    with _loaded(value) as image:
+        return image if image is value else image.copy()  # the opened file's image is closed on leaving the block
 
 
 def describe(value) -> str:
-    """A name for an image in error messages: its path when there is one."""
-    if isinstance(value, dict):
-        return str(value.get("path") or "<bytes>")
-    if isinstance(value, str):
-        return value
+    """A name for an image in error messages: its path when there is one; for bytes without a path, their size and
+    a hash (different images get different names, the same bytes the same one)."""
+    if isinstance(value, Mapping):
+        if value.get("path"):
+            return str(value["path"])
+        value = value.get("bytes")
+    if isinstance(value, bytes | bytearray | memoryview):
+        return f"<{len(value)} bytes, sha1 {hashlib.sha1(value).hexdigest()[:12]}>"
+    if isinstance(value, str | os.PathLike):
+        return os.fspath(value)
+    if value is None:
+        return "<no image>"
     return str(getattr(value, "filename", "") or "<in-memory image>")
+
+
+def decode_failure(value, error: BaseException) -> tuple[str, str]:
+    """(name, reason) of an image that failed to decode: `describe(value)` and "OSError: image file is truncated"."""
+    return describe(value), f"{type(error).__name__}: {error}"
+
+
+def without_decoding(dataset, *columns: str):
+    """`dataset` (a `datasets` Dataset / IterableDataset / DatasetDict) with its `datasets.Image` columns among
+    `columns` cast to `Image(decode=False)`: rows then hold `{"bytes", "path"}` dicts for `decode_image`, instead of
+    images `datasets` decoded itself (which raises on the first unreadable file). Other columns are left alone."""
+    import datasets
+
+    if isinstance(dataset, datasets.DatasetDict | datasets.IterableDatasetDict):
+        return type(dataset)({name: without_decoding(split, *columns) for name, split in dataset.items()})
+    features = getattr(dataset, "features", None) or {}
+    for column in columns:
+        feature = features.get(column)
+        if isinstance(feature, datasets.Image) and feature.decode:
+            dataset = dataset.cast_column(column, datasets.Image(decode=False))
+    return dataset
 
 
 def pretraining_transform(
@@ -81,7 +165,7 @@ class SafeImageTransform:
                 errors.append(None)
             except DECODE_ERRORS as error:
                 pixel_values.append(None)
-                errors.append(f"{describe(value)}: {type(error).__name__}: {error}")
+                errors.append(": ".join(decode_failure(value, error)))
         if any(isinstance(output, Mapping) for output in pixel_values):
             keys = dict.fromkeys(
                 ["pixel_values"] + [k for output in pixel_values if output is not None for k in output]

@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torchmetrics.classification import MulticlassAccuracy
 
+from ..data.skipped import SkippedFiles, readable_part
+
 POOLINGS = ("pooler", "mean_patch")
 
 
@@ -65,8 +67,10 @@ def _pool(outputs, pooling: str) -> torch.Tensor:
     return hidden.mean(dim=1)
 
 
-def _iter_batches(inputs, batch_size: int):
-    """Yield (pixel_values, labels or None) from a tensor, or from an iterable of dicts / tuples / tensors."""
+def _iter_batches(inputs, batch_size: int, skipped: SkippedFiles | None = None):
+    """Yield (pixel_values, labels or None) from a tensor, or from an iterable of dicts / tuples / tensors. Dict
+    batches of a `SkippingCollator` lose their unreadable examples (recorded in `skipped`); a batch in which every
+    image failed is skipped."""
     if isinstance(inputs, torch.Tensor):
         if inputs.ndim != 4:
             raise ValueError(f"Expected pixel values of shape (N, C, H, W), got {tuple(inputs.shape)}.")
@@ -77,6 +81,9 @@ def _iter_batches(inputs, batch_size: int):
         raise TypeError(f"Expected a (N, C, H, W) tensor or an iterable of batches, got {type(inputs).__name__}.")
     for batch in inputs:
         if isinstance(batch, Mapping):
+            batch = readable_part(batch, skipped)
+            if batch is None:
+                continue
             if "pixel_values" not in batch:
                 raise KeyError(f"Batch has no 'pixel_values' (keys: {sorted(batch)}).")
             labels = batch.get("labels", batch.get("label"))
@@ -97,6 +104,7 @@ def extract_features(
     device: torch.device | str | None = None,
     batch_size: int = 64,
     return_labels: bool = False,
+    skipped: SkippedFiles | None = None,
 ):
     """Run a frozen `model` over images and return their (N, D) float32 features (on CPU).
 
@@ -111,6 +119,9 @@ def extract_features(
         device: where to run the model; defaults to the device of its parameters (the model is not moved).
         batch_size: batch size used when a tensor is given.
         return_labels: also return the (N,) int64 labels collected from the batches (`None` when none were given).
+        skipped: where the unreadable files of `SkippingCollator` batches are recorded (`hf_mim.data.skipped`):
+            those examples are left out (N counts the readable ones, labels stay aligned), and a batch in which every
+            image failed is skipped.
 
     Returns:
         `features`, or `(features, labels)` with `return_labels=True`.
@@ -128,7 +139,7 @@ def extract_features(
     model.eval()
     features, labels, missing_labels = [], [], False
     try:
-        for pixel_values, batch_labels in _iter_batches(pixel_values_iterable_or_dataloader, batch_size):
+        for pixel_values, batch_labels in _iter_batches(pixel_values_iterable_or_dataloader, batch_size, skipped):
             outputs = model(pixel_values=pixel_values.to(device), **kwargs)
             features.append(_pool(outputs, pooling).float().cpu())
             if batch_labels is None:

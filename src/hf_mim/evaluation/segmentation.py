@@ -40,6 +40,8 @@ from torch import nn
 from torchmetrics.classification import MulticlassConfusionMatrix
 from transformers.modeling_outputs import SemanticSegmenterOutput
 
+from ..data.skipped import SkippedFiles, readable_part
+
 IGNORE_INDEX = 255
 
 
@@ -171,9 +173,12 @@ def dense_features(backbone: nn.Module, pixel_values: torch.Tensor) -> torch.Ten
     return resize_concat(backbone(pixel_values).feature_maps)
 
 
-def _iter_batches(batches) -> Iterable[tuple[torch.Tensor, torch.Tensor | None]]:
+def _iter_batches(batches, skipped: SkippedFiles | None = None) -> Iterable[tuple[torch.Tensor, torch.Tensor | None]]:
     for batch in batches:
         if isinstance(batch, Mapping):
+            batch = readable_part(batch, skipped)  # unreadable pairs out, named in `skipped`
+            if batch is None:
+                continue  # every pair of the batch was unreadable
             yield batch["pixel_values"], batch.get("labels")
         else:
             yield batch[0], batch[1] if len(batch) > 1 else None
@@ -181,20 +186,26 @@ def _iter_batches(batches) -> Iterable[tuple[torch.Tensor, torch.Tensor | None]]
 
 @torch.no_grad()
 def patch_feature_bank(
-    backbone: nn.Module, batches, device: torch.device | str | None = None, ignore_index: int = IGNORE_INDEX
+    backbone: nn.Module,
+    batches,
+    device: torch.device | str | None = None,
+    ignore_index: int = IGNORE_INDEX,
+    skipped: SkippedFiles | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Features and modal labels of every training patch whose label is not ignored.
 
     `batches` yields dicts with "pixel_values" (B, 3, H, W) and "labels" (B, H, W) (e.g. a DataLoader over
     `SegmentationTransform(train=False)` examples) or `(pixel_values, labels)` pairs. Returns `(features (N, D)
     float32, labels (N,) int64)` on the CPU. The backbone is put in eval mode for the pass (its mode is restored).
+    Batches of a `SkippingCollator` (`hf_mim.data.segmentation.segmentation_collator`) lose their unreadable pairs,
+    recorded in `skipped`; a batch in which every pair failed is skipped.
     """
     device = torch.device(device) if device is not None else next(backbone.parameters()).device
     was_training = backbone.training
     backbone.eval()
     features, labels = [], []
     try:
-        for pixel_values, masks in _iter_batches(batches):
+        for pixel_values, masks in _iter_batches(batches, skipped):
             if masks is None:
                 raise ValueError("patch_feature_bank needs labelled batches.")
             dense = dense_features(backbone, pixel_values.to(device)).float()

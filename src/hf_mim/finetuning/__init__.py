@@ -1,6 +1,7 @@
 """Supervised fine-tuning and linear probing (the MAE / I-JEPA recipe) for every hf_mim model and any
 `AutoModelForImageClassification`: layer-wise lr decay, Mixup / CutMix, RandAugment, top-1 / top-5 accuracy."""
 
+from .data import ClassificationExamples, classification_collator
 from .layer_decay import (
     default_no_weight_decay,
     layer_decay_parameter_groups,
@@ -19,11 +20,13 @@ from .trainer import (
 from .transforms import finetuning_eval_transform, finetuning_train_transform
 
 __all__ = [
+    "ClassificationExamples",
     "FinetuningArguments",
     "FinetuningTrainer",
     "MixupCutmix",
     "backbone_module",
     "build_compute_metrics",
+    "classification_collator",
     "cutmix_box",
     "default_no_weight_decay",
     "finetuning_eval_transform",

@@ -10,6 +10,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from transformers import Trainer, TrainingArguments
 from transformers.utils import logging
 
+from ..data.skipped import SkippedFilesTrainerMixin
 from .layer_decay import layer_decay_parameter_groups, num_backbone_layers
 from .mixup import MixupCutmix, soft_target_cross_entropy
 
@@ -68,9 +69,12 @@ class FinetuningArguments(TrainingArguments):
 
 def topk_accuracy(logits, labels, num_classes: int, top_k=(1, 5)) -> dict[str, float]:
     """{"top1": ..., "top5": ...} with torchmetrics' `MulticlassAccuracy(top_k=k, average="micro")`; k is capped at
-    the number of classes (the key keeps the requested k)."""
+    the number of classes (the key keeps the requested k). Negative labels (-100: the placeholders of unreadable
+    images) are left out."""
     logits = torch.as_tensor(logits).float()
     labels = torch.as_tensor(labels).long()
+    keep = labels >= 0
+    logits, labels = logits[keep], labels[keep]
     results = {}
     for k in top_k:
         metric = MulticlassAccuracy(num_classes=num_classes, top_k=min(k, num_classes), average="micro")
@@ -116,7 +120,7 @@ def prepare_linear_probe(model: nn.Module) -> list[str]:
     return trainable
 
 
-class FinetuningTrainer(Trainer):
+class FinetuningTrainer(SkippedFilesTrainerMixin, Trainer):
     """Trainer for image classification fine-tuning with `FinetuningArguments`.
 
     - Optimizer: the configured one (AdamW by default) on `layer_decay_parameter_groups` - lr decayed per layer when
@@ -125,6 +129,9 @@ class FinetuningTrainer(Trainer):
       `mixup_prob` > 0), else cross-entropy with `label_smoothing`; plain cross-entropy in evaluation.
     - `compute_metrics` defaults to top-1 / top-k accuracy (`eval_top1`, `eval_top5`).
     - `linear_probe`: only the head trains; the frozen backbone stays in eval mode (no dropout / drop path).
+    - Unreadable images (`hf_mim.finetuning.data.classification_collator` batches): recorded once each in
+      `self.skipped_files`; dropped from training batches, a batch in which all failed refilled with random
+      readable examples; kept as ignored placeholders in evaluation (see `hf_mim.data.skipped`).
     """
 
     # compute_loss returns a per-batch mean: the Trainer divides it by the gradient accumulation steps.
