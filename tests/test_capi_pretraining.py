@@ -334,7 +334,7 @@ def test_run_capi_json_config_and_train_dir(tmp_path):
     (tmp_path / "args.json").write_text(json.dumps(args))
     result = run_script("examples/pytorch/pretraining/run_capi.py", str(tmp_path / "args.json"))
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "Skipped 1 undecodable image" in result.stdout
+    assert "Skipped 1 unreadable image" in result.stdout
     assert CapiConfig.from_pretrained(tmp_path / "run" / "backbone").num_prototypes == 16
 
 

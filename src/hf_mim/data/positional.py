@@ -13,12 +13,15 @@ of the dataset (deterministically), and the unreadable file travels with the bat
 """
 
 import contextlib
+import logging
 import random
 from collections.abc import Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
+
+logger = logging.getLogger(__name__)
 
 SEED_FIELD = "sample_seed"  # the example's seed, read by the collators to seed the batch's masks
 REFILLED_FIELD = "replaced_files"  # undecodable files this example stands in for
@@ -125,3 +128,24 @@ def batch_rng(examples: Sequence[Mapping]) -> Iterator[None]:
             yield
     else:
         yield
+
+
+def drop_unreadable_rows(transform):
+    """For `datasets.IterableDataset.map(..., batched=True)`: run `transform` (a `SafeImageTransform`), drop the rows
+    whose image could not be decoded and list their files under `replaced_files` of the first row kept, so a streamed
+    batch is never short of images and the trainer still names every unreadable file. Files of a map batch in which
+    nothing decoded are logged here (no row is left to carry them)."""
+
+    def apply(examples: dict) -> dict:
+        columns = transform(examples)
+        keep = [i for i, value in enumerate(columns["pixel_values"]) if value is not None]
+        failed = [error for error in columns.get("decode_error", []) if error is not None]
+        kept = {name: [values[i] for i in keep] for name, values in columns.items()}
+        kept[REFILLED_FIELD] = [[] for _ in keep]
+        if keep:
+            kept[REFILLED_FIELD][0] = failed
+        elif failed:
+            logger.warning("Skipped %d unreadable image(s): %s", len(failed), "; ".join(failed))
+        return kept
+
+    return apply

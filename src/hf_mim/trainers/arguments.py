@@ -34,6 +34,13 @@ class MimPretrainingArguments(TrainingArguments):
     nan_check_steps: int = field(
         default=1, metadata={"help": "Check the loss for NaN/inf every N steps (0: never). 1 keeps checkpoints clean."}
     )
+    dataloader_drop_last: bool = field(
+        default=True,
+        metadata={
+            "help": "Drop the epoch's last, smaller batch, as the originals' loaders do: batch statistics (VICReg's "
+            "variance, CAPI's Sinkhorn-Knopp) need full batches, and a batch of one would make VICReg's loss NaN."
+        },
+    )
     augmentation_rng: str = field(
         default="position",
         metadata={

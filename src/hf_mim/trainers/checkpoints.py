@@ -115,6 +115,71 @@ def non_finite_parameters(model: torch.nn.Module) -> list[str]:
 def clear_staging(output_dir) -> None:
     """Remove what a save that never finished left behind (it was never a checkpoint)."""
     staging = Path(output_dir) / STAGING_DIR
-    if staging.exists():
-        logger.warning("Removing %s: the unfinished save of an earlier run.", staging)
+    if staging.is_dir():
+        if any(staging.iterdir()):
+            logger.warning("Removing %s: an unfinished save (it never became a checkpoint).", staging)
         shutil.rmtree(staging, ignore_errors=True)
+
+
+RUN_SETTINGS = "run_settings.json"  # written into every checkpoint: what a resume must match to continue the run
+# Settings that decide which images each optimizer step sees: a resume with other values is a different run.
+MATCHED_SETTINGS = ("world_size", "per_device_train_batch_size", "gradient_accumulation_steps", "seed")
+
+
+class RunFolderError(ValueError):
+    """The output folder holds a run that starting this one would silently overwrite or continue wrongly."""
+
+
+def run_settings(args) -> dict:
+    return {
+        "world_size": args.world_size,
+        "per_device_train_batch_size": args.per_device_train_batch_size,
+        "gradient_accumulation_steps": args.gradient_accumulation_steps,
+        "seed": args.data_seed if args.data_seed is not None else args.seed,
+        "augmentation_rng": getattr(args, "augmentation_rng", None),
+    }
+
+
+def remove_checkpoints(output_dir) -> list[Path]:
+    """Delete every `checkpoint-N` (and an unfinished save) of `output_dir`: an explicit fresh start."""
+    removed = checkpoint_folders(output_dir)
+    for folder in removed:
+        shutil.rmtree(folder)
+    clear_staging(output_dir)
+    return removed
+
+
+def checkpoint_to_resume(output_dir, args) -> Path | None:
+    """The checkpoint a run started with `args` into `output_dir` resumes from, or None to start afresh.
+
+    Refuses (RunFolderError) to re-enter a finished run with nothing left to train, or an unfinished one with other
+    world size / batch / accumulation / seed (its resume would not continue the same run); `overwrite_output_dir`
+    deletes the folder's checkpoints instead."""
+    if getattr(args, "overwrite_output_dir", False):
+        removed = remove_checkpoints(output_dir)
+        if removed:
+            logger.warning("--overwrite_output_dir: deleted %s", ", ".join(p.name for p in removed))
+        return None
+    clear_staging(output_dir)
+    checkpoint = latest_complete_checkpoint(output_dir)
+    if checkpoint is None:
+        return None
+    state = json.loads((checkpoint / TRAINER_STATE).read_text())
+    done, total = int(state.get("global_step", 0)), int(state.get("max_steps", 0) or 0)
+    how = "pass --overwrite_output_dir to delete its checkpoints and start afresh, or choose another --output_dir"
+    if total and done >= total and (args.max_steps <= 0 or args.max_steps <= done):
+        raise RunFolderError(
+            f"{output_dir} holds a finished run ({done} of {total} steps, {checkpoint.name}): starting here would "
+            f"train nothing and overwrite its model and card. To train it further, pass --max_steps larger than "
+            f"{done} (it resumes from {checkpoint.name}); otherwise {how}."
+        )
+    saved_file = checkpoint / RUN_SETTINGS
+    if saved_file.is_file():
+        saved, current = json.loads(saved_file.read_text()), run_settings(args)
+        differ = [f"{k} {saved[k]} -> {current[k]}" for k in MATCHED_SETTINGS if k in saved and saved[k] != current[k]]
+        if differ:
+            raise RunFolderError(
+                f"{checkpoint} was written by a run with other settings ({', '.join(differ)}): resuming it would not "
+                f"continue that run. Start with its settings to resume, or {how}."
+            )
+    return checkpoint

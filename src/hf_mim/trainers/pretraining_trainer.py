@@ -18,6 +18,7 @@ What it adds to Trainer, once for every method:
   write (full disk) raises `CheckpointWriteError` with the earlier checkpoints intact.
 """
 
+import json
 import math
 import os
 import shutil
@@ -34,11 +35,13 @@ from ..allocator import tune_glibc_malloc
 from ..data.positional import PositionalDataset
 from ..losses import effective_rank
 from .checkpoints import (
+    RUN_SETTINGS,
     STAGING_DIR,
     clear_staging,
     last_good_checkpoint,
     latest_complete_checkpoint,
     non_finite_parameters,
+    run_settings,
 )
 from .feature_health import warn_if_collapsing
 from .model_card import ModelCardMixin
@@ -270,7 +273,7 @@ class MimPretrainingTrainer(ModelCardMixin, Trainer):
 
     def record_skipped_files(self, files) -> None:
         """Name each unreadable file once (the first time it fails, not every epoch) and count distinct files."""
-        new = [name for name in files if name not in self._skipped_seen]
+        new = list(dict.fromkeys(name for name in files if name not in self._skipped_seen))
         if new:
             self._skipped_seen.update(new)
             self.skipped_files.extend(new)
@@ -329,6 +332,9 @@ class MimPretrainingTrainer(ModelCardMixin, Trainer):
             # save is the one change needed; everything (weights, optimizer, RNG states, trainer state) lands there.
             self.args.output_dir = str(staging)
             super()._save_checkpoint(model, trial)
+            if self.args.should_save:
+                settings = staging / f"checkpoint-{step}" / RUN_SETTINGS
+                settings.write_text(json.dumps(run_settings(self.args), indent=2))
         except Exception as error:
             if self.args.should_save:
                 clear_staging(run_dir)

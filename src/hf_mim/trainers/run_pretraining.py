@@ -12,14 +12,15 @@ import datasets
 import torch
 import transformers
 from transformers import AutoConfig, HfArgumentParser, set_seed
-from transformers.trainer_utils import get_last_checkpoint
 
 from ..conversion import image_processor_at
 from ..data import SafeImageTransform, bundled_photo_dataset, pretraining_transform
+from ..data.positional import drop_unreadable_rows
 from ..presets import CPU_RECIPES
 from ..zero3 import without_zero3_init
+from .checkpoints import RunFolderError, checkpoint_to_resume
 from .learning_report import LearningReport
-from .pretraining_trainer import NonFiniteLossError
+from .pretraining_trainer import CheckpointWriteError, NonFiniteLossError
 
 logger = logging.getLogger(__name__)
 DEFAULT_DEMO_STEPS = 300
@@ -219,6 +220,17 @@ def run(recipe: PretrainingRecipe, argv: list[str] | None = None) -> int:
     transformers.utils.logging.set_verbosity(training_args.get_process_log_level())
     logger.info("%s pretraining; world size %d", recipe.name, training_args.world_size)
 
+    last_checkpoint = training_args.resume_from_checkpoint
+    if last_checkpoint is None and Path(training_args.output_dir).is_dir():
+        try:
+            last_checkpoint = checkpoint_to_resume(training_args.output_dir, training_args)
+        except RunFolderError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
+        if last_checkpoint:
+            last_checkpoint = str(last_checkpoint)
+            logger.info("Resuming from %s", last_checkpoint)
+
     # Seed before anything random: the initial weights (and any head a checkpoint lacks) come from torch's global RNG.
     # The Trainer re-seeds with the same seed, then derives the data order (its sampler: --data_seed, else --seed),
     # the DataLoader workers' seeds (crops and masks run there) and the main process's crops, masks and drop-path.
@@ -251,18 +263,16 @@ def run(recipe: PretrainingRecipe, argv: list[str] | None = None) -> int:
         image_transform = pretraining_transform(image_size, crop_scale, recipe.hflip, recipe.interpolation)
     transform = SafeImageTransform(image_transform, data_args.image_column_name)
     if isinstance(dataset, datasets.IterableDataset):
-        dataset = dataset.map(transform, batched=True, remove_columns=list(dataset.column_names or []))
+        # A stream cannot be refilled by index: unreadable rows are dropped (batches stay full) and named on the row
+        # that follows them.
+        dataset = dataset.map(
+            drop_unreadable_rows(transform), batched=True, remove_columns=list(dataset.column_names or [])
+        )
         # Each rank reads its own shard: accelerate's default for iterable data (rank 0 reads and concatenates
         # every rank's batch) cannot concatenate the skipped-file names the collator reports.
         training_args.accelerator_config.dispatch_batches = False
     else:
         dataset = dataset.with_transform(transform)
-
-    last_checkpoint = training_args.resume_from_checkpoint
-    if last_checkpoint is None and Path(training_args.output_dir).is_dir():
-        last_checkpoint = get_last_checkpoint(training_args.output_dir)
-        if last_checkpoint:
-            logger.info("Resuming from %s", last_checkpoint)
 
     trainer = recipe.trainer_class(
         model=model,
@@ -273,7 +283,7 @@ def run(recipe: PretrainingRecipe, argv: list[str] | None = None) -> int:
     )
     try:
         train_result = trainer.train(resume_from_checkpoint=last_checkpoint)
-    except NonFiniteLossError as error:
+    except (NonFiniteLossError, CheckpointWriteError) as error:
         logger.error(str(error))
         print(f"error: {error}", file=sys.stderr)
         return 1
@@ -281,12 +291,12 @@ def run(recipe: PretrainingRecipe, argv: list[str] | None = None) -> int:
     trainer.log_metrics("train", train_result.metrics)
     trainer.save_metrics("train", train_result.metrics)
     trainer.save_state()
-    skipped = trainer.total_skipped_images()
+    skipped = trainer.all_skipped_files()  # collective: every rank takes part
     output_dir = Path(training_args.output_dir)
     if trainer.is_world_process_zero():
         backbone_dir, table = write_backbone(recipe, output_dir, trainer, data_args, image_size, report)
         if skipped:
-            print(f"Skipped {skipped} undecodable image(s) during training: {trainer.skipped_files}")
+            print(f"Skipped {len(skipped)} unreadable image(s) during training: {'; '.join(skipped)}")
         print(f"Pretraining model saved to {output_dir.resolve()}")
         print(f"Backbone ({recipe.backbone_description}, AutoModel-loadable) saved to {backbone_dir.resolve()}")
         if table is not None:

@@ -26,6 +26,12 @@ def resolve_optimizer(args, backbone_type: str) -> str:
 class VicreglTrainer(MimPretrainingTrainer):
     def __init__(self, model=None, args=None, *rest, **kwargs):
         config = model.config
+        if args.per_device_train_batch_size * args.world_size < 2:
+            # var() over one image has no degrees of freedom: the loss would be NaN from the first step
+            raise ValueError(
+                "VICRegL's variance term needs at least 2 images per batch over all ranks; got "
+                f"--per_device_train_batch_size {args.per_device_train_batch_size} x world size {args.world_size}."
+            )
         self.vicregl_optimizer = resolve_optimizer(args, config.backbone_type)
         if args.base_learning_rate is not None or args.learning_rate <= 0:
             base = args.base_learning_rate or DEFAULT_BASE_LR[self.vicregl_optimizer]
