@@ -300,7 +300,7 @@ def test_missing_unexpected_and_foreign_keys(converter):
         converter.convert_checkpoint({"model": {"blocks.0.attn.qkv.weight": torch.zeros(6, 2)}})
     with pytest.raises(ValueError, match="says CAE v2"):  # a v1 save named as a v2 model
         converter.convert_checkpoint(fixture_checkpoint("cae_v1_pretrain"), num_heads=4, names=("caev2_base",))
-    with pytest.raises(ValueError, match="not divisible by the default 12 heads"):
+    with pytest.raises(ValueError, match="width 32 is no CAE recipe's width"):  # no silent default head count
         converter.convert_checkpoint(fixture_checkpoint("cae_v1_pretrain"))
 
 

@@ -17,17 +17,19 @@ Accepted layouts (reference/cae.md §1.4):
 * (e) MMPretrain / MMSelfSup saves (`backbone.*`, `neck.*`, `teacher.*`, `target_generator.*`; the regressor uses the
   backbone's table).
 
-The state dict is the first of `checkpoint['model']`, `['module']`, `['state_dict']` present, else the file itself
-(as the official loaders try them); a leading `module.` is stripped. A file with the pretraining heads gives a
+The state dict is the first of `checkpoint['model']`, `['module']`, `['state_dict']` present, else the file itself (as
+the official loaders try them); a leading `module.` is stripped. A file with the pretraining heads gives a
 `CaeForPreTraining` folder (`AutoModelForPreTraining` resumes pretraining, `AutoModel` loads the encoder); an
 encoder-only file gives a `CaeModel` folder. v1 or v2 and every size (widths, depths, MLP widths, regressor / decoder
 depths, vocabulary or target width, patch size, and the image size from the position table) are read off the keys and
-shapes; head counts are not visible in fused weights: `--num_attention_heads` / `--decoder_num_attention_heads`
-default to 12 below width 1024 and 16 from 1024 (every release). Fused `attn.qkv.weight` is split into q / k / v
-rows, `q_bias` / `v_bias` become the q / v projection biases (CAE has no key bias). Every key is converted or
-explicitly ignored (optimizer / scaler / epoch / args, the `alignment_encoder` / `teacher` twins of the encoder,
-v2's unused regressor norm, the DALL-E tokenizer of MMPretrain saves); anything else is an error listing the missing
-and unexpected keys. The stored sin-cos tables are kept as they are and compared with `cae_position_table`.
+shapes; head counts are not visible in fused weights: `--num_attention_heads` / `--decoder_num_attention_heads` default
+to the recipes' counts for their widths (192, 384, 768 and v2 tiny's 96-wide regressor: 12; 1024: 16) and must be given
+for any other width. Half-precision files are up-cast to float32 (reported); NaN / inf or integer weights are refused
+by name. Fused `attn.qkv.weight` is split into q / k / v rows, `q_bias` / `v_bias` become the q / v projection biases
+(CAE has no key bias). Every key is converted or explicitly ignored (optimizer / scaler / epoch / args, the
+`alignment_encoder` / `teacher` twins of the encoder, v2's unused regressor norm, the DALL-E tokenizer of MMPretrain
+saves); anything else is an error listing the missing and unexpected keys. The stored sin-cos tables are kept as they
+are and compared with `cae_position_table`.
 """
 
 import argparse
@@ -41,14 +43,18 @@ import torch
 from hf_mim import CaeConfig, CaeForPreTraining, CaeImageProcessor, CaeModel
 from hf_mim.conversion import (
     CheckpointMismatchError,
+    ConverterArgumentParser,
     account_for_keys,
     add_remote_code_flag,
+    check_output_dir,
+    checked_weights,
+    describe_upcast,
     image_processor_at,
     load_original_checkpoint,
-    push_folder_to_hub,
     raise_on_mismatch,
     run_converter,
-    save_converted_folder,
+    upcast_check,
+    write_converted_folder,
 )
 from hf_mim.model_cards import conversion_card
 from hf_mim.models.cae import cae_position_table
@@ -370,9 +376,16 @@ def infer_version(state, layout: str, is_full: bool, args, names) -> tuple[int, 
 
 
 # ------------------------------------------------------------------------------------------ configuration
-def default_heads(width: int) -> int:
-    """Head count of the CAE sizes: 12 below width 1024 (tiny, small, base), 16 from 1024 (large)."""
-    return 16 if width >= 1024 else 12
+# Head counts of the widths CAE's recipes use (reference/cae.md §1.3): tiny 192, small 384 and base 768 have 12 heads
+# (not DeiT's 3 / 6), large 1024 has 16, and v2 tiny's 96-wide regressor 12 (head_dim 8). Fused qkv weights do not
+# show the count, and another width could have any: a 48-wide model divides into 12 heads as well as into 8, and
+# the wrong choice converts without complaint into a different model. So any other width needs the flag.
+RECIPE_HEADS = {96: 12, 192: 12, 384: 12, 768: 12, 1024: 16}
+
+
+def default_heads(width: int) -> int | None:
+    """Head count of a CAE recipe's width; None for a width no recipe uses."""
+    return RECIPE_HEADS.get(width)
 
 
 def choose_heads(width: int, given: int | None, what: str, flag: str) -> tuple[int, str]:
@@ -381,12 +394,13 @@ def choose_heads(width: int, given: int | None, what: str, flag: str) -> tuple[i
             raise ValueError(f"{what} width {width} is not divisible by {flag} {given}.")
         return given, flag
     heads = default_heads(width)
-    if width % heads:
+    if heads is None:
+        known = ", ".join(f"{w}: {h}" for w, h in RECIPE_HEADS.items())
         raise ValueError(
-            f"{what} width {width} is not divisible by the default {heads} heads (12 below width 1024, 16 from 1024; "
-            f"the count is not stored in the weights): pass {flag}."
+            f"{what} width {width} is no CAE recipe's width, so its head count is unknown (fused weights do not store "
+            f"it; known widths and heads: {known}): pass {flag}."
         )
-    return heads, f"default for width {width}"
+    return heads, f"the recipes' count for width {width}"
 
 
 def _count_blocks(tensors: dict[str, torch.Tensor], prefix: str) -> int:
@@ -466,7 +480,8 @@ def infer_config(tensors, version: int, is_full: bool, num_heads, decoder_num_he
         else:  # v2 tiny: 96, every other size: the encoder's width
             decoder = 96 if version == 2 and hidden == 192 else hidden
         decoder_gamma = True
-        if decoder_num_heads is None and decoder % default_heads(decoder) and decoder % heads == 0:
+        if decoder_num_heads is None and default_heads(decoder) is None and decoder % heads == 0:
+            # nothing in the file depends on it: the count only shapes the heads AutoModelForPreTraining would add
             decoder_heads, decoder_heads_source = heads, "the encoder's; no regressor in the file"
         else:
             decoder_heads, decoder_heads_source = choose_heads(
@@ -594,7 +609,8 @@ def convert_checkpoint(checkpoint, checkpoint_path="<checkpoint>", num_heads=Non
     if len(origin) < len(mapping):
         clashes = sorted(old for old, new in mapping.items() if origin[new] != old)
         raise CheckpointMismatchError(f"Keys that name the same tensor as another key: {', '.join(clashes[:20])}.")
-    tensors = split_fused_qkv({new: state[old] for old, new in mapping.items()}, origin)
+    kept, upcast = checked_weights({old: state[old] for old in mapping}, checkpoint_path)  # the ignored twins aside
+    tensors = split_fused_qkv({new: kept[old] for old, new in mapping.items()}, origin)
     config, heads = infer_config(
         tensors, version, is_full, num_heads, decoder_num_heads, args, state.get("mask_token")
     )
@@ -646,6 +662,8 @@ def convert_checkpoint(checkpoint, checkpoint_path="<checkpoint>", num_heads=Non
         report["twin_check"] = twin
     if heads["notes"]:
         report["notes"] = "; ".join(heads["notes"])
+    if upcast:
+        report["upcast"] = describe_upcast(upcast)
     return config, converted, is_full, report
 
 
@@ -687,7 +705,7 @@ def conversion_checks(report: dict) -> list[str]:
         checks.append(f"Stop-gradient twin: {report['twin_check']}.")
     if "notes" in report:
         checks.append(f"Head counts (not stored in fused weights): {report['notes']}.")
-    return checks
+    return checks + upcast_check(report)
 
 
 def model_card(
@@ -765,6 +783,7 @@ def convert(checkpoint_path, output_dir, model_name=None, push_to_hub=None, num_
     from the file / model name; a release whose architecture the weights do not have gets no release facts in the
     card. `remote_code` also writes the code bundle; `repo_id` is the Hub id the card's snippets use."""
     checkpoint_path = Path(checkpoint_path)
+    check_output_dir(output_dir)  # before the work: a path that cannot become a folder fails now
     file_name = default_model_name(checkpoint_path)
     model_name = model_name or file_name
     checkpoint = load_original_checkpoint(checkpoint_path)
@@ -799,9 +818,8 @@ def convert(checkpoint_path, output_dir, model_name=None, push_to_hub=None, num_
     card = model_card(model_name, config, release, is_full, report["layout"].split(",")[0], report,
                       repo_id or push_to_hub, remote_code, checkpoint_path.name)  # fmt: skip
     processor = image_processor_at(CaeImageProcessor, config.image_size)
-    report["remote_code_files"] = save_converted_folder(output_dir, model, processor, card, remote_code)
-    if push_to_hub:
-        report["hub"] = push_folder_to_hub(output_dir, push_to_hub, f"Upload {model_name} converted with hf_mim")
+    report.update(write_converted_folder(output_dir, model, processor, card, remote_code, push_to_hub,
+                                         f"Upload {model_name} converted with hf_mim"))  # fmt: skip
     return report
 
 
@@ -815,20 +833,21 @@ def convert_release(checkpoint_path, output_dir, release: Release, repo_id=None,
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = ConverterArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint_path", required=True, help="Original CAE / CAE v2 .pth file")
     parser.add_argument("--output_dir", required=True, help="Folder to write the Hub-ready model into")
     parser.add_argument(
         "--num_attention_heads",
         type=int,
         default=None,
-        help="Encoder heads (not visible in the weights; default 12 below width 1024, 16 from 1024)",
+        help="Encoder heads (not visible in the weights); required unless the width is a recipe's (192, 384, 768: "
+        "12; 1024: 16)",
     )
     parser.add_argument(
         "--decoder_num_attention_heads",
         type=int,
         default=None,
-        help="Regressor / decoder heads (default 12 below width 1024, 16 from 1024)",
+        help="Regressor / decoder heads; required unless the width is a recipe's (96, 192, 384, 768: 12; 1024: 16)",
     )
     parser.add_argument(
         "--model_name", default=None, help="e.g. cae_base_1600ep (default: the file name); identifies the release"

@@ -14,9 +14,9 @@ ignored (the student prediction head `head.*`, and the analytic RoPE tables afte
 is an error that lists the missing and unexpected keys.
 """
 
-import argparse
 import re
 import sys
+from collections import Counter
 from pathlib import Path
 
 import torch
@@ -24,14 +24,19 @@ import torch
 from hf_mim import CapiConfig, CapiForPreTraining, CapiImageProcessor, CapiModel
 from hf_mim.conversion import (
     CheckpointMismatchError,
+    ConverterArgumentParser,
     account_for_keys,
     add_remote_code_flag,
+    check_output_dir,
+    checked_weights,
+    describe_upcast,
+    half_precision_counts,
     image_processor_at,
     load_original_checkpoint,
-    push_folder_to_hub,
     raise_on_mismatch,
     run_converter,
-    save_converted_folder,
+    upcast_check,
+    write_converted_folder,
 )
 from hf_mim.layers import CapiRope2D
 from hf_mim.model_cards import conversion_card
@@ -75,25 +80,30 @@ def is_rope_table(key: str) -> bool:
     return bool(_BLOCK_KEY.match(key)) and key.endswith("residual1.fn.rope.freqs")
 
 
-def extract_backbone(checkpoint) -> tuple[dict[str, torch.Tensor], list[str]]:
-    """Flat state dict -> (backbone tensors without prefix, ignored non-backbone keys)."""
+def _flat_state(checkpoint) -> dict[str, torch.Tensor]:
+    """The file's tensors, unwrapped (`student_ema` / `model` / `state_dict`) and without DDP's `module.`."""
     if not isinstance(checkpoint, dict) or not checkpoint:
         raise CheckpointMismatchError(f"Expected a state dict, got {type(checkpoint).__name__}.")
     for wrapper in ("student_ema", "model", "state_dict"):  # tolerate a wrapped dict, the release is flat
         if wrapper in checkpoint and isinstance(checkpoint[wrapper], dict):
             checkpoint = checkpoint[wrapper]
-    state = {k.removeprefix("module."): v for k, v in checkpoint.items() if isinstance(v, torch.Tensor)}
-    if any(k.startswith("backbone.") for k in state):
-        backbone = {k.removeprefix("backbone."): v for k, v in state.items() if k.startswith("backbone.")}
-        ignored = [k for k in state if not k.startswith("backbone.")]
-    else:
-        backbone, ignored = state, []
+    return {k.removeprefix("module."): v for k, v in checkpoint.items() if isinstance(v, torch.Tensor)}
+
+
+def extract_backbone(checkpoint, checkpoint_path="<checkpoint>") -> tuple[dict[str, torch.Tensor], list[str], Counter]:
+    """Flat state dict -> (backbone tensors without prefix, checked and in float32; ignored non-backbone keys;
+    count of tensors up-cast from half precision, per dtype)."""
+    state = _flat_state(checkpoint)
+    prefix = "backbone." if any(k.startswith("backbone.") for k in state) else ""
+    kept = {k: v for k, v in state.items() if k.startswith(prefix)}
+    ignored = [k for k in state if k not in kept]
     unexpected_ignored = [k for k in ignored if not k.startswith("head.")]
     if unexpected_ignored:
         raise CheckpointMismatchError(
             f"Unexpected non-backbone keys ({len(unexpected_ignored)}): {', '.join(sorted(unexpected_ignored)[:40])}"
         )
-    return backbone, ignored
+    kept, upcast = checked_weights(kept, checkpoint_path)  # before the prefix goes: errors name the file's keys
+    return {k.removeprefix(prefix): v for k, v in kept.items()}, ignored, upcast
 
 
 def infer_config(backbone: dict[str, torch.Tensor], checkpoint_path) -> CapiConfig:
@@ -111,6 +121,13 @@ def infer_config(backbone: dict[str, torch.Tensor], checkpoint_path) -> CapiConf
     patch = backbone["patch_embed.weight"]
     hidden = patch.shape[0]
     decoder_hidden = backbone["mask_token"].shape[-1]
+    for part, width in (("encoder", hidden), ("decoder", decoder_hidden)):  # heads = width / the tables' head_dim
+        key = f"{part}.blocks.0.residual1.fn.rope.freqs"
+        if width % backbone[key].shape[-1]:
+            raise CheckpointMismatchError(
+                f"{key} {tuple(backbone[key].shape)}: a head width of {backbone[key].shape[-1]} does not divide the "
+                f"{part} width {width}, so the head count cannot be read off the weights."
+            )
     return CapiConfig(
         patch_size=patch.shape[-1],
         num_channels=patch.shape[1],
@@ -130,22 +147,37 @@ def infer_config(backbone: dict[str, torch.Tensor], checkpoint_path) -> CapiConf
 # (m * t + (1 - m) * s in float32 with t == s), so a trained checkpoint's tables drift from the analytic values by
 # float rounding (measured: 4.6e-5 absolute, 1e-6 of the largest frequency, after 500 steps). Deviations up to this
 # fraction of the largest frequency are that drift (reported; the model rebuilds the analytic tables), more is not.
+# A file stored in half precision rounds every value to its precision as well: the machine epsilon of that dtype
+# bounds the relative rounding (half of it, in fact), so the tolerance grows to it (float16 1e-3, bfloat16 8e-3).
 ROPE_DRIFT_TOLERANCE = 1e-4
 
 
-def check_rope_tables(backbone: dict[str, torch.Tensor], config: CapiConfig) -> float:
-    """Every stored RoPE table must equal the analytic one (the model rebuilds it) up to the EMA's float rounding
-    drift; returns the max abs deviation."""
+def rope_tolerance(upcast: Counter) -> float:
+    """Allowed deviation of a stored RoPE table, as a fraction of its largest frequency, for a file whose tensors were
+    up-cast from the dtypes counted in `upcast` (empty: a float32 file)."""
+    return max([ROPE_DRIFT_TOLERANCE] + [torch.finfo(getattr(torch, dtype)).eps for dtype in upcast])
+
+
+def check_rope_tables(backbone: dict[str, torch.Tensor], config: CapiConfig, tolerance=ROPE_DRIFT_TOLERANCE) -> float:
+    """Every stored RoPE table must be the analytic one the model rebuilds - same head width as the config's heads,
+    same values up to the EMA's float rounding drift (`tolerance`, see `rope_tolerance`); returns the max abs
+    deviation."""
+    head_dims = {"encoder": config.hidden_size // config.num_attention_heads,
+                 "decoder": config.decoder_hidden_size // config.decoder_num_attention_heads}  # fmt: skip
     worst = 0.0
     for key, table in backbone.items():
         if not is_rope_table(key):
             continue
-        expected = CapiRope2D.analytic_freqs(table.shape[-1], config.rope_max_freq, config.rope_min_freq)
+        head_dim = head_dims[_BLOCK_KEY.match(key).group(1)]
+        expected = CapiRope2D.analytic_freqs(head_dim, config.rope_max_freq, config.rope_min_freq)
         if table.shape != expected.shape:
-            raise CheckpointMismatchError(f"{key} has shape {tuple(table.shape)}, expected {tuple(expected.shape)}.")
+            raise CheckpointMismatchError(
+                f"{key} has shape {tuple(table.shape)}, expected {tuple(expected.shape)} (every block of a part has "
+                "the head width of its first block)."
+            )
         deviation = (table.float() - expected).abs().max().item()
         worst = max(worst, deviation)
-        if deviation > ROPE_DRIFT_TOLERANCE * expected.abs().max().item():
+        if deviation > tolerance * expected.abs().max().item():
             raise CheckpointMismatchError(
                 f"{key} differs from the analytic RoPE frequencies by {deviation:.3g}; this converter rebuilds them "
                 "analytically and would not reproduce the checkpoint."
@@ -155,13 +187,13 @@ def check_rope_tables(backbone: dict[str, torch.Tensor], config: CapiConfig) -> 
 
 def convert_state_dict(checkpoint, checkpoint_path="<checkpoint>"):
     """Original checkpoint -> (CapiConfig, hf_mim state dict, report dict)."""
-    backbone, ignored = extract_backbone(checkpoint)
+    backbone, ignored, upcast = extract_backbone(checkpoint, checkpoint_path)
     config = infer_config(backbone, checkpoint_path)
     mapping, rope_keys, unexpected = account_for_keys(backbone, rename_key, is_rope_table)
     expected_keys = set(CapiModel(config).state_dict().keys())
     missing = sorted(expected_keys - set(mapping.values()))
     raise_on_mismatch(checkpoint_path, missing, unexpected)
-    rope_deviation = check_rope_tables(backbone, config)
+    rope_deviation = check_rope_tables(backbone, config, rope_tolerance(upcast))
     state = {new: backbone[old].contiguous().clone() for old, new in mapping.items()}
     reference = CapiModel(config).state_dict()
     wrong_shapes = [f"{old} {tuple(backbone[old].shape)} != {tuple(reference[new].shape)}"
@@ -174,26 +206,39 @@ def convert_state_dict(checkpoint, checkpoint_path="<checkpoint>"):
         "rope_max_deviation": rope_deviation,
         "ignored": sorted(ignored),
     }
+    if upcast:
+        report["upcast"] = describe_upcast(upcast)
     return config, state, report
 
 
-def prediction_head_state(checkpoint) -> dict[str, torch.Tensor]:
-    """The released student prediction head (`head.last_layer.weight_g/_v`, weight-normed) in hf_mim's names."""
-    state = {k.removeprefix("module."): v for k, v in checkpoint.items() if isinstance(v, torch.Tensor)}
-    names = {
-        "head.last_layer.weight_g": "prediction_head.magnitude",
-        "head.last_layer.weight_v": "prediction_head.direction",
-    }
-    missing = [k for k in names if k not in state]
+_HEAD = {
+    "head.last_layer.weight_g": "prediction_head.magnitude",
+    "head.last_layer.weight_v": "prediction_head.direction",
+}
+
+
+def prediction_head_state(checkpoint, checkpoint_path="<checkpoint>") -> dict[str, torch.Tensor]:
+    """The released student prediction head (`head.last_layer.weight_g/_v`, weight-normed) in hf_mim's names,
+    checked and in float32 like the backbone."""
+    state = _flat_state(checkpoint)
+    missing = [k for k in _HEAD if k not in state]
     if missing:
         raise CheckpointMismatchError(f"--with_pretraining_heads needs the student head; missing keys: {missing}")
-    return {new: state[old].contiguous().clone() for old, new in names.items()}
+    head, _ = checked_weights({old: state[old] for old in _HEAD}, checkpoint_path)
+    return {new: head[old].contiguous().clone() for old, new in _HEAD.items()}
 
 
-def build_pretraining_model(config: CapiConfig, backbone_state: dict, checkpoint) -> CapiForPreTraining:
+def head_upcast(checkpoint) -> Counter:
+    """The head tensors `prediction_head_state` up-casts, per dtype (for the report's count)."""
+    state = _flat_state(checkpoint)
+    return half_precision_counts(state[k] for k in _HEAD if k in state)
+
+
+def build_pretraining_model(config: CapiConfig, backbone_state: dict, checkpoint,
+                            checkpoint_path="<checkpoint>") -> CapiForPreTraining:  # fmt: skip
     """CapiForPreTraining to continue pretraining from a release: student and teacher both start from the released
     backbone, the prediction head is the released one, the clustering head (not released) is freshly initialised."""
-    head = prediction_head_state(checkpoint)
+    head = prediction_head_state(checkpoint, checkpoint_path)
     config.num_prototypes = head["prediction_head.direction"].shape[0]
     model = CapiForPreTraining(config)
     state = {f"capi.{k}": v for k, v in backbone_state.items()}
@@ -214,6 +259,7 @@ def conversion_checks(report: dict) -> list[str]:
         + ".",
         f"RoPE tables: the {report['rope_tables_checked_and_dropped']} stored tables were checked against the analytic "
         f"frequencies the model rebuilds (max abs deviation {report['rope_max_deviation']:.3g}) and dropped.",
+        *upcast_check(report),
     ]  # fmt: skip
 
 
@@ -279,6 +325,7 @@ def convert(
     facts in its card. `remote_code` also writes the code bundle (the folder then loads without hf_mim);
     `repo_id` is the Hub id the card's snippets use (default: `push_to_hub`, else the release's suggested id)."""
     checkpoint_path = Path(checkpoint_path)
+    check_output_dir(output_dir)  # before the work: a path that cannot become a folder fails now
     release = release or identify_release(checkpoint_path, model_name)
     model_name = model_name or (release.name if release is not None else checkpoint_path.stem.replace("_", "-"))
     checkpoint = load_original_checkpoint(checkpoint_path)
@@ -299,8 +346,10 @@ def convert(
     if not torch.isfinite(out.pooler_output).all():
         raise RuntimeError("The converted model produces non-finite outputs.")
     if with_pretraining_heads:
-        model = build_pretraining_model(config, state, checkpoint)
+        model = build_pretraining_model(config, state, checkpoint, checkpoint_path)
         report["saved_architecture"] = "CapiForPreTraining (clustering head freshly initialised: not released)"
+        if head := describe_upcast(head_upcast(checkpoint)):
+            report["upcast"] = f"{report['upcast']}; the head's {head}" if "upcast" in report else head
     if release is not None and (mismatches := architecture_mismatches(release, config)):
         report["release"] = f"{release.name} named, but the weights are not its architecture ({'; '.join(mismatches)})"
         release = None
@@ -310,11 +359,9 @@ def convert(
     report["image_size"] = config.image_size
     report["output_dir"] = str(output_dir)
     card = model_card(model_name, config, release, report, repo_id or push_to_hub, remote_code, checkpoint_path.name)
-    report["remote_code_files"] = save_converted_folder(
-        output_dir, model, image_processor_at(CapiImageProcessor, config.image_size), card, remote_code
-    )
-    if push_to_hub:
-        report["hub"] = push_folder_to_hub(output_dir, push_to_hub, f"Upload {model_name} converted with hf_mim")
+    processor = image_processor_at(CapiImageProcessor, config.image_size)
+    report.update(write_converted_folder(output_dir, model, processor, card, remote_code, push_to_hub,
+                                         f"Upload {model_name} converted with hf_mim"))  # fmt: skip
     return report
 
 
@@ -325,7 +372,7 @@ def convert_release(checkpoint_path, output_dir, release: Release, repo_id=None,
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = ConverterArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint_path", required=True, help="Original CAPI .pth file")
     parser.add_argument("--output_dir", required=True, help="Folder to write the Hub-ready model into")
     parser.add_argument("--model_name", default=None, help="e.g. capi-vitl14-lvd (default: from the file name)")

@@ -20,13 +20,14 @@ Two inputs are read:
   `w` / `b` are then read off the recorded module tree.
 
 Sizes (width, codebook, groups, blocks per group, channels) are read off the tensors. Every key is converted
-(`X.w -> X.weight`, `X.b -> X.bias`); anything else is an error listing the missing and unexpected keys. For the
-pickled module, its module names and types, conv kernel sizes, max-pool settings, block `post_gain`s and the
-encoder's recorded hyper-parameters must agree with the converted model as well.
+(`X.w -> X.weight`, `X.b -> X.bias`); anything else is an error listing the missing and unexpected keys. The weights
+are saved in float32: half-precision ones are up-cast (reported), NaN / inf or integer ones refused by name. The
+tokenizer has no attention, so there is no head count to give. For the pickled module, its module names and types,
+conv kernel sizes, max-pool settings, block `post_gain`s and the encoder's recorded hyper-parameters must agree with
+the converted model as well.
 """
 
 import _compat_pickle
-import argparse
 import pickle
 import re
 import sys
@@ -41,13 +42,17 @@ from torch import nn
 
 from hf_mim.conversion import (
     CheckpointMismatchError,
+    ConverterArgumentParser,
     account_for_keys,
     add_remote_code_flag,
+    check_checkpoint_path,
+    check_output_dir,
+    checked_weights,
+    describe_upcast,
     load_original_checkpoint,
-    push_folder_to_hub,
     raise_on_mismatch,
     run_converter,
-    save_converted_folder,
+    write_converted_folder,
 )
 from hf_mim.model_cards import conversion_card
 from hf_mim.models.cae.tokenizer_dalle import (
@@ -173,9 +178,7 @@ def restricted_pickle_module(admitted: set | None = None) -> types.ModuleType:
 
 def load_pickled_encoder(path) -> tuple[object, list[str]]:
     """`torch.load` a whole-module `torch.save` through the restricted unpickler -> (stand-in tree, globals used)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"Checkpoint file not found: {path}")
+    path = check_checkpoint_path(path)
     if zipfile.is_zipfile(path):
         with zipfile.ZipFile(path) as archive:
             names = archive.namelist()
@@ -383,7 +386,8 @@ def convert_checkpoint(state, checkpoint_path="<checkpoint>", image_size: int = 
     if modules is not None:
         check_module_tree(checkpoint_path, modules, model)
     dtypes = sorted({str(v.dtype).removeprefix("torch.") for v in state.values()})
-    converted = {new: state[key].detach().to(torch.float32).contiguous().clone() for key, new in mapping.items()}
+    kept, upcast = checked_weights({key: state[key] for key in mapping}, checkpoint_path)
+    converted = {new: kept[key].detach().to(torch.float32).contiguous().clone() for key, new in mapping.items()}
     model.load_state_dict(converted, strict=True)
     report = {
         "converted": len(converted),
@@ -394,6 +398,8 @@ def convert_checkpoint(state, checkpoint_path="<checkpoint>", image_size: int = 
         "num_channels": config.num_channels,
         "vocab_size": config.vocab_size,
     }
+    if upcast:
+        report["upcast"] = describe_upcast(upcast)
     return model, report
 
 
@@ -448,6 +454,7 @@ def convert(checkpoint_path, output_dir, image_size=112, model_name=None, push_t
     from the file / model name; `remote_code` also writes the code bundle; `repo_id` is the Hub id the card's
     snippets use."""
     checkpoint_path = Path(checkpoint_path)
+    check_output_dir(output_dir)  # before the work: a path that cannot become a folder fails now
     stem = checkpoint_path.name.rsplit(".", 1)[0]
     if release is None:
         release = release_for_file(checkpoint_path) or release_named(model_name)
@@ -471,9 +478,8 @@ def convert(checkpoint_path, output_dir, image_size=112, model_name=None, push_t
         report["release"] = release.name if release is not None else "none identified"
     report.update(logits_shape=list(logits.shape), model_name=model_name, output_dir=str(output_dir))
     card = model_card(model_name, config, release, report, repo_id or push_to_hub, remote_code, checkpoint_path.name)
-    report["remote_code_files"] = save_converted_folder(output_dir, model, None, card, remote_code)
-    if push_to_hub:
-        report["hub"] = push_folder_to_hub(output_dir, push_to_hub, f"Upload {model_name} converted with hf_mim")
+    report.update(write_converted_folder(output_dir, model, None, card, remote_code, push_to_hub,
+                                         f"Upload {model_name} converted with hf_mim"))  # fmt: skip
     return report
 
 
@@ -484,7 +490,7 @@ def convert_release(checkpoint_path, output_dir, release: Release, repo_id=None,
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = ConverterArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "--checkpoint_path", required=True, help="encoder.pkl (OpenAI) or dalle_encoder.pth (state dict)"
     )

@@ -9,16 +9,19 @@ The folder holds the full pretraining model - context encoder, EMA target encode
 `AutoModelForPreTraining.from_pretrained(DIR)` can resume pretraining, and `AutoModel.from_pretrained(DIR)` gives the
 encoder chosen with `--encoder` (default `context`: the trained encoder that transformers' and timm's I-JEPA
 weights are; `target` is the EMA encoder the fine-tuning recipe uses). Shapes are read off the tensors; the head
-count is not visible in the weights and defaults to 16 (all four releases). Every key is converted or explicitly
+count is not visible in the weights: it defaults to that of the original's ViT of the same width (192: 3, 384: 6,
+768: 12, 1024 / 1280 / 1408: 16; the releases are 1280 and 1408 wide) and must be given for any other width (the
+predictor has the encoder's count, as in the original). Half-precision files are up-cast to float32 (reported);
+NaN / inf or integer weights are refused by name. Every key is converted or explicitly
 ignored (optimizer / scaler state and bookkeeping); anything else is an error listing missing and unexpected keys.
 The folder also gets the image processor, a model card (hf_mim.model_cards, with the release facts of
 hf_mim.releases) and the remote-code bundle (`--no_remote_code` leaves it out).
 """
 
-import argparse
 import math
 import re
 import sys
+from collections import Counter
 from pathlib import Path
 
 import torch
@@ -26,13 +29,17 @@ import torch
 from hf_mim import IJepaConfig, IJepaForPreTraining, IJepaImageProcessor
 from hf_mim.conversion import (
     CheckpointMismatchError,
+    ConverterArgumentParser,
     add_remote_code_flag,
+    check_output_dir,
+    checked_weights,
+    describe_upcast,
     image_processor_at,
     load_original_checkpoint,
-    push_folder_to_hub,
     raise_on_mismatch,
     run_converter,
-    save_converted_folder,
+    upcast_check,
+    write_converted_folder,
 )
 from hf_mim.layers import sincos_2d_position_embedding
 from hf_mim.model_cards import conversion_card
@@ -93,7 +100,30 @@ def convert_part(state: dict[str, torch.Tensor], top: dict[str, str], block_pref
     return converted, unexpected
 
 
-def infer_config(encoder: dict[str, torch.Tensor], predictor: dict[str, torch.Tensor], num_heads: int) -> IJepaConfig:
+# Head counts of the original's ViTs by width (`vit_tiny` ... `vit_giant` in src/models/vision_transformer.py; the
+# predictor takes the encoder's count). The fused qkv weight does not show the count, and another width could have
+# any: 32 divides into 16 heads as well as into 4, and the wrong choice converts without complaint into a different
+# model. So any other width needs `--num_attention_heads`.
+VIT_HEADS = {192: 3, 384: 6, 768: 12, 1024: 16, 1280: 16, 1408: 16}
+
+
+def choose_heads(width: int, given: int | None) -> tuple[int, str]:
+    """The encoder's head count: `given`, else the original's for this width; (count, where it came from)."""
+    if given is not None:
+        return given, "--num_attention_heads"
+    if width not in VIT_HEADS:
+        known = ", ".join(f"{w}: {h}" for w, h in VIT_HEADS.items())
+        raise ValueError(
+            f"Encoder width {width} is none of the original ViTs' widths, so its head count is unknown (the fused "
+            f"qkv weight does not store it; known widths and heads: {known}): pass --num_attention_heads."
+        )
+    return VIT_HEADS[width], f"the original ViT's count for width {width}"
+
+
+def infer_config(encoder: dict[str, torch.Tensor], predictor: dict[str, torch.Tensor],
+                 num_heads: int | None) -> tuple[IJepaConfig, str]:  # fmt: skip
+    """IJepaConfig from the tensor shapes, and where its head count came from (`choose_heads`)."""
+
     def get(state, key):
         for candidate in (key, "module." + key):
             if candidate in state:
@@ -111,10 +141,12 @@ def infer_config(encoder: dict[str, torch.Tensor], predictor: dict[str, torch.Te
     side = math.isqrt(num_patches)
     if side * side != num_patches:
         raise CheckpointMismatchError(f"pos_embed has {num_patches} positions, not a square grid")
-    hidden = patch.shape[0]
-    if hidden % num_heads:
-        raise CheckpointMismatchError(f"hidden size {hidden} is not divisible by --num_attention_heads {num_heads}")
-    return IJepaConfig(
+    hidden, predictor_hidden = patch.shape[0], get(predictor, "predictor_embed.weight").shape[0]
+    num_heads, heads_source = choose_heads(hidden, num_heads)
+    for what, width in (("hidden size", hidden), ("predictor width", predictor_hidden)):
+        if num_heads < 1 or width % num_heads:
+            raise CheckpointMismatchError(f"{what} {width} is not divisible by {num_heads} attention heads")
+    config = IJepaConfig(
         image_size=side * patch.shape[-1],
         patch_size=patch.shape[-1],
         num_channels=patch.shape[1],
@@ -122,28 +154,43 @@ def infer_config(encoder: dict[str, torch.Tensor], predictor: dict[str, torch.Te
         num_hidden_layers=depth(encoder, "blocks"),
         num_attention_heads=num_heads,
         intermediate_size=get(encoder, "blocks.0.mlp.fc1.weight").shape[0],
-        predictor_hidden_size=get(predictor, "predictor_embed.weight").shape[0],
+        predictor_hidden_size=predictor_hidden,
         predictor_num_hidden_layers=depth(predictor, "predictor_blocks"),
         predictor_num_attention_heads=num_heads,
         predictor_intermediate_size=get(predictor, "predictor_blocks.0.mlp.fc1.weight").shape[0],
     )
+    return config, heads_source
 
 
-def convert_checkpoint(checkpoint, checkpoint_path="<checkpoint>", num_heads: int = 16, encoder: str = "context"):
-    """Original .pth.tar dict -> (IJepaConfig, IJepaForPreTraining state dict, report)."""
+def checked_parts(checkpoint, checkpoint_path) -> tuple[dict[str, dict[str, torch.Tensor]], Counter]:
+    """The three state dicts (DDP's `module.` dropped), checked together so that an error names every bad key as
+    `<part>.<key>`, and up-cast to float32; also the up-cast count per dtype."""
+    flat = {f"{part}.{key.removeprefix('module.')}": t for part in PARTS for key, t in checkpoint[part].items()}
+    flat, upcast = checked_weights(flat, checkpoint_path)
+    parts = {
+        part: {k.removeprefix(f"{part}."): t for k, t in flat.items() if k.startswith(f"{part}.")} for part in PARTS
+    }
+    return parts, upcast
+
+
+def convert_checkpoint(checkpoint, checkpoint_path="<checkpoint>", num_heads: int | None = None,
+                       encoder: str = "context"):  # fmt: skip
+    """Original .pth.tar dict -> (IJepaConfig, IJepaForPreTraining state dict, report). `num_heads`: None takes the
+    original ViT's count for the encoder's width (`choose_heads`)."""
     if not isinstance(checkpoint, dict):
         raise CheckpointMismatchError(f"Expected a dict checkpoint, got {type(checkpoint).__name__}")
     missing_parts = [p for p in PARTS if not isinstance(checkpoint.get(p), dict)]
     unknown_top = [k for k in checkpoint if k not in PARTS + IGNORED_TOP_LEVEL]
     raise_on_mismatch(checkpoint_path, missing_parts, unknown_top, hint="Top-level keys of an I-JEPA .pth.tar.")
-    config = infer_config(checkpoint["encoder"], checkpoint["predictor"], num_heads)
+    parts, upcast = checked_parts(checkpoint, checkpoint_path)
+    config, heads_source = infer_config(parts["encoder"], parts["predictor"], num_heads)
     config.standalone_encoder = encoder
     state, unexpected = {}, []
     for part, prefix in (("encoder", "ijepa."), ("target_encoder", "target_encoder.")):
-        converted, extra = convert_part(checkpoint[part], _ENCODER, "blocks", prefix)
+        converted, extra = convert_part(parts[part], _ENCODER, "blocks", prefix)
         state.update(converted)
         unexpected += [f"{part}.{k}" for k in extra]
-    converted, extra = convert_part(checkpoint["predictor"], _PREDICTOR, "predictor_blocks", "predictor.")
+    converted, extra = convert_part(parts["predictor"], _PREDICTOR, "predictor_blocks", "predictor.")
     state.update(converted)
     unexpected += [f"predictor.{k}" for k in extra]
     reference = IJepaForPreTraining(config).state_dict()
@@ -167,7 +214,10 @@ def convert_checkpoint(checkpoint, checkpoint_path="<checkpoint>", num_heads: in
         "ignored": [k for k in checkpoint if k in IGNORED_TOP_LEVEL],
         "sincos_table_max_deviation": deviation,
         "standalone_encoder": encoder,
+        "num_attention_heads": f"{config.num_attention_heads} ({heads_source})",
     }
+    if upcast:
+        report["upcast"] = describe_upcast(upcast)
     return config, {k: v.contiguous().clone() for k, v in state.items()}, report
 
 
@@ -178,6 +228,7 @@ def conversion_checks(report: dict) -> list[str]:
         f"tensors; ignored: {', '.join(report['ignored']) or 'nothing'} - optimizer and bookkeeping state).",
         "Stored sin-cos position tables compared with hf_mim's `sincos_2d_position_embedding`: max abs deviation "
         f"{report['sincos_table_max_deviation']:.3g} (the stored values are kept).",
+        *upcast_check(report),
     ]
 
 
@@ -217,12 +268,13 @@ def identify_release(checkpoint_path: Path, model_name: str | None) -> Release |
     )
 
 
-def convert(checkpoint_path, output_dir, encoder="context", model_name=None, push_to_hub=None, num_heads=16,
+def convert(checkpoint_path, output_dir, encoder="context", model_name=None, push_to_hub=None, num_heads=None,
             remote_code=True, repo_id=None, release: Release | None = None) -> dict:  # fmt: skip
     """Convert one file into `output_dir`. `release` (a `hf_mim.releases.Release`) overrides the identification
     from the file name / model name; a release whose architecture the weights do not have gets no release facts
     in the card. `remote_code` also writes the code bundle; `repo_id` is the Hub id the card's snippets use."""
     checkpoint_path = Path(checkpoint_path)
+    check_output_dir(output_dir)  # before the work: a path that cannot become a folder fails now
     stem = checkpoint_path.name.removesuffix(".tar").removesuffix(".pth")
     release = release or identify_release(checkpoint_path, model_name)
     model_name = model_name or (release.name if release is not None else stem.lower().replace(".", "-"))
@@ -244,9 +296,8 @@ def convert(checkpoint_path, output_dir, encoder="context", model_name=None, pus
                       checkpoint_path.name)  # fmt: skip
     # The training resolution follows from the position table: grid side x patch size (infer_config).
     processor = image_processor_at(IJepaImageProcessor, config.image_size)
-    report["remote_code_files"] = save_converted_folder(output_dir, model, processor, card, remote_code)
-    if push_to_hub:
-        report["hub"] = push_folder_to_hub(output_dir, push_to_hub, f"Upload {model_name} converted with hf_mim")
+    report.update(write_converted_folder(output_dir, model, processor, card, remote_code, push_to_hub,
+                                         f"Upload {model_name} converted with hf_mim"))  # fmt: skip
     return report
 
 
@@ -254,11 +305,11 @@ def convert_release(checkpoint_path, output_dir, release: Release, repo_id=None,
     """`convert` for a release of the table (scripts/convert/publish_releases.py): the head count, which the weights
     do not show, comes from the release's architecture."""
     return convert(checkpoint_path, output_dir, model_name=release.name, num_heads=release.architecture.get(
-        "num_attention_heads", 16), remote_code=remote_code, repo_id=repo_id, release=release)  # fmt: skip
+        "num_attention_heads"), remote_code=remote_code, repo_id=repo_id, release=release)  # fmt: skip
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = ConverterArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint_path", required=True)
     parser.add_argument("--output_dir", required=True)
     parser.add_argument("--encoder", choices=["context", "target"], default="context",
@@ -266,7 +317,11 @@ def main(argv=None) -> int:
     parser.add_argument("--model_name", default=None)
     parser.add_argument("--push_to_hub", default=None, metavar="REPO_ID")
     parser.add_argument(
-        "--num_attention_heads", type=int, default=16, help="Not visible in the weights; 16 for all releases"
+        "--num_attention_heads",
+        type=int,
+        default=None,
+        help="Not visible in the weights; required unless the width is one of the original's ViTs (192: 3, 384: 6, "
+        "768: 12, 1024 / 1280 / 1408: 16)",
     )
     add_remote_code_flag(parser)
     args = parser.parse_args(argv)

@@ -13,10 +13,11 @@ local projectors), so `AutoModelForPreTraining.from_pretrained(DIR)` resumes pre
 holds, and from `--model_name` or the file name (`..._alpha0.9...`) when the file cannot tell. Every key is converted
 or explicitly ignored (the online linear probe `classifier.*`, the optimizer state, the epoch); anything else is an
 error listing the missing and unexpected keys. The converted backbone is checked against a functional re-implementation
-of the original forward run on the original-layout tensors.
+of the original forward run on the original-layout tensors. Half-precision files are up-cast to float32 (reported)
+before both run; NaN / inf weights, and integer tensors other than BatchNorm's `num_batches_tracked` counters, are
+refused by name.
 """
 
-import argparse
 import re
 import sys
 from pathlib import Path
@@ -27,14 +28,18 @@ import torch.nn.functional as F
 from hf_mim import VicreglConfig, VicreglForPreTraining, VicreglImageProcessor, VicreglModel
 from hf_mim.conversion import (
     CheckpointMismatchError,
+    ConverterArgumentParser,
     account_for_keys,
     add_remote_code_flag,
+    check_output_dir,
+    checked_weights,
+    describe_upcast,
     image_processor_at,
     load_original_checkpoint,
-    push_folder_to_hub,
     raise_on_mismatch,
     run_converter,
-    save_converted_folder,
+    upcast_check,
+    write_converted_folder,
 )
 from hf_mim.model_cards import conversion_card
 from hf_mim.releases import Release, architecture_mismatches, releases_for
@@ -129,6 +134,12 @@ def rename_projector_key(key: str) -> str | None:
 
 def is_ignored(key: str) -> bool:
     return key.startswith(tuple(IGNORED_PREFIXES))
+
+
+def is_batch_norm_counter(key: str) -> bool:
+    """BatchNorm's step counter (ResNet backbones, BatchNorm1d projectors): the one tensor of the originals that is
+    integer by nature (int64), kept as it is."""
+    return key.endswith(".num_batches_tracked")
 
 
 # ------------------------------------------------------------------------------------------ layouts
@@ -354,7 +365,8 @@ def convert_checkpoint(checkpoint, checkpoint_path="<checkpoint>", names=()):
                     for old, new in mapping.items() if tensors[old].shape != reference[new].shape]  # fmt: skip
     if wrong_shapes:
         raise CheckpointMismatchError("Tensors with unexpected shapes: " + "; ".join(wrong_shapes[:20]))
-    state = {new: tensors[old].contiguous().clone() for old, new in mapping.items()}
+    kept, upcast = checked_weights({old: tensors[old] for old in mapping}, checkpoint_path, is_batch_norm_counter)
+    state = {new: kept[old].contiguous().clone() for old, new in mapping.items()}
     ignored_groups = {}
     for key in ignored:
         prefix = next(p for p in IGNORED_PREFIXES if key.startswith(p))
@@ -372,6 +384,8 @@ def convert_checkpoint(checkpoint, checkpoint_path="<checkpoint>", names=()):
         )
         or "none",
     }
+    if upcast:
+        report["upcast"] = describe_upcast(upcast)
     return config, state, is_full, report
 
 
@@ -465,6 +479,7 @@ def conversion_checks(report: dict) -> list[str]:
         f"alpha = {report['alpha']} ({report['alpha_source']}).",
         "The converted backbone was run against a functional re-implementation of the original forward on the "
         f"original-layout tensors (random 2 x 64 x 48 batch): max abs difference {report['reference_max_abs_diff']}.",
+        *upcast_check(report),
     ]
 
 
@@ -530,6 +545,7 @@ def convert(checkpoint_path, output_dir, model_name=None, push_to_hub=None, remo
     from the model / file name; a release whose backbone the weights do not have gets no release facts in the card.
     `remote_code` also writes the code bundle; `repo_id` is the Hub id the card's snippets use."""
     checkpoint_path = Path(checkpoint_path)
+    check_output_dir(output_dir)  # before the work: a path that cannot become a folder fails now
     file_name = default_model_name(checkpoint_path)
     model_name = model_name or file_name
     with torch.serialization.safe_globals(OPTIMIZER_GLOBALS):
@@ -545,7 +561,10 @@ def convert(checkpoint_path, output_dir, model_name=None, push_to_hub=None, remo
         raise RuntimeError(f"Tensors not loaded from the checkpoint: {left[:10]}")
     model.eval()
     backbone = model.vicregl if is_full else model
-    original_backbone = split_checkpoint(checkpoint, checkpoint_path)[0]
+    # The reference runs on the same up-cast float32 values as the converted model (a half-precision original only
+    # rounded its weights, which both sides share), so float32's tolerance is the right one for either file.
+    original_backbone, _ = checked_weights(split_checkpoint(checkpoint, checkpoint_path)[0], checkpoint_path,
+                                           is_batch_norm_counter)  # fmt: skip
     difference, scale = reference_difference(backbone, original_backbone)
     if not difference <= 1e-4 * max(scale, 1.0):
         raise RuntimeError(f"The converted backbone differs from the original forward by {difference:.3g}.")
@@ -562,9 +581,8 @@ def convert(checkpoint_path, output_dir, model_name=None, push_to_hub=None, remo
     card = model_card(model_name, config, release, is_full, report, repo_id or push_to_hub, remote_code,
                       checkpoint_path.name)  # fmt: skip
     processor = image_processor_at(VicreglImageProcessor, config.image_size)
-    report["remote_code_files"] = save_converted_folder(output_dir, model, processor, card, remote_code)
-    if push_to_hub:
-        report["hub"] = push_folder_to_hub(output_dir, push_to_hub, f"Upload {model_name} converted with hf_mim")
+    report.update(write_converted_folder(output_dir, model, processor, card, remote_code, push_to_hub,
+                                         f"Upload {model_name} converted with hf_mim"))  # fmt: skip
     return report
 
 
@@ -575,7 +593,7 @@ def convert_release(checkpoint_path, output_dir, release: Release, repo_id=None,
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = ConverterArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint_path", required=True, help="Original <name>.pth or <name>_fullckpt.pth")
     parser.add_argument("--output_dir", required=True, help="Folder to write the Hub-ready model into")
     parser.add_argument(

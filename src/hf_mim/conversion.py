@@ -1,9 +1,16 @@
 """Machinery shared by the checkpoint converters in `scripts/convert/` (and the pretraining scripts' exports): safe
-loading, strict key accounting, image processors at the training resolution, writing the Hub folder (weights,
-processor, remote code, model card) and Hub upload."""
+loading, strict key accounting, checked and up-cast weights, image processors at the training resolution, writing
+the Hub folder (weights, processor, remote code, model card) all at once or not at all, Hub upload, and the command
+line's contract: a report on success, else one `error: ...` line and exit status 2."""
 
 import argparse
-from collections.abc import Callable, Iterable
+import os
+import shutil
+import sys
+import tempfile
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -13,11 +20,44 @@ class CheckpointMismatchError(ValueError):
     """The checkpoint does not have the keys the converter expects; the message lists them."""
 
 
-def load_original_checkpoint(path: str | Path) -> dict:
-    """`torch.load(..., weights_only=True)`, allowing only `argparse.Namespace` (stored by some training saves)."""
+# Names a downloaded checkpoint may have; a directory given as the checkpoint is searched for them to say which file
+# to pass (the converters read one file, and guessing among several could convert the wrong one).
+CHECKPOINT_SUFFIXES = (".pth", ".pt", ".tar", ".pkl", ".bin", ".ckpt")
+
+
+def check_checkpoint_path(path: str | Path) -> Path:
+    """The checkpoint file to read: a missing path or a directory is an error that says which, naming the
+    checkpoint files inside a directory."""
     path = Path(path)
+    if path.is_dir():
+        inside = sorted(str(p) for p in path.iterdir() if p.is_file() and p.name.endswith(CHECKPOINT_SUFFIXES))
+        advice = (
+            f"pass the checkpoint file inside it: {', '.join(inside[:5])}{' ...' if len(inside) > 5 else ''}"
+            if inside
+            else f"it holds no checkpoint file ({', '.join(CHECKPOINT_SUFFIXES)})"
+        )
+        raise IsADirectoryError(f"--checkpoint_path {path} is a directory; {advice}.")
     if not path.is_file():
         raise FileNotFoundError(f"Checkpoint file not found: {path}")
+    return path
+
+
+def check_output_dir(output_dir: str | Path) -> Path:
+    """Refuse, before any work, an output path that cannot become a folder: an existing file there, or a file where
+    one of its parent folders would be."""
+    output_dir = Path(output_dir)
+    for path in (output_dir, *output_dir.parents):
+        if path.exists():
+            if not path.is_dir():
+                where = "is an existing file" if path == output_dir else f"lies under {path}, which is a file"
+                raise NotADirectoryError(f"--output_dir {output_dir} {where}, not a directory.")
+            break
+    return output_dir
+
+
+def load_original_checkpoint(path: str | Path) -> dict:
+    """`torch.load(..., weights_only=True)`, allowing only `argparse.Namespace` (stored by some training saves)."""
+    path = check_checkpoint_path(path)
     try:
         with torch.serialization.safe_globals([argparse.Namespace]):
             return torch.load(path, map_location="cpu", weights_only=True)
@@ -61,6 +101,74 @@ def raise_on_mismatch(checkpoint_path, missing: list[str], unexpected: list[str]
     raise CheckpointMismatchError("\n".join(lines))
 
 
+# ------------------------------------------------------------------------------------------ weights
+_LISTED = 8  # keys an error names before "... and N more": enough to see the pattern, short enough to read
+
+
+def _tensors(count: int) -> str:
+    return f"{count} tensor{'s' * (count != 1)}"
+
+
+def _named(keys: list[str]) -> str:
+    return ", ".join(keys[:_LISTED]) + (f" ... and {len(keys) - _LISTED} more" if len(keys) > _LISTED else "")
+
+
+def _is_low_precision(tensor: torch.Tensor) -> bool:
+    return tensor.is_floating_point() and tensor.element_size() < 4  # float16, bfloat16 (and float8)
+
+
+def half_precision_counts(tensors: Iterable[torch.Tensor]) -> Counter:
+    """How many of `tensors` `checked_weights` up-casts, per dtype name (`float16`, `bfloat16`)."""
+    return Counter(str(t.dtype).removeprefix("torch.") for t in tensors if _is_low_precision(t))
+
+
+def checked_weights(
+    tensors: dict[str, torch.Tensor],
+    checkpoint_path="<checkpoint>",
+    integer_keys: Callable[[str], bool] = lambda key: False,
+) -> tuple[dict[str, torch.Tensor], Counter]:
+    """The weights a converter keeps, made safe to convert: refused, naming the keys, if any is not floating-point -
+    unless `integer_keys(key)` says it is integer by nature, like BatchNorm's `num_batches_tracked` - or holds NaN /
+    inf; float16 / bfloat16 tensors are up-cast to float32 (exactly), so every later check and the saved model run in
+    float32. Returns (tensors, count of up-cast tensors per original dtype name)."""
+    not_tensors = [f"{key} ({type(t).__name__})" for key, t in tensors.items() if not isinstance(t, torch.Tensor)]
+    if not_tensors:
+        raise CheckpointMismatchError(f"{checkpoint_path}: entries that are not tensors: {_named(not_tensors)}.")
+    not_float = [f"{key} ({str(t.dtype).removeprefix('torch.')})" for key, t in tensors.items()
+                 if not t.is_floating_point() and not integer_keys(key)]  # fmt: skip
+    if not_float:
+        raise CheckpointMismatchError(
+            f"{checkpoint_path}: {_tensors(len(not_float))} not floating-point where weights are expected: "
+            f"{_named(not_float)}."
+        )
+    non_finite = []
+    for key, tensor in tensors.items():
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():  # counted only when there are some
+            nan, inf = int(torch.isnan(tensor).sum()), int(torch.isinf(tensor).sum())
+            non_finite.append(f"{key} ({nan} NaN, {inf} inf)")
+    if non_finite:
+        raise CheckpointMismatchError(
+            f"{checkpoint_path}: NaN or inf in {_tensors(len(non_finite))} (a diverged or damaged checkpoint): "
+            f"{_named(non_finite)}."
+        )
+    upcast = half_precision_counts(tensors.values())
+    return {key: t.float() if _is_low_precision(t) else t for key, t in tensors.items()}, upcast
+
+
+def describe_upcast(counts: Counter) -> str | None:
+    """The report line of `checked_weights`' up-cast (None if nothing was): `40 float16 tensors to float32`."""
+    if not counts:
+        return None
+    return " and ".join(f"{n} {dtype} tensor{'s' * (n != 1)}" for dtype, n in sorted(counts.items())) + " to float32"
+
+
+def upcast_check(report: dict) -> list[str]:
+    """The model card's line on an up-cast file (none for a float32 one)."""
+    if "upcast" not in report:
+        return []
+    return [f"Half-precision weights in the original, up-cast: {report['upcast']} (exact: no rounding added)."]
+
+
 # The released evaluation protocols resize the shorter side to 256 and center-crop 224.
 EVAL_RESIZE, EVAL_CROP = 256, 224
 
@@ -76,6 +184,45 @@ def image_processor_at(processor_class: type, image_size: int, **kwargs):
     size = {"shortest_edge": round(image_size * EVAL_RESIZE / EVAL_CROP)}
     crop_size = {"height": image_size, "width": image_size}
     return processor_class(**{"size": size, "crop_size": crop_size, **kwargs})
+
+
+@contextmanager
+def staged_folder(output_dir: str | Path) -> Iterator[Path]:
+    """An empty scratch folder beside `output_dir` to write into; when the block succeeds its files move into
+    `output_dir` (created if needed; in an existing folder, files of the same names are replaced and the others
+    kept), when anything fails - or is interrupted - it is removed. A failed conversion therefore leaves neither a
+    partial folder nor a changed one."""
+    output_dir = check_output_dir(output_dir)
+    # the nearest existing folder: the scratch folder is on the same file system, so the final move is a rename
+    anchor = next(p for p in output_dir.parents if p.is_dir())
+    staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.partial-", dir=anchor))
+    try:
+        yield staging
+        if not output_dir.exists():
+            output_dir.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(staging, output_dir)  # the folder appears complete, in one step
+            return
+        for entry in staging.iterdir():
+            target = output_dir / entry.name
+            if target.is_dir() and not target.is_symlink():
+                shutil.rmtree(target)
+            elif target.exists() or target.is_symlink():
+                target.unlink()
+            os.replace(entry, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def write_converted_folder(output_dir: str | Path, model, image_processor, card, remote_code: bool = True,
+                           push_to_hub: str | None = None, commit_message: str = "") -> dict:  # fmt: skip
+    """A converter's last step: `save_converted_folder` into a staged folder, upload it to `push_to_hub` if given,
+    then move it into `output_dir` - all or nothing (`staged_folder`). Returns the report entries
+    (`remote_code_files`, and `hub` after an upload)."""
+    with staged_folder(output_dir) as staging:
+        report = {"remote_code_files": save_converted_folder(staging, model, image_processor, card, remote_code)}
+        if push_to_hub:
+            report["hub"] = push_folder_to_hub(staging, push_to_hub, commit_message)
+    return report
 
 
 def save_converted_folder(output_dir: str | Path, model, image_processor, card, remote_code: bool = True) -> list[str]:
@@ -97,6 +244,15 @@ def save_converted_folder(output_dir: str | Path, model, image_processor, card, 
     return files
 
 
+class ConverterArgumentParser(argparse.ArgumentParser):
+    """argparse's parser with the converters' form of failure: the usage, then one `error: ...` line (argparse
+    writes `<prog>: error: ...`), exit status 2."""
+
+    def error(self, message):
+        self.print_usage(sys.stderr)
+        self.exit(2, f"error: {message}\n")
+
+
 def add_remote_code_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--no_remote_code",
@@ -115,14 +271,26 @@ def push_folder_to_hub(output_dir: str | Path, repo_id: str, commit_message: str
     return str(info)
 
 
-def run_converter(convert, *args) -> int:
-    """Run a converter's `convert(*args)` for a command line: print its report, or the error and return 2."""
-    import sys
+# Failures whose message says all (bad files, bad arguments, unwritable paths); any other kind is named in the line.
+_SELF_EXPLAINING = (ValueError, OSError)
 
+
+def error_line(error: BaseException) -> str:
+    """One line for the command line: multi-line messages (key lists) joined with ` | `."""
+    text = " | ".join(line.strip() for line in str(error).splitlines() if line.strip())
+    if not isinstance(error, _SELF_EXPLAINING) or not text:
+        text = f"{type(error).__name__}: {text}" if text else type(error).__name__
+    return f"error: {text}"
+
+
+def run_converter(convert, *args) -> int:
+    """Run a converter's `convert(*args)` for a command line: print its report, or one `error: ...` line on stderr
+    and return 2. Every failure ends this way - a bad file, a bad argument, a failed write or upload: the converters
+    write their folder last and all at once (`write_converted_folder`), so a failure leaves nothing behind."""
     try:
         report = convert(*args)
-    except (CheckpointMismatchError, FileNotFoundError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
+    except Exception as error:  # the command line's contract: any failure is one error line and exit status 2
+        print(error_line(error), file=sys.stderr)
         return 2
     for key, value in report.items():
         print(f"{key}: {value}")
