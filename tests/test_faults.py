@@ -338,7 +338,7 @@ def test_batches_of_unreadable_images_are_refilled(tmp_path, capsys, caplog):
     with caplog.at_level("WARNING"):
         assert run(recipe("capi"), args) == 0  # 6 steps: every file fails about twice
     out = capsys.readouterr().out
-    assert "Skipped 5 unreadable image(s) during training" in out
+    assert "Skipped 5 unreadable image(s): " in out
     for i in range(5):
         assert out.count(f"broken_{i}.png: UnidentifiedImageError") == 1
         assert caplog.text.count(f"broken_{i}.png: UnidentifiedImageError") == 1  # warned once, not per epoch

@@ -2,6 +2,7 @@
 
 from .bundled import bundled_photo_dataset, bundled_photos
 from .collators import PretrainingCollator, capi_collator, ijepa_collator
+from .labelled import ProcessedExamples
 from .multicrop import (
     VICREGL_MEAN,
     VICREGL_STD,
@@ -10,20 +11,44 @@ from .multicrop import (
     crop_location_grid,
     vicregl_color_pipeline,
 )
+from .positional import PositionalDataset, position_seed, seeded_rng
 from .segmentation import (
     SYNTHETIC_SEGMENTATION_LABELS,
     SegmentationExamples,
     SegmentationTransform,
     segmentation_collate,
+    segmentation_collator,
     synthetic_segmentation_dataset,
     synthetic_segmentation_datasets,
 )
-from .transforms import SafeImageTransform, decode_image, pretraining_transform
+from .skipped import SkippedFiles, SkippedFilesTrainerMixin, SkippingCollator, readable_part
+from .transforms import (
+    DECODE_ERRORS,
+    SafeImageTransform,
+    decode_failure,
+    decode_image,
+    load_image,
+    pretraining_transform,
+    without_decoding,
+)
 from .two_view import CLIP_MEAN, CLIP_STD, TwoViewCollator, TwoViewCropTransform
 
 __all__ = [
     "CLIP_MEAN",
     "CLIP_STD",
+    "DECODE_ERRORS",
+    "PositionalDataset",
+    "ProcessedExamples",
+    "SkippedFiles",
+    "SkippedFilesTrainerMixin",
+    "SkippingCollator",
+    "decode_failure",
+    "load_image",
+    "position_seed",
+    "readable_part",
+    "seeded_rng",
+    "segmentation_collator",
+    "without_decoding",
     "MultiCropCollator",
     "MultiCropTransform",
     "PretrainingCollator",

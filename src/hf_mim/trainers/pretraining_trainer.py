@@ -33,6 +33,7 @@ from transformers.utils import logging
 
 from ..allocator import tune_glibc_malloc
 from ..data.positional import PositionalDataset
+from ..data.skipped import SkippedFiles
 from ..losses import effective_rank
 from .checkpoints import (
     RUN_SETTINGS,
@@ -97,8 +98,7 @@ class MimPretrainingTrainer(ModelCardMixin, Trainer):
         self._last_pooled: torch.Tensor | None = None
         self._last_momentum: float | None = None
         self.num_skipped_images = 0
-        self.skipped_files: list[str] = []  # each unreadable file once, in the order met
-        self._skipped_seen: set[str] = set()
+        self.skipped = SkippedFiles()  # each unreadable file once, in the order met
         self.positional_dataset: PositionalDataset | None = None
         if self.args.augmentation_rng not in ("position", "global"):
             raise ValueError(f"augmentation_rng must be 'position' or 'global', got {self.args.augmentation_rng!r}")
@@ -273,12 +273,12 @@ class MimPretrainingTrainer(ModelCardMixin, Trainer):
 
     def record_skipped_files(self, files) -> None:
         """Name each unreadable file once (the first time it fails, not every epoch) and count distinct files."""
-        new = list(dict.fromkeys(name for name in files if name not in self._skipped_seen))
-        if new:
-            self._skipped_seen.update(new)
-            self.skipped_files.extend(new)
-            self.num_skipped_images += len(new)
-            logger.warning("Skipped %d unreadable image(s): %s", len(new), "; ".join(new))
+        self.skipped.update(files)
+        self.num_skipped_images = len(self.skipped)
+
+    @property
+    def skipped_files(self) -> list[str]:
+        return list(self.skipped)
 
     def _get_grad_norm(self, model, grad_norm=None):
         # transformers computes the norm of every step's gradients here, before `optimizer.step()`: a NaN gradient
@@ -401,14 +401,9 @@ class MimPretrainingTrainer(ModelCardMixin, Trainer):
                 logs["skipped_images"] = skipped
         super().log(logs, start_time)
 
-    def all_skipped_files(self) -> list[str]:
+    def all_skipped_files(self) -> SkippedFiles:
         """Every distinct unreadable file met on any rank (collective: every rank must call it)."""
-        files = self.skipped_files
-        if self.accelerator.num_processes > 1:
-            from accelerate.utils import gather_object
-
-            files = gather_object(list(files))
-        return list(dict.fromkeys(files))
+        return self.skipped.gathered()
 
     def total_skipped_images(self) -> int:
         """Undecodable images skipped so far, summed over ranks."""

@@ -295,8 +295,8 @@ def run(recipe: PretrainingRecipe, argv: list[str] | None = None) -> int:
     output_dir = Path(training_args.output_dir)
     if trainer.is_world_process_zero():
         backbone_dir, table = write_backbone(recipe, output_dir, trainer, data_args, image_size, report)
-        if skipped:
-            print(f"Skipped {len(skipped)} unreadable image(s) during training: {'; '.join(skipped)}")
+        if len(skipped):
+            print(f"{skipped.summary()} (during training)")
         print(f"Pretraining model saved to {output_dir.resolve()}")
         print(f"Backbone ({recipe.backbone_description}, AutoModel-loadable) saved to {backbone_dir.resolve()}")
         if table is not None:
