@@ -358,3 +358,10 @@ def test_vicregl_refuses_a_batch_of_one(tmp_path):
     args = arguments("vicregl", data, tmp_path / "run", "--max_steps", "2", "--per_device_train_batch_size", "1")
     with pytest.raises(ValueError, match="at least 2 images per batch"):
         run(recipe("vicregl"), args)
+
+
+def test_fewer_images_than_one_batch_is_named(tmp_path):
+    data = image_folder(tmp_path, count=3)
+    args = arguments("capi", data, tmp_path / "run", "--max_steps", "2", "--per_device_train_batch_size", "4")
+    with pytest.raises(ValueError, match="has 3 images, fewer than one batch"):
+        run(recipe("capi"), args)

@@ -116,6 +116,12 @@ class MimPretrainingTrainer(ModelCardMixin, Trainer):
                 "--dataloader_persistent_workers keeps each worker's copy of the dataset from the first epoch, so "
                 "every epoch would repeat its augmentations under --augmentation_rng position: turn one of them off."
             )
+        global_batch = self._train_batch_size * self.args.world_size
+        if self.args.dataloader_drop_last and len(dataset) < global_batch:
+            raise ValueError(
+                f"The training set has {len(dataset)} images, fewer than one batch ({global_batch} over all ranks), "
+                "and the last short batch is dropped (--dataloader_drop_last): lower the batch size or add images."
+            )
         seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
         self.positional_dataset = PositionalDataset(dataset, seed=seed, refill=True, seeded=positional)
         return self._get_dataloader(
