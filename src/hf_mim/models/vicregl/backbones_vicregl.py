@@ -39,13 +39,31 @@ class StagedEncoder(nn.Module):
 
 
 # --------------------------------------------------------------------------------------------------- ResNet
+class ReplaySafeBatchNorm2d(nn.BatchNorm2d):
+    """BatchNorm2d that folds each training batch into its running statistics once, also under gradient
+    checkpointing.
+
+    Checkpointing replays a block's forward inside backward; a plain BatchNorm would then update `running_mean`,
+    `running_var` and `num_batches_tracked` a second time with the same batch (measured: the counter doubles and the
+    statistics drift). In that replay this normalises with the batch statistics, as training mode does, and updates
+    throwaway copies of the running statistics (the same op, so the replay saves what the first pass saved, as
+    non-reentrant checkpointing checks). `nn.SyncBatchNorm.convert_sync_batchnorm` turns it into a plain SyncBatchNorm.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training and self.track_running_stats and torch._C._current_graph_task_id() != -1:  # a replay
+            mean, var = self.running_mean.clone(), self.running_var.clone()
+            return F.batch_norm(x, mean, var, self.weight, self.bias, True, self.momentum or 0.0, self.eps)
+        return super().forward(x)
+
+
 class ResNetConvLayer(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1, act: bool = True):
         super().__init__()
         self.convolution = nn.Conv2d(
             in_channels, out_channels, kernel_size, stride=stride, padding=kernel_size // 2, bias=False
         )
-        self.normalization = nn.BatchNorm2d(out_channels)
+        self.normalization = ReplaySafeBatchNorm2d(out_channels)
         self.activation = nn.ReLU() if act else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -58,7 +76,7 @@ class ResNetShortCut(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, stride: int):
         super().__init__()
         self.convolution = nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False)
-        self.normalization = nn.BatchNorm2d(out_channels)
+        self.normalization = ReplaySafeBatchNorm2d(out_channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.normalization(self.convolution(x))
