@@ -126,8 +126,9 @@ def test_checkpointing_gives_the_same_gradients_and_keeps_fewer_activations(meth
 
 def test_resnet_batch_norm_counts_each_batch_once():
     """A checkpointed block replays its forward in backward: plain BatchNorm would fold the batch into its running
-    statistics twice (measured before the fix: `num_batches_tracked` 2 instead of 1, running means off by up to
-    2.0 after one step). `ReplaySafeBatchNorm2d` updates them in the first pass only."""
+    statistics twice (measured with plain BatchNorm2d, one step of two views: `num_batches_tracked` 4 instead of 2,
+    running means off by up to 0.51 (82 % of their largest value), variances by 0.50 (31 %)).
+    `ReplaySafeBatchNorm2d` updates them in the first pass only."""
     from hf_mim.models.vicregl.backbones_vicregl import ReplaySafeBatchNorm2d
 
     checkpointed = train_step("vicregl_resnet", True)
