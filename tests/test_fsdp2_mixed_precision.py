@@ -261,3 +261,22 @@ def test_accelerate_activation_checkpointing_breaks_stochastic_depth():
     plain = gradients("plain")
     assert relative(gradients("transformers"), plain) == 0.0
     assert relative(gradients("accelerate"), plain) > 0.01
+
+
+def test_trainer_reduces_fsdp2_gradients_in_fp32():
+    """accelerate's bf16 policy for FSDP2 reduces in bf16; the trainer swaps in an fp32 reduce before `prepare`
+    (accelerate turns FSDP into DDP on CPU, so the swap itself is checked on the plugin it edits)."""
+    from types import SimpleNamespace
+
+    from torch.distributed.fsdp import MixedPrecisionPolicy
+
+    from hf_mim.trainers.pretraining_trainer import reduce_fsdp2_gradients_in_fp32
+
+    bf16_policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.bfloat16)
+    state = SimpleNamespace(fsdp_plugin=SimpleNamespace(fsdp_version=2, mixed_precision_policy=bf16_policy))
+    assert reduce_fsdp2_gradients_in_fp32(state, bf16=True)
+    policy = state.fsdp_plugin.mixed_precision_policy
+    assert policy.param_dtype == torch.bfloat16 and policy.reduce_dtype == torch.float32
+    for other in (SimpleNamespace(fsdp_plugin=None), SimpleNamespace(fsdp_plugin=SimpleNamespace(fsdp_version=1))):
+        assert not reduce_fsdp2_gradients_in_fp32(other, bf16=True)
+    assert not reduce_fsdp2_gradients_in_fp32(state, bf16=False)

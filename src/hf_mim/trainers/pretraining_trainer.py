@@ -87,9 +87,32 @@ class _ScheduleCallback(TrainerCallback):
         self.trainer.update_teacher(state.global_step - 1)
 
 
+def reduce_fsdp2_gradients_in_fp32(accelerator_state, bf16: bool) -> bool:
+    """Under FSDP2 with --bf16, keep bf16 parameters for compute but reduce-scatter gradients in fp32.
+
+    accelerate maps `mixed_precision: bf16` to `MixedPrecisionPolicy(param_dtype=bf16, reduce_dtype=bf16)` and its
+    config has no key for the reduce dtype; summing N ranks' gradients in bf16 (8 mantissa bits) loses the small
+    ones. The policy is read when the model is prepared, so setting it before `train()` is enough. Returns whether
+    it changed anything."""
+    plugin = getattr(accelerator_state, "fsdp_plugin", None)
+    if not bf16 or plugin is None or int(getattr(plugin, "fsdp_version", 1) or 1) != 2:
+        return False
+    from torch.distributed.fsdp import MixedPrecisionPolicy
+
+    old = plugin.mixed_precision_policy
+    plugin.mixed_precision_policy = MixedPrecisionPolicy(
+        param_dtype=torch.bfloat16,
+        reduce_dtype=torch.float32,
+        output_dtype=getattr(old, "output_dtype", None),
+        cast_forward_inputs=getattr(old, "cast_forward_inputs", True),
+    )
+    return True
+
+
 class MimPretrainingTrainer(ModelCardMixin, Trainer):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
+        reduce_fsdp2_gradients_in_fp32(self.accelerator.state, self.args.bf16)
         if getattr(self.args, "tune_malloc", False):
             tune_glibc_malloc()  # before the first step allocates anything large
         self.add_callback(_ScheduleCallback(self))
