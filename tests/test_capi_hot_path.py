@@ -93,8 +93,9 @@ def test_sinkhorn_in_place_allocates_no_copy(shape):
 def test_sinkhorn_non_contiguous_and_bfloat16():
     scores = random_scores((8, 6, 40), torch.float32).transpose(0, 1)  # (6, 8, 40), not contiguous
     torch.testing.assert_close(sinkhorn_knopp(scores), reference_sinkhorn(scores), rtol=1e-6, atol=0)
-    half = random_scores((4, 8, 64), torch.bfloat16)
-    torch.testing.assert_close(sinkhorn_knopp(half.clone(), inplace=True), reference_sinkhorn(half), rtol=0, atol=0)
+    half = random_scores((4, 8, 64), torch.bfloat16)  # runs in float32 on the exact up-cast (tests/test_bf16.py)
+    result = sinkhorn_knopp(half.clone(), inplace=True)
+    torch.testing.assert_close(result, reference_sinkhorn(half.float()), rtol=1e-6, atol=0)
 
 
 @pytest.mark.parametrize("shape", [(16, 64, 512), (3, 2, 4, 10), (100, 64)])

@@ -1,7 +1,64 @@
-"""Objective pieces shared across methods, distributed-aware: Sinkhorn-Knopp and soft-target cross-entropy."""
+"""Objective pieces shared across methods, distributed-aware: Sinkhorn-Knopp and soft-target cross-entropy, and the
+float32 guards every method's numerically sensitive parts run under (`at_least_float32`, `autocast_off`,
+`runs_in_float32`)."""
+
+import contextlib
+import functools
 
 import torch
 import torch.distributed as dist
+
+
+def at_least_float32(tensor: torch.Tensor) -> torch.Tensor:
+    """A half-precision floating tensor (bfloat16, float16) up-cast to float32; anything else (float32, float64,
+    integers) unchanged, so in a float32 or float64 run this is the identity (the same tensor, not a copy)."""
+    if tensor.is_floating_point() and tensor.element_size() < 4:
+        return tensor.float()
+    return tensor
+
+
+def autocast_off(reference: torch.Tensor) -> contextlib.AbstractContextManager:
+    """Autocast disabled on `reference`'s device type (CUDA, CPU, ...), a no-op context where it has no autocast.
+
+    Inside, operations run in the dtype of their inputs: give them `at_least_float32` inputs and they run in float32
+    even where the Trainer's `--bf16` autocast would run them (matmul, einsum, ...) in bfloat16."""
+    device_type = reference.device.type
+    if not torch.amp.is_autocast_available(device_type):
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device_type, enabled=False)
+
+
+def _upcast(value):
+    if isinstance(value, torch.Tensor):
+        return at_least_float32(value)
+    if isinstance(value, (list, tuple)):
+        return type(value)(_upcast(item) for item in value)
+    return value
+
+
+def _first_tensor(values):
+    for value in values:
+        if isinstance(value, torch.Tensor):
+            return value
+        if isinstance(value, (list, tuple)) and (found := _first_tensor(value)) is not None:
+            return found
+    return None
+
+
+def runs_in_float32(function):
+    """Decorator for a numerically sensitive function (a loss, a temperature softmax, a normalisation): it runs with
+    autocast off and its half-precision tensor arguments (also inside lists and tuples) up-cast to float32, so it
+    computes and returns float32 under `--bf16` / `--fp16` mixed precision; gradients flow back through the up-cast
+    in the callers' dtype. Under float32 (or float64) training nothing changes: the same tensors, the same ops."""
+
+    @functools.wraps(function)
+    def guarded(*args, **kwargs):
+        args, kwargs = _upcast(args), {name: _upcast(value) for name, value in kwargs.items()}
+        reference = _first_tensor((*args, *kwargs.values()))
+        with autocast_off(reference) if reference is not None else contextlib.nullcontext():
+            return function(*args, **kwargs)
+
+    return guarded
 
 
 def _distributed() -> bool:
@@ -32,7 +89,7 @@ def sinkhorn_knopp(
     inplace: bool = False,
     temperature: float = 1.0,
 ) -> torch.Tensor:
-    """Sinkhorn-Knopp as CAPI runs it on (..., samples, prototypes) scores / temperature.
+    """Sinkhorn-Knopp as CAPI runs it on (..., samples, prototypes) scores / temperature, in float32 at least.
 
     The "column" step normalises over the sample axis (dim -2) summed over **all ranks**, the "row" step over
     prototypes, `num_iterations` times; the result's rows sum to 1. The max used for the stable exponential is also
@@ -48,7 +105,20 @@ def sinkhorn_knopp(
     They are processed a few at a time (in one process: each group from start to end while it is in cache; across
     ranks: group by group within each iteration, with one all-reduce per iteration for all of them). Per element
     these are the operations of the whole-tensor algorithm, so the numbers are the same, only faster.
+
+    Half-precision scores (CAPI's clustering logits under `--bf16`) are worked on as a float32 copy, with autocast
+    off, and the assignments are float32: in bfloat16, `scores / temperature - max + 50` is rounded to steps of 0.25
+    near 50, so the exponentials (and the targets) would be off by up to 13 %. Such a `scores` is never consumed.
     """
+    if scores.element_size() < 4:  # the up-cast copy is ours to work on in place
+        scores, inplace = at_least_float32(scores), True
+    with autocast_off(scores):
+        return _sinkhorn_knopp(scores, num_iterations, eps, inplace, temperature)
+
+
+def _sinkhorn_knopp(
+    scores: torch.Tensor, num_iterations: int, eps: float, inplace: bool, temperature: float
+) -> torch.Tensor:
     grouped = scores.ndim >= 3 and scores.is_contiguous() and not torch.compiler.is_compiling()
     if grouped and not _distributed():
         assignments = scores if inplace else torch.empty_like(scores)
@@ -151,18 +221,20 @@ class _SoftCrossEntropy(torch.autograd.Function):
 
 
 def soft_cross_entropy(targets: torch.Tensor, logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    """Per-row -sum_k q_k log softmax(logits / T)_k, computed in float32 at least.
+    """Per-row -sum_k q_k log softmax(logits / T)_k, computed in float32 at least, with autocast off.
 
     The targets are constants (CAPI's Sinkhorn assignments): the gradient flows to `logits` only, and the large
     (rows, K) work runs in row chunks (the same values as the plain formula, without its full-size temporaries).
+    Half-precision logits are up-cast chunk by chunk (no float32 copy of the whole (rows, K) tensor is kept).
     Targets that require grad (or tracing under torch.compile) take the plain autograd formula.
     """
-    if (targets.requires_grad and torch.is_grad_enabled()) or torch.compiler.is_compiling():
-        return _soft_cross_entropy_reference(targets, logits, temperature)
-    shape = logits.shape[:-1]
-    targets = targets.expand_as(logits).reshape(-1, logits.shape[-1])
-    losses = _SoftCrossEntropy.apply(targets, logits.reshape(-1, logits.shape[-1]), temperature)
-    return losses.reshape(shape)
+    with autocast_off(logits):
+        if (targets.requires_grad and torch.is_grad_enabled()) or torch.compiler.is_compiling():
+            return _soft_cross_entropy_reference(targets, logits, temperature)
+        shape = logits.shape[:-1]
+        targets = targets.expand_as(logits).reshape(-1, logits.shape[-1])
+        losses = _SoftCrossEntropy.apply(targets, logits.reshape(-1, logits.shape[-1]), temperature)
+        return losses.reshape(shape)
 
 
 def effective_rank(features: torch.Tensor) -> torch.Tensor:

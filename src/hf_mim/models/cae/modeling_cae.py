@@ -24,6 +24,7 @@ from ...layers import (
     resize_position_embeddings,
     sincos_2d_position_embedding,
 )
+from ...losses import autocast_off, runs_in_float32
 from ...modeling_utils import RemoteCodeExportMixin, classification_output, output_flags
 from .configuration_cae import CaeConfig
 
@@ -52,9 +53,23 @@ def _split_visible(tokens: torch.Tensor, bool_masked_pos: torch.Tensor, keep_mas
     return tokens[selector].reshape(tokens.shape[0], -1, tokens.shape[-1])
 
 
-def _at_least_float32(x: torch.Tensor) -> torch.Tensor:
-    """Losses in float32 under half precision (as the original's `.float()`), in float64 for a float64 model."""
-    return x.to(torch.promote_types(x.dtype, torch.float32))
+# The losses and the v2 output normalisation run in float32 under half precision (as the original's `.float()`), in
+# float64 for a float64 model, with autocast off (`runs_in_float32`).
+@runs_in_float32
+def _v1_losses(logits, token_ids, predictions, latent_targets, alignment_weight: float):
+    """v1: cross-entropy on the masked patches' token ids, and the weighted alignment MSE."""
+    return F.cross_entropy(logits, token_ids), alignment_weight * F.mse_loss(predictions, latent_targets)
+
+
+@runs_in_float32
+def _unit_vectors(x: torch.Tensor) -> torch.Tensor:
+    return F.normalize(x, dim=-1)
+
+
+@runs_in_float32
+def _cosine_loss(predictions: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """v2: mean of 1 - cos(prediction, target), the targets L2-normalised first."""
+    return (1 - F.cosine_similarity(predictions, F.normalize(targets, dim=-1), dim=-1)).mean()
 
 
 class CaeEmbeddings(nn.Module):
@@ -405,7 +420,11 @@ class CaeForPreTraining(CaePreTrainedModel):
         if next(iter(model.parameters()), torch.empty(0)).device != device:
             model.to(device)
         if self.config.cae_version == 1:
-            return model.get_codebook_indices(target_pixel_values)
+            # The ids are an argmax whose near-ties bfloat16 flips (measured under --bf16: 1.1 % of the ids, a 15x
+            # larger loss gap to float32), so the tokenizer runs outside autocast, as in the original's (BEiT's) loop.
+            dtype = next(iter(model.parameters()), target_pixel_values).dtype
+            with autocast_off(target_pixel_values):
+                return model.get_codebook_indices(target_pixel_values.to(dtype))
         return model.get_target_features(target_pixel_values)
 
     # ------------------------------------------------------------------ forward
@@ -472,7 +491,7 @@ class CaeForPreTraining(CaePreTrainedModel):
             norm = self.decoder.layernorm
             predictions = norm(queries)
             tokens = torch.cat([norm(latents[:, :1]), norm(visible), predictions], dim=1)
-            logits = F.normalize(self.decoder.head(tokens), dim=-1)
+            logits = _unit_vectors(self.decoder.head(tokens))
 
         loss = prediction_loss = alignment_loss = None
         if target_pixel_values is not None and labels is None and target_features is None:
@@ -480,9 +499,8 @@ class CaeForPreTraining(CaePreTrainedModel):
             labels, target_features = (computed, None) if config.cae_version == 1 else (None, computed)
         if config.cae_version == 1 and labels is not None:
             token_ids = labels.reshape(batch, -1)[mask] if labels.shape[:2] == mask.shape else labels.reshape(-1)
-            prediction_loss = F.cross_entropy(_at_least_float32(logits), token_ids)
-            alignment_loss = config.alignment_loss_weight * F.mse_loss(
-                _at_least_float32(predictions), _at_least_float32(latent_targets)
+            prediction_loss, alignment_loss = _v1_losses(
+                logits, token_ids, predictions, latent_targets, config.alignment_loss_weight
             )
             loss = prediction_loss + alignment_loss
         elif config.cae_version == 2 and target_features is not None:
@@ -490,8 +508,7 @@ class CaeForPreTraining(CaePreTrainedModel):
                 [target_features[:, :1], _split_visible(target_features[:, 1:], mask),
                  _split_visible(target_features[:, 1:], mask, keep_masked=True)], dim=1,
             )  # fmt: skip
-            targets = F.normalize(_at_least_float32(targets), dim=-1)
-            prediction_loss = (1 - F.cosine_similarity(_at_least_float32(logits), targets, dim=-1)).mean()
+            prediction_loss = _cosine_loss(logits, targets)
             loss = prediction_loss
 
         output = CaeForPreTrainingOutput(

@@ -399,7 +399,8 @@ class CapiClusteringHead(nn.Module):
         else:
             flat = sinkhorn_knopp(scores.flatten(0, -2), iterations, temperature=temperature)
             assignments = flat.unflatten(0, logits.shape[:-1])
-        # soft_cross_entropy computes in float32 at least, chunk by chunk (no float32 copy of bf16 assignments)
+        # Under --bf16 the logits are bfloat16 (one matmul, as the original's); the Sinkhorn and both cross-entropies
+        # run in float32 with autocast off (hf_mim.losses), so the assignments are float32.
         loss = soft_cross_entropy(
             assignments.flatten(0, -2), logits.flatten(0, -2), self.config.clustering_pred_temp
         ).mean()
@@ -529,8 +530,6 @@ class CapiForPreTraining(EmaTeacherMixin, CapiPreTrainedModel):
         # directly instead of copying the whole tensor into image-major order first.
         positions, batch_size = assignments.shape[:2]
         targets = assignments.flatten(0, 1).index_select(0, (predict % positions) * batch_size + predict // positions)
-        if targets.dtype in (torch.float16, torch.bfloat16):
-            targets = targets.float()  # the cross-entropy runs in float32 under mixed precision, as in CAPI
 
         # Student: visible patches only; predictor queries at the positions to predict.
         student = self.capi.encode(pixel_values, visible, output_hidden_states, output_attentions)

@@ -17,6 +17,7 @@ from ...layers import (
     resize_position_embeddings,
     sincos_2d_position_embedding,
 )
+from ...losses import runs_in_float32
 from ...masking import MultiBlockMasking
 from ...modeling_utils import RemoteCodeExportMixin, classification_output, output_flags
 from ...teacher import EmaTeacherMixin
@@ -341,6 +342,20 @@ class IJepaForPreTrainingOutput(ModelOutput):
     attentions: tuple[torch.FloatTensor, ...] | None = None
 
 
+@runs_in_float32
+def _target_norm(tokens: torch.Tensor) -> torch.Tensor:
+    """The parameter-free LayerNorm of the target encoder's output (float32 under mixed precision)."""
+    return nn.functional.layer_norm(tokens, (tokens.shape[-1],))
+
+
+@runs_in_float32
+def _prediction_loss(predictions: torch.Tensor, targets: torch.Tensor, loss_type: str) -> torch.Tensor:
+    """Smooth-L1 (or L2) averaged over all elements (float32 under mixed precision)."""
+    if loss_type == "smooth_l1":
+        return nn.functional.smooth_l1_loss(predictions, targets)
+    return nn.functional.mse_loss(predictions, targets)
+
+
 class IJepaForPreTraining(EmaTeacherMixin, IJepaPreTrainedModel):
     """I-JEPA's objective: context encoder (`ijepa`) on the context block, predictor, EMA target encoder
     (`target_encoder`) on the full image whose output gets an extra parameter-free LayerNorm; loss between predicted
@@ -399,17 +414,14 @@ class IJepaForPreTraining(EmaTeacherMixin, IJepaPreTrainedModel):
 
         with torch.no_grad():
             target_tokens = self.target_encoder.encode(pixel_values)[0]
-            normed = nn.functional.layer_norm(target_tokens, (target_tokens.shape[-1],))
+            normed = _target_norm(target_tokens)
             targets = apply_masks(normed, target_indices)  # (B, n_tgt, K, D), each repeated per context block
             targets = targets[:, :, None].expand(-1, -1, num_context, -1, -1).flatten(1, 2)
         context_tokens, _, hidden_states, attentions = self.ijepa.encode(
             pixel_values, context_indices, output_hidden_states, output_attentions
         )
         predictions = self.predictor(context_tokens, context_indices, target_indices, grid)
-        if self.config.loss_type == "smooth_l1":
-            loss = nn.functional.smooth_l1_loss(predictions, targets)
-        else:
-            loss = nn.functional.mse_loss(predictions, targets)
+        loss = _prediction_loss(predictions, targets, self.config.loss_type)
         output = IJepaForPreTrainingOutput(
             loss=loss,
             prediction_loss=loss.detach(),

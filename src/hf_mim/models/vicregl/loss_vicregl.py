@@ -5,6 +5,10 @@ Distributed semantics (those of the original): the invariance terms use the loca
 terms use the batch gathered from every rank **with gradient** and centred. Under DDP (which averages gradients over
 ranks) N processes then compute exactly the gradient one process computes on the global batch: each rank's variance
 term is the same function of the gathered batch, the gather's backward sums the ranks' gradients, DDP divides by N.
+
+Precision: every loss below runs in float32 under mixed precision (`runs_in_float32`: autocast off, half-precision
+inputs up-cast). The covariance is a matmul that `--bf16` autocast would run in bfloat16, whose 8-bit mantissa leaves
+the squared off-diagonal sum and the per-dimension standard deviations with errors of a few 1e-3.
 """
 
 from dataclasses import dataclass
@@ -12,6 +16,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+
+from ...losses import runs_in_float32
 
 VARIANCE_EPS = 1e-4  # inside the square root of the per-dimension variance
 
@@ -72,6 +78,7 @@ def _off_diagonal_sq_sum(cov: torch.Tensor) -> torch.Tensor:
     return off.pow(2).sum(dim=(-2, -1))
 
 
+@runs_in_float32
 def vicreg_global_loss(
     embeddings: list[torch.Tensor], coefficients: VicregCoefficients, num_global_views: int = 2
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -120,6 +127,7 @@ def _gather_positions(maps: torch.Tensor, positions: torch.Tensor) -> torch.Tens
     return torch.gather(maps, 1, positions[..., None].expand(-1, -1, maps.shape[-1]))
 
 
+@runs_in_float32
 def matched_vicreg_loss(
     x: torch.Tensor, y: torch.Tensor, coefficients: VicregCoefficients
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -138,6 +146,7 @@ def matched_vicreg_loss(
     return invariance, variance, coefficients.covariance * per_match.mean()
 
 
+@runs_in_float32
 def local_pair_loss(
     maps_i: torch.Tensor,
     maps_j: torch.Tensor,
@@ -175,6 +184,7 @@ def local_pair_loss(
     return tuple(totals)
 
 
+@runs_in_float32
 def vicregl_local_loss(
     maps: list[torch.Tensor],
     locations: list[torch.Tensor],

@@ -304,7 +304,8 @@ class VicreglForPreTraining(VicreglPreTrainedModel):
                         f"({config.total_stride} px per cell)."
                     )
                 maps.append(self.maps_projector(tokens.flatten(0, 1)).unflatten(0, tokens.shape[:2]))
-                grids.append(grid.to(tokens.dtype))
+                # pixel locations: never bfloat16 (steps of 1 px from 128 px on), float64 in a float64 model
+                grids.append(grid.to(torch.promote_types(tokens.dtype, torch.float32)))
         coefficients = self._coefficients()
         loss = 0.0
         parts = {}
