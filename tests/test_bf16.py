@@ -230,10 +230,19 @@ def test_ijepa_target_norm_and_loss_are_float32():
     assert output.targets.dtype == output.loss.dtype == torch.float32
 
 
-def test_cae_losses_and_tokens_are_float32():
+def test_cae_losses_and_tokens_are_float32(monkeypatch):
+    # CPU autocast already runs cross_entropy and mse_loss in float32, so the outputs alone would not show the guard:
+    # check what the losses are given
+    given = []
+    for name in ("cross_entropy", "mse_loss"):
+        loss = getattr(torch.nn.functional, name)
+        monkeypatch.setattr(
+            torch.nn.functional, name, lambda x, y, *a, loss=loss, **k: given.append(x.dtype) or loss(x, y, *a, **k)
+        )
     model, output = forward_under_autocast("cae")
     assert output.logits.dtype == torch.bfloat16
     assert output.prediction_loss.dtype == output.alignment_loss.dtype == output.loss.dtype == torch.float32
+    assert given == [torch.float32, torch.float32]
     target_views = torch.cat([batch["target_pixel_values"] for batch in recorded_batches("cae")])
     with torch.autocast("cpu", dtype=torch.bfloat16):
         tokens = model.compute_targets(target_views)
