@@ -13,12 +13,14 @@ class PretrainingCollator:
     `mask_generator(batch_size, grid)` returns an object with tensor fields; they are added to the batch under the
     same names (e.g. CAPI's `visible_indices` / `predict_indices`). Masks are seeded by the examples' `sample_seed`
     when they carry one (`PositionalDataset`: the same batch always gets the same masks, however far the loader ran
-    ahead), else drawn from torch's global RNG (the originals' order).
+    ahead), else drawn from torch's global RNG (the originals' order). The fields named in `dynamic_lengths` have a
+    last dimension that changes from batch to batch; it is marked dynamic for torch.compile (`mark_length_dynamic`).
     """
 
-    def __init__(self, patch_size: int, mask_generator=None):
+    def __init__(self, patch_size: int, mask_generator=None, dynamic_lengths: tuple[str, ...] = ()):
         self.patch_size = patch_size
         self.mask_generator = mask_generator
+        self.dynamic_lengths = tuple(dynamic_lengths)
 
     def __call__(self, examples: list[dict]) -> dict:
         good = [e for e in examples if e.get("pixel_values") is not None]
@@ -32,14 +34,28 @@ class PretrainingCollator:
             with batch_rng(good):
                 masks = self.mask_generator(pixel_values.shape[0], grid)
             batch.update(vars(masks))
+            for name in self.dynamic_lengths:
+                mark_length_dynamic(batch[name])
         return batch
 
 
+def mark_length_dynamic(indices: torch.Tensor) -> None:
+    """Tells torch.compile that the last dimension of `indices` varies from batch to batch, so that the first
+    compilation already covers every length; unmarked, dynamo compiles the first length as a constant and needs one
+    recompilation per such dimension to learn that it varies. Only a hint on this tensor object: a copy (out of a
+    DataLoader worker process, onto a GPU) loses it, and dynamo's automatic dynamic shapes take over from there."""
+    from torch._dynamo import maybe_mark_dynamic  # here: only collators with varying lengths need torch._dynamo
+
+    maybe_mark_dynamic(indices, indices.ndim - 1)
+
+
 def ijepa_collator(config) -> PretrainingCollator:
-    """The collator for `IJepaForPreTraining`: multi-block `context_indices` / `target_indices` from the config."""
+    """The collator for `IJepaForPreTraining`: multi-block `context_indices` / `target_indices` from the config.
+    Their lengths (the block sizes) are drawn per batch, as in the original: marked dynamic for torch.compile."""
     from ..models.ijepa.modeling_ijepa import multiblock_masking
 
-    return PretrainingCollator(config.patch_size, multiblock_masking(config))
+    lengths = ("context_indices", "target_indices")
+    return PretrainingCollator(config.patch_size, multiblock_masking(config), dynamic_lengths=lengths)
 
 
 def capi_collator(config) -> PretrainingCollator:

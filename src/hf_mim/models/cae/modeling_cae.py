@@ -36,21 +36,55 @@ def cae_position_table(width: int, grid: int) -> torch.Tensor:
     return torch.cat([torch.zeros(1, width), table])[None]
 
 
+# In CPU training at CAE's short lengths (19-37 tokens in benchmarks/benchmark_cae.py), "sdpa" runs as two batched
+# matmuls around a softmax (`hf_mim.layers.attention.matmul_attention`, as the original computes it), which is faster
+# there than torch's CPU flash kernel: up to this many keys (see `Attention.attention_function`).
+MATMUL_ATTENTION_MAX_KV_TOKENS = 40
+
+
 def _block(config: CaeConfig, width: int, heads: int, intermediate: int, layer_scale: float, drop_path: float):
     """The BEiT-style pre-norm block of the encoder and the v1 decoder: q and v biases, none on k; layer scale."""
-    return SelfAttentionBlock(
+    block = SelfAttentionBlock(
         config, width, heads, intermediate, norm_eps=config.layer_norm_eps, qkv_bias=True, key_bias=False,
         hidden_act=config.hidden_act, layer_scale_init=layer_scale, drop_path_rate=drop_path,
     )  # fmt: skip
+    block.attention.matmul_max_kv_tokens = MATMUL_ATTENTION_MAX_KV_TOKENS
+    block.attention.fuse_qkv = True  # one qkv matmul, as the original's Linear(dim, 3 * dim)
+    return block
 
 
-def _split_visible(tokens: torch.Tensor, bool_masked_pos: torch.Tensor, keep_masked: bool = False) -> torch.Tensor:
-    """(B, N, D) tokens -> (B, K, D) at the visible (or masked) positions, row-major; every image needs the same K."""
-    selector = bool_masked_pos if keep_masked else ~bool_masked_pos
-    counts = selector.sum(dim=1)
-    if not torch.all(counts == counts[0]):
-        raise ValueError(f"Every image needs the same number of masked patches; got {counts.tolist()}.")
-    return tokens[selector].reshape(tokens.shape[0], -1, tokens.shape[-1])
+def _masked_count(bool_masked_pos: torch.Tensor, expected: int | None = None) -> int:
+    """The number of masked patches of every image (they all need the same).
+
+    Without `expected` it is read from the mask, a host sync: the encoder given a mask of its own in eager mode
+    accepts any count. With `expected` (`config.num_masking_patches`, the count CAE's mask generators draw) every
+    shape depends on the config alone, as the training step and torch.compile / torch.export need: the mask is
+    checked against it on the host when it is there (eager), else on the device (`torch._assert_async`, no sync).
+    """
+    counts = bool_masked_pos.sum(dim=1)
+    if expected is None or (bool_masked_pos.device.type == "cpu" and not torch.compiler.is_compiling()):
+        found = counts.tolist()
+        if len(set(found)) > 1 or (expected is not None and found and found[0] != expected):
+            wanted = "the same number of" if expected is None else f"config.num_masking_patches={expected}"
+            raise ValueError(f"Every image needs {wanted} masked patches; got {found}.")
+        return found[0] if found else expected or 0
+    message = f"Every image needs config.num_masking_patches={expected} masked patches."
+    torch._assert_async(torch.all(counts == expected), message)
+    return expected
+
+
+def _split_visible(
+    tokens: torch.Tensor, bool_masked_pos: torch.Tensor, num_masked: int, keep_masked: bool = False
+) -> torch.Tensor:
+    """(B, N, D) tokens -> (B, K, D) at the visible (or the `num_masked` masked) positions, row-major.
+
+    A stable sort of the mask lists each image's visible positions, then its masked ones, each in order: a gather of
+    a size known in advance, where boolean indexing would wait for the device and give torch.compile / torch.export
+    a data-dependent shape. The same tokens as `tokens[~bool_masked_pos]` (or `[bool_masked_pos]`)."""
+    order = torch.argsort(bool_masked_pos, dim=1, stable=True)
+    num_visible = tokens.shape[1] - num_masked
+    index = order[:, num_visible:] if keep_masked else order[:, :num_visible]
+    return torch.gather(tokens, 1, index[..., None].expand(-1, -1, tokens.shape[-1]))
 
 
 # The losses and the v2 output normalisation run in float32 under half precision (as the original's `.float()`), in
@@ -68,8 +102,10 @@ def _unit_vectors(x: torch.Tensor) -> torch.Tensor:
 
 @runs_in_float32
 def _cosine_loss(predictions: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """v2: mean of 1 - cos(prediction, target), the targets L2-normalised first."""
-    return (1 - F.cosine_similarity(predictions, F.normalize(targets, dim=-1), dim=-1)).mean()
+    """v2: mean of 1 - cos(prediction, target) for unit-length `predictions` (the L2-normalised logits): their dot
+    product with the L2-normalised targets. `F.cosine_similarity` would divide both by their norms again, which took
+    2.4 of the loss's 5.2 ms (forward + backward) in a v2 step of benchmarks/benchmark_cae.py."""
+    return (1 - (predictions * F.normalize(targets, dim=-1)).sum(dim=-1)).mean()
 
 
 class CaeEmbeddings(nn.Module):
@@ -85,7 +121,13 @@ class CaeEmbeddings(nn.Module):
             torch.zeros(1, 1 + config.grid_size**2, config.hidden_size), requires_grad=False
         )
 
-    def forward(self, pixel_values: torch.Tensor, bool_masked_pos: torch.Tensor | None, keep_masked: bool = False):
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        bool_masked_pos: torch.Tensor | None,
+        keep_masked: bool = False,
+        num_masked: int | None = None,
+    ):
         patches, grid = self.patch_embeddings(pixel_values)
         table = self.position_embeddings.to(patches.dtype)
         native = (self.config.grid_size, self.config.grid_size)
@@ -96,7 +138,11 @@ class CaeEmbeddings(nn.Module):
                     f"bool_masked_pos must be (batch, {patches.shape[1]}) for this input, got "
                     f"{tuple(bool_masked_pos.shape)}."
                 )
-            patches = _split_visible(patches, bool_masked_pos.bool(), keep_masked)
+            mask = bool_masked_pos.bool()
+            if num_masked is None:  # any count in eager mode; traced, the config's (a count read would be a sync)
+                traced = torch.compiler.is_compiling()
+                num_masked = _masked_count(mask, self.config.num_masking_patches if traced else None)
+            patches = _split_visible(patches, mask, num_masked, keep_masked)
         cls = (self.cls_token + table[:, :1]).expand(patches.shape[0], -1, -1)
         return torch.cat([cls, patches], dim=1), grid
 
@@ -197,9 +243,10 @@ class CaeModel(CaePreTrainedModel):
         return self.embeddings.patch_embeddings
 
     def encode(self, pixel_values, bool_masked_pos=None, keep_masked=False, output_hidden_states=False,
-               output_attentions=False):  # fmt: skip
-        """Un-normed block outputs (B, 1 + K, D), the grid, and the recorded hidden states / attentions."""
-        hidden, grid = self.embeddings(pixel_values, bool_masked_pos, keep_masked)
+               output_attentions=False, num_masked=None):  # fmt: skip
+        """Un-normed block outputs (B, 1 + K, D), the grid, and the recorded hidden states / attentions. `num_masked`:
+        the masked patches per image when the caller knows it (else read from the mask, see `_masked_count`)."""
+        hidden, grid = self.embeddings(pixel_values, bool_masked_pos, keep_masked, num_masked)
         all_hidden = (hidden,) if output_hidden_states else None
         all_attentions = () if output_attentions else None
         for layer in self.layers:
@@ -255,6 +302,7 @@ class CaeCrossAttention(nn.Module):
         self.norm1_k = nn.LayerNorm(width, eps=config.layer_norm_eps)
         self.norm1_v = nn.LayerNorm(width, eps=config.layer_norm_eps)
         self.cross_attention = Attention(config, width, heads, qkv_bias=True, key_bias=False)
+        self.cross_attention.matmul_max_kv_tokens = MATMUL_ATTENTION_MAX_KV_TOKENS
 
     def forward(self, queries, context, query_positions=None, context_positions=None, output_attentions=False):
         q = queries if query_positions is None else queries + query_positions
@@ -268,12 +316,7 @@ class CaeCrossAttention(nn.Module):
 
 
 def _attend(attention: Attention, query, key, value, output_attentions: bool):
-    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-
-    from ...layers import eager_attention_forward
-
-    implementation = "eager" if output_attentions else attention.config._attn_implementation
-    interface = ALL_ATTENTION_FUNCTIONS.get_interface(implementation, eager_attention_forward)
+    interface = attention.attention_function(query, key, value, None, output_attentions)
     return interface(attention, query, key, value, None, dropout=0.0, scaling=attention.scaling, is_causal=False)
 
 
@@ -462,17 +505,18 @@ class CaeForPreTraining(CaePreTrainedModel):
         if bool_masked_pos is None:
             bool_masked_pos = self.mask_generator(batch, grid).bool_masked_pos.to(pixel_values.device)
         mask = bool_masked_pos.bool()
+        num_masked = _masked_count(mask, config.num_masking_patches)  # from the config: no host sync
 
         hidden, grid, hidden_states, attentions = self.cae.encode(
-            pixel_values, mask, False, output_hidden_states, output_attentions
+            pixel_values, mask, False, output_hidden_states, output_attentions, num_masked
         )
         latents = self._project(self.cae.layernorm(hidden))  # (B, 1 + V, D_dec)
         visible = latents[:, 1:]
         positions = resize_position_embeddings(
             self.regressor_position_embeddings[:, 1:].to(latents.dtype), (config.grid_size,) * 2, grid
         ).expand(batch, -1, -1)
-        masked_positions = _split_visible(positions, mask, keep_masked=True)
-        visible_positions = _split_visible(positions, mask)
+        masked_positions = _split_visible(positions, mask, num_masked, keep_masked=True)
+        visible_positions = _split_visible(positions, mask, num_masked)
         queries = self.mask_token.to(latents.dtype).expand(batch, masked_positions.shape[1], -1)
         for block in self.regressor:
             queries, _ = block(queries, visible, masked_positions, visible_positions)
@@ -485,7 +529,7 @@ class CaeForPreTraining(CaePreTrainedModel):
                 decoded, _ = layer(decoded)
             logits = self.decoder.head(self.decoder.layernorm(decoded)).flatten(0, 1)
             with torch.no_grad():  # the same encoder on the masked patches: the alignment target
-                target_hidden, *_ = self.cae.encode(pixel_values, mask, keep_masked=True)
+                target_hidden, *_ = self.cae.encode(pixel_values, mask, keep_masked=True, num_masked=num_masked)
                 latent_targets = self._project(self.cae.layernorm(target_hidden))[:, 1:]
         else:
             norm = self.decoder.layernorm
@@ -498,15 +542,17 @@ class CaeForPreTraining(CaePreTrainedModel):
             computed = self.compute_targets(target_pixel_values)
             labels, target_features = (computed, None) if config.cae_version == 1 else (None, computed)
         if config.cae_version == 1 and labels is not None:
-            token_ids = labels.reshape(batch, -1)[mask] if labels.shape[:2] == mask.shape else labels.reshape(-1)
+            token_ids = labels.reshape(-1)
+            if labels.shape[:2] == mask.shape:  # every patch's id: keep the masked ones, batch-major, row-major
+                token_ids = _split_visible(labels.reshape(batch, -1, 1), mask, num_masked, keep_masked=True).flatten()
             prediction_loss, alignment_loss = _v1_losses(
                 logits, token_ids, predictions, latent_targets, config.alignment_loss_weight
             )
             loss = prediction_loss + alignment_loss
         elif config.cae_version == 2 and target_features is not None:
             targets = torch.cat(
-                [target_features[:, :1], _split_visible(target_features[:, 1:], mask),
-                 _split_visible(target_features[:, 1:], mask, keep_masked=True)], dim=1,
+                [target_features[:, :1], _split_visible(target_features[:, 1:], mask, num_masked),
+                 _split_visible(target_features[:, 1:], mask, num_masked, keep_masked=True)], dim=1,
             )  # fmt: skip
             prediction_loss = _cosine_loss(logits, targets)
             loss = prediction_loss

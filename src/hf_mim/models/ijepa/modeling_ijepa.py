@@ -421,7 +421,10 @@ class IJepaForPreTraining(EmaTeacherMixin, IJepaPreTrainedModel):
             pixel_values, context_indices, output_hidden_states, output_attentions
         )
         predictions = self.predictor(context_tokens, context_indices, target_indices, grid)
-        loss = _prediction_loss(predictions, targets, self.config.loss_type)
+        # A mean over every element, so over flat views it is the same number; inductor's backward would otherwise
+        # specialise on the target length (a 4-D elementwise op's channels-last check guards on it): one compilation
+        # per new length instead of one for all.
+        loss = _prediction_loss(predictions.flatten(), targets.flatten(), self.config.loss_type)
         output = IJepaForPreTrainingOutput(
             loss=loss,
             prediction_loss=loss.detach(),

@@ -112,14 +112,14 @@ def nearest_neighbour_matches(distances: torch.Tensor, num_matches: int | None) 
     Returns (input_positions, candidate_positions), both (B, k) int64. Ties are broken as the original breaks them
     (`topk(1, largest=False)` for the neighbour, `torch.sort` for the ranking), so the same distances select the same
     positions. `num_matches` larger than N_in keeps every position (the original would fail to reshape)."""
-    batch, num_inputs = distances.shape[:2]
+    num_inputs = distances.shape[1]
     keep = num_inputs if num_matches is None or num_matches < 0 else min(num_matches, num_inputs)
     nn_distance, nn_index = distances.topk(k=1, dim=-1, largest=False)
     nn_distance, nn_index = nn_distance.squeeze(-1), nn_index.squeeze(-1)
     order = torch.sort(nn_distance, dim=1).indices
-    rank = torch.empty_like(order).scatter_(1, order, torch.arange(num_inputs, device=order.device).expand(batch, -1))
-    selected = rank < keep  # (B, N_in), exactly `keep` per row
-    positions = torch.arange(num_inputs, device=distances.device).expand(batch, -1)[selected].reshape(batch, keep)
+    # the `keep` best-ranked positions, put back in ascending order by a second sort: boolean indexing of the ranks
+    # would give the same positions but wait for the device, and a data-dependent shape under torch.compile
+    positions = order[:, :keep].sort(dim=1).values
     return positions, torch.gather(nn_index, 1, positions)
 
 
