@@ -117,8 +117,15 @@ from hf_mim.evaluation.segmentation import (
 )
 from hf_mim.image_processing_utils import input_statistics
 from hf_mim.presets import CONFIG_PRESETS
+from hf_mim.training_defaults import PinMemoryOnlyWithAccelerator
 
 logger = logging.get_logger(__name__)
+
+
+@dataclass
+class SegmentationTrainingArguments(PinMemoryOnlyWithAccelerator, TrainingArguments):
+    """transformers' TrainingArguments; batches are pinned only where an accelerator exists (no warning on CPU)."""
+
 
 PRESETS = CONFIG_PRESETS
 DEFAULT_PRESET = "vicregl-tiny"
@@ -213,7 +220,7 @@ class ProtocolArguments:
 
 
 def parse_arguments(argv=None):
-    parser = HfArgumentParser((ModelArguments, DataArguments, ProtocolArguments, TrainingArguments))
+    parser = HfArgumentParser((ModelArguments, DataArguments, ProtocolArguments, SegmentationTrainingArguments))
     argv = sys.argv[1:] if argv is None else list(argv)
     if len(argv) == 1 and argv[0].endswith(".json"):
         return parser.parse_json_file(json_file=os.path.abspath(argv[0]))

@@ -44,7 +44,7 @@ from PIL import ImageFilter, ImageOps
 from torchvision.transforms import v2
 
 from .positional import unreadable_files
-from .transforms import IMAGENET_MEAN, decode_image
+from .transforms import IMAGENET_MEAN, decode_image, to_tensor
 
 # The original pretraining normalisation: ImageNet mean, and std with 0.228 (a typo for 0.229) in the red channel.
 VICREGL_MEAN = IMAGENET_MEAN
@@ -247,8 +247,8 @@ class MultiCropTransform:
         return cls(**{**options, **kwargs})
 
     def _to_tensor(self, image: PIL.Image.Image) -> torch.Tensor:
-        tensor = TF.to_tensor(image)  # as the original's ToTensor: uint8 / 255 in float32
-        return v2.functional.normalize(tensor, self.mean, self.std)
+        tensor = to_tensor(image)  # as the original's ToTensor: uint8 / 255 in float32
+        return v2.functional.normalize(tensor, self.mean, self.std, inplace=True)
 
     def __call__(self, image: PIL.Image.Image) -> dict[str, torch.Tensor]:
         if not (isinstance(image, PIL.Image.Image) and image.mode == "RGB"):

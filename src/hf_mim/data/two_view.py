@@ -27,7 +27,7 @@ import torchvision.transforms.functional as TF
 from torchvision.transforms import v2
 
 from .collators import PretrainingCollator
-from .transforms import IMAGENET_MEAN, IMAGENET_STD, decode_image
+from .transforms import IMAGENET_MEAN, IMAGENET_STD, decode_image, to_tensor
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -146,11 +146,11 @@ class TwoViewCropTransform:
         return params["top"], params["left"], params["height"], params["width"]
 
     def _target(self, crop: PIL.Image.Image) -> torch.Tensor:
-        tensor = TF.to_tensor(crop)
+        tensor = to_tensor(crop)
         if self.second_normalization == "logit_laplace":
-            return map_pixels(tensor)
+            return tensor.mul_(1 - 2 * LOGIT_LAPLACE_EPS).add_(LOGIT_LAPLACE_EPS)  # map_pixels, in place
         mean, std = (CLIP_MEAN, CLIP_STD) if self.second_normalization == "clip" else (IMAGENET_MEAN, IMAGENET_STD)
-        return TF.normalize(tensor, mean, std)
+        return TF.normalize(tensor, mean, std, inplace=True)
 
     def __call__(self, image) -> dict[str, torch.Tensor]:
         if not (isinstance(image, PIL.Image.Image) and image.mode == "RGB"):
@@ -163,7 +163,7 @@ class TwoViewCropTransform:
         first = TF.resized_crop(image, *box, [self.image_size, self.image_size], self.interpolation)
         second = TF.resized_crop(image, *box, [self.second_size, self.second_size], self.second_interpolation)
         return {
-            "pixel_values": TF.normalize(TF.to_tensor(first), self.mean, self.std),
+            "pixel_values": TF.normalize(to_tensor(first), self.mean, self.std, inplace=True),
             "target_pixel_values": self._target(second),
         }
 

@@ -11,6 +11,7 @@ from transformers import Trainer, TrainingArguments
 from transformers.utils import logging
 
 from ..data.skipped import SkippedFilesTrainerMixin
+from ..training_defaults import PinMemoryOnlyWithAccelerator
 from .layer_decay import layer_decay_parameter_groups, num_backbone_layers
 from .mixup import MixupCutmix, soft_target_cross_entropy
 
@@ -20,7 +21,7 @@ HEAD_MODULE_NAMES = ("classifier", "pooler", "head", "fc_norm")
 
 
 @dataclass
-class FinetuningArguments(TrainingArguments):
+class FinetuningArguments(PinMemoryOnlyWithAccelerator, TrainingArguments):
     """`TrainingArguments` with the fine-tuning recipe's knobs; defaults follow MAE's ViT-B fine-tuning (AdamW,
     weight decay 0.05, cosine schedule with 5 % warmup, layer decay 0.75, Mixup 0.8 / CutMix 1.0, label smoothing
     0.1, no gradient clipping) and evaluate every epoch. MAE scales the lr with the batch: lr = 5e-4 * batch / 256

@@ -14,6 +14,7 @@ import math
 import random
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 
@@ -70,13 +71,21 @@ def block_mask(
     Draws come from `generator` (torch), or from `python_random` (a `random.Random`, or the `random` module: the
     original's source) when given.
     """
+    return torch.from_numpy(
+        _block_mask_array(grid, num_patches, min_aspect, max_aspect, roll, generator, python_random)
+    )
+
+
+def _block_mask_array(grid, num_patches, min_aspect, max_aspect, roll, generator, python_random) -> np.ndarray:
+    """`block_mask` as a numpy array: the map is built with numpy (torch ops on a 16x16 map cost more than the draws),
+    the draws are the same."""
     if python_random is not None:
         uniform, randint = python_random.uniform, python_random.randint
     else:
         uniform = lambda low, high: _uniform(low, high, generator)  # noqa: E731
         randint = lambda low, high: _randint(low, high, generator)  # noqa: E731
     height, width = grid
-    mask = torch.zeros(height * width, dtype=torch.bool)
+    mask = np.zeros(height * width, dtype=bool)
     if num_patches == 0:
         return mask.reshape(height, width)
     max_aspect = max_aspect or 1.0 / min_aspect
@@ -87,13 +96,13 @@ def block_mask(
     block_w = min(width, int(math.ceil(math.sqrt(num_patches / aspect))))
     top = randint(0, height - block_h)
     left = randint(0, width - block_w)
-    block = torch.zeros(height, width, dtype=torch.bool)
+    block = np.zeros((height, width), dtype=bool)
     block[top : top + block_h, left : left + block_w] = True
-    mask[block.flatten().nonzero().flatten()[:num_patches]] = True
+    mask[block.reshape(-1).nonzero()[0][:num_patches]] = True
     mask = mask.reshape(height, width)
     if roll:
         shifts = (randint(0, height - 1), randint(0, width - 1))
-        mask = torch.roll(mask, shifts, dims=(0, 1))
+        mask = np.roll(mask, shifts, axis=(0, 1))
     return mask
 
 
@@ -130,12 +139,13 @@ class InverseBlockMasking:
             return self._original(batch_size, grid, n_visible, n_masked, n_predict, generator)
         visible, predict = [], []
         for _ in range(batch_size):
-            keep = block_mask(grid, n_visible, self.min_aspect, self.max_aspect, self.roll, generator).flatten()
-            visible.append(keep.nonzero().flatten())
-            masked = (~keep).nonzero().flatten()
+            keep = _block_mask_array(grid, n_visible, self.min_aspect, self.max_aspect, self.roll, generator, None)
+            keep = keep.reshape(-1)
+            visible.append(keep.nonzero()[0])
+            masked = torch.from_numpy((~keep).nonzero()[0])
             order = torch.argsort(torch.rand(n_masked, generator=generator))[:n_predict]
             predict.append(masked[order])
-        return PatchMasks(torch.stack(visible), torch.stack(predict))
+        return PatchMasks(torch.from_numpy(np.stack(visible)), torch.stack(predict))
 
     def _original(self, batch_size, grid, n_visible, n_masked, n_predict, generator) -> PatchMasks:
         """The original's draw order: every block first (Python's `random`), then one (batch, n_masked) uniform

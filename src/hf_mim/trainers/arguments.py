@@ -1,12 +1,37 @@
 """TrainingArguments for self-supervised pretraining: schedules (lr, weight decay, teacher momentum) and safety."""
 
+import os
 from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
 
+from ..training_defaults import PinMemoryOnlyWithAccelerator
+
+MAX_DEFAULT_WORKERS = 8
+
+
+def default_dataloader_num_workers() -> int:
+    """The pretraining scripts' `--dataloader_num_workers` default: the CPU cores this process may use, shared among
+    the processes of its node (`LOCAL_WORLD_SIZE`, set by torchrun / accelerate launch), less one for the training
+    loop, at most 8: `min(8, cores // local processes - 1)`, 0 on a single core.
+
+    Why (benchmarks/README.md, "Data pipeline"): one worker turns 230-330 ImageNet-size JPEGs a second into CAPI /
+    I-JEPA batches, 110-190 into CAE's and 35-75 into VICRegL's multi-crop views (one core of the development
+    machine), while an accelerator's step asks for hundreds to thousands of images a second: the loader needs every
+    core the step leaves free. Eight keep a ViT's step fed; VICRegL on a fast accelerator can use more."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    try:
+        local_processes = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    except ValueError:
+        local_processes = 1
+    return max(0, min(MAX_DEFAULT_WORKERS, cores // local_processes - 1))
+
 
 @dataclass
-class MimPretrainingArguments(TrainingArguments):
+class MimPretrainingArguments(PinMemoryOnlyWithAccelerator, TrainingArguments):
     """`TrainingArguments` plus the schedules SSL methods use. The lr follows linear warmup (`warmup_steps` /
     a fraction < 1 in `warmup_steps`) then a cosine to `min_lr_ratio * learning_rate`, optionally truncated (`lr_truncate_cos`)."""
 

@@ -32,6 +32,7 @@ from transformers.trainer_utils import has_length, rotate_checkpoints
 from transformers.utils import logging
 
 from ..allocator import tune_glibc_malloc
+from ..data.collators import mark_length_dynamic
 from ..data.positional import PositionalDataset
 from ..data.skipped import SkippedFiles
 from ..losses import effective_rank
@@ -77,6 +78,7 @@ class _ScheduleCallback(TrainerCallback):
         # state.epoch is the float progress (e.g. 1.6 after resuming mid-epoch); its integer part is the epoch.
         if self.trainer.positional_dataset is not None:
             self.trainer.positional_dataset.set_epoch(math.floor(state.epoch + 1e-9))
+        self.trainer.draw_as_a_new_loader_iterator()
 
     def on_step_begin(self, args, state, control, **kwargs):
         self.trainer.apply_weight_decay_schedule(state.global_step)
@@ -133,12 +135,9 @@ class MimPretrainingTrainer(ModelCardMixin, Trainer):
         dataset = self.train_dataset
         if dataset is None or isinstance(dataset, IterableDataset) or not has_length(dataset):
             return super().get_train_dataloader()  # streamed data: drawn in stream order (see README)
+        # Persistent workers keep their copy of the dataset across epochs: PositionalDataset holds its epoch in shared
+        # memory, so they still draw each epoch's augmentations.
         positional = self.args.augmentation_rng == "position"
-        if positional and self.args.dataloader_persistent_workers and self.args.dataloader_num_workers > 0:
-            raise ValueError(
-                "--dataloader_persistent_workers keeps each worker's copy of the dataset from the first epoch, so "
-                "every epoch would repeat its augmentations under --augmentation_rng position: turn one of them off."
-            )
         global_batch = self._train_batch_size * self.args.world_size
         if self.args.dataloader_drop_last and len(dataset) < global_batch:
             raise ValueError(
@@ -147,13 +146,27 @@ class MimPretrainingTrainer(ModelCardMixin, Trainer):
             )
         seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
         self.positional_dataset = PositionalDataset(dataset, seed=seed, refill=True, seeded=positional)
-        return self._get_dataloader(
+        self._train_loader = self._get_dataloader(
             dataset=self.positional_dataset,
             description="Training",
             batch_size=self._train_batch_size,
             sampler_fn=self._get_train_sampler,
             is_training=True,
         )
+        return self._train_loader
+
+    def draw_as_a_new_loader_iterator(self) -> None:
+        """Called as an epoch begins. A DataLoader draws its workers' base seed from torch's global RNG whenever it
+        creates an iterator: every epoch with workers 0 or non-persistent workers, only the first time with persistent
+        ones. For an epoch that will reuse persistent workers the same number is drawn here, so the global RNG (the
+        model's: drop path) follows one sequence whatever the workers, and a resumed run, whose loader starts its
+        workers at a later epoch, stays exact."""
+        loader = getattr(self, "_train_loader", None)
+        base = getattr(loader, "base_dataloader", loader)  # accelerate's DataLoaderShard wraps a torch DataLoader
+        if base is None or not getattr(base, "persistent_workers", False) or base.num_workers == 0:
+            return
+        if getattr(base, "_iterator", None) is not None:  # an earlier epoch started the workers: no new iterator
+            torch.empty((), dtype=torch.int64).random_(generator=base.generator)
 
     # ------------------------------------------------------------------ optimisation
     def parameter_groups(self, model: nn.Module) -> list[dict]:
@@ -291,6 +304,18 @@ class MimPretrainingTrainer(ModelCardMixin, Trainer):
             if pooled is not None:
                 self._last_pooled = pooled.detach().float()
         return (loss, outputs) if return_outputs else loss
+
+    def _prepare_inputs(self, inputs):
+        inputs = super()._prepare_inputs(inputs)
+        if self.args.torch_compile:
+            # Index lengths that change from batch to batch (I-JEPA's block sizes) are marked dynamic by the collator,
+            # but the mark stays with its tensor: a copy out of a worker process or onto the accelerator loses it, and
+            # dynamo would compile the first lengths as constants, then recompile once per length. Marked again here,
+            # on the tensors the model gets: one compilation covers every length.
+            for name in getattr(self.data_collator, "dynamic_lengths", ()):
+                if torch.is_tensor(inputs.get(name)):
+                    mark_length_dynamic(inputs[name])
+        return inputs
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         inputs.pop("num_skipped", None)

@@ -2,6 +2,7 @@
 their method as a `PretrainingRecipe`). Follows transformers' `run_mae.py`: `HfArgumentParser` over model / data /
 training dataclasses or one JSON file, datasets or image folders, resume from the last checkpoint."""
 
+import json
 import logging
 import sys
 from collections.abc import Callable
@@ -18,12 +19,14 @@ from ..data import SafeImageTransform, bundled_photo_dataset, pretraining_transf
 from ..data.positional import drop_unreadable_rows
 from ..presets import CPU_RECIPES
 from ..zero3 import without_zero3_init
+from .arguments import default_dataloader_num_workers
 from .checkpoints import RunFolderError, checkpoint_to_resume
 from .learning_report import LearningReport
 from .pretraining_trainer import CheckpointWriteError, NonFiniteLossError
 
 logger = logging.getLogger(__name__)
 DEFAULT_DEMO_STEPS = 300
+LOADER_OPTIONS = ("dataloader_num_workers", "dataloader_persistent_workers")  # options whose defaults run() sets
 
 
 @dataclass
@@ -197,19 +200,33 @@ def run(recipe: PretrainingRecipe, argv: list[str] | None = None) -> int:
         (ModelArguments, DataTrainingArguments, *recipe.extra_argument_classes, recipe.arguments_class)
     )
     argv = sys.argv[1:] if argv is None else argv
+    # Loader defaults of the pretraining scripts (README "Pretrain"): worker processes scale with the cores
+    # (`default_dataloader_num_workers`); given options, in a JSON file or on the command line, win.
+    loader_defaults = {"dataloader_num_workers": default_dataloader_num_workers()}
     if len(argv) == 1 and argv[0].endswith(".json"):
-        model_args, data_args, *extra_args, training_args = parser.parse_json_file(json_file=argv[0])
+        settings = json.loads(Path(argv[0]).read_text())
+        given = set(settings)
+        model_args, data_args, *extra_args, training_args = parser.parse_dict({**loader_defaults, **settings})
     else:
+        given = {name for name in LOADER_OPTIONS if any(a == f"--{name}" or a.startswith(f"--{name}=") for a in argv)}
+        defaults = [f"--{name}={value}" for name, value in loader_defaults.items()]
         if not any(a == "--output_dir" or a.startswith("--output_dir=") for a in argv):
             argv = [*argv, "--output_dir", f"outputs/{recipe.name}-pretraining"]
-        model_args, data_args, *extra_args, training_args = parser.parse_args_into_dataclasses(args=argv)
+        model_args, data_args, *extra_args, training_args = parser.parse_args_into_dataclasses(args=[*defaults, *argv])
         if not data_args.has_data and not model_args.config_name and not model_args.model_name_or_path:
             # The embedded default runs the CPU recipe (hf_mim.presets.CPU_RECIPES); the command line still wins, as
             # argparse keeps the last occurrence of an option.
             cpu_recipe = list(CPU_RECIPES.get(recipe.name, ()))
             model_args, data_args, *extra_args, training_args = parser.parse_args_into_dataclasses(
-                args=[*cpu_recipe, *argv]
+                args=[*defaults, *cpu_recipe, *argv]
             )
+    if "dataloader_persistent_workers" not in given:
+        # Workers live for the whole run: no new processes, and no pipeline refilled from cold, at each epoch. Under
+        # position seeding the epoch reaches them through shared memory (PositionalDataset); the global RNG keeps
+        # the originals' per-epoch workers, whose fresh seeds make a resume at an epoch end exact.
+        training_args.dataloader_persistent_workers = (
+            training_args.dataloader_num_workers > 0 and training_args.augmentation_rng == "position"
+        )
     training_args.remove_unused_columns = False  # the collator builds the model inputs itself
     if not data_args.has_data and training_args.max_steps <= 0:
         training_args.max_steps = DEFAULT_DEMO_STEPS
