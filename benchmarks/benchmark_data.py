@@ -52,8 +52,8 @@ import torchvision.transforms as T
 import torchvision.transforms.functional as TF
 from torch.utils.data import default_collate
 
-from hf_mim.data import PositionalDataset, SafeImageTransform, positional, pretraining_transform
-from hf_mim.trainers.run_pretraining import DataTrainingArguments, load_training_data
+from hf_mim.data import PositionalDataset, SafeImageTransform, positional
+from hf_mim.trainers.run_pretraining import DataTrainingArguments, load_training_data, recipe_image_transform
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO_ROOT / "examples" / "pytorch" / "pretraining"
@@ -126,11 +126,7 @@ def build_hf(method: Method, folder: Path, seed: int):
     data_args = DataTrainingArguments(train_dir=str(folder))
     image_size = data_args.image_size or config.image_size
     dataset = load_training_data(data_args)
-    if recipe.transform is not None:
-        image_transform = recipe.transform(config, data_args, image_size, *extra_args)
-    else:
-        crop_scale = (data_args.crop_scale_min or recipe.crop_scale_min, 1.0)
-        image_transform = pretraining_transform(image_size, crop_scale, recipe.hflip, recipe.interpolation)
+    image_transform = recipe_image_transform(recipe, config, data_args, image_size, extra_args)
     dataset = dataset.with_transform(SafeImageTransform(image_transform, data_args.image_column_name))
     dataset = PositionalDataset(dataset, seed=seed, refill=True, seeded=True)
     return dataset, recipe.collator(config), config

@@ -39,8 +39,8 @@ import torch._dynamo
 from torch._dynamo.utils import counters
 from torch.utils.flop_counter import FlopCounterMode
 
-from hf_mim.data import bundled_photos, mark_length_dynamic, pretraining_transform
-from hf_mim.trainers.run_pretraining import DataTrainingArguments
+from hf_mim.data import bundled_photos, mark_length_dynamic
+from hf_mim.trainers.run_pretraining import DataTrainingArguments, recipe_image_transform
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "pytorch" / "pretraining"
 
@@ -96,10 +96,7 @@ def build(workload: Workload, tiny: bool):
         config = recipe.configure(config, *extra_args)
     data_args = DataTrainingArguments()
     image_size = config.image_size
-    if recipe.transform is not None:
-        transform = recipe.transform(config, data_args, image_size, *extra_args)
-    else:
-        transform = pretraining_transform(image_size, (recipe.crop_scale_min, 1.0), recipe.hflip, recipe.interpolation)
+    transform = recipe_image_transform(recipe, config, data_args, image_size, extra_args)
     model = recipe.model_class(config)
     if recipe.attach is not None:
         recipe.attach(model, *extra_args)

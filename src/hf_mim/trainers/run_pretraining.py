@@ -195,6 +195,15 @@ def write_backbone(
     return backbone_dir, table
 
 
+def recipe_image_transform(recipe: PretrainingRecipe, config, data_args, image_size: int, extra_args=()) -> Callable:
+    """The per-image training transform of `recipe`: its own factory (VICRegL's multi-crop, CAE's two views), else
+    one random-resized crop (scale from `--crop_scale_min` or the recipe's) with the recipe's flip and interpolation."""
+    if recipe.transform is not None:
+        return recipe.transform(config, data_args, image_size, *extra_args)
+    crop_scale = (data_args.crop_scale_min or recipe.crop_scale_min, 1.0)
+    return pretraining_transform(image_size, crop_scale, recipe.hflip, recipe.interpolation)
+
+
 def run(recipe: PretrainingRecipe, argv: list[str] | None = None) -> int:
     parser = HfArgumentParser(
         (ModelArguments, DataTrainingArguments, *recipe.extra_argument_classes, recipe.arguments_class)
@@ -273,11 +282,7 @@ def run(recipe: PretrainingRecipe, argv: list[str] | None = None) -> int:
             report.start(recipe.backbone(model))
 
     dataset = load_training_data(data_args)
-    if recipe.transform is not None:
-        image_transform = recipe.transform(config, data_args, image_size, *extra_args)
-    else:
-        crop_scale = (data_args.crop_scale_min or recipe.crop_scale_min, 1.0)
-        image_transform = pretraining_transform(image_size, crop_scale, recipe.hflip, recipe.interpolation)
+    image_transform = recipe_image_transform(recipe, config, data_args, image_size, extra_args)
     transform = SafeImageTransform(image_transform, data_args.image_column_name)
     if isinstance(dataset, datasets.IterableDataset):
         # A stream cannot be refilled by index: unreadable rows are dropped (batches stay full) and named on the row
