@@ -1,4 +1,4 @@
-"""hf_mim.models.cae.dvae_dalle (a DALL-E-style dVAE trained on your own images) and
+"""hf_mim.models.cae.dvae_dalle + hf_mim.trainers.dvae_trainer (a DALL-E-style dVAE trained on your own images) and
 examples/pytorch/pretraining/train_dalle_tokenizer.py: shapes, that training reconstructs better than the untrained
 model and is repeatable, the caller's RNG, clear errors, and the script's tokenizer folder."""
 
@@ -11,8 +11,9 @@ import PIL.Image
 import pytest
 import torch
 
-from hf_mim.models.cae.dvae_dalle import DiscreteVae, DvaeTrainingArguments, train_dalle_tokenizer
+from hf_mim.models.cae.dvae_dalle import DiscreteVae
 from hf_mim.models.cae.tokenizer_dalle import DalleTokenizer, DalleTokenizerConfig, map_pixels
+from hf_mim.trainers.dvae_trainer import DvaeTrainingArguments, train_dalle_tokenizer
 
 from .helpers import load_script
 

@@ -3,6 +3,7 @@
 Importing the package registers every model with transformers' Auto classes.
 """
 
+from ._version import __version__  # noqa: F401  (hf_mim.__version__)
 from .auto_registration import register_model
 from .image_processing_utils import HfMimImageProcessor
 from .models.cae import (
@@ -83,7 +84,6 @@ register_model(
     backbone=VicreglBackbone,
 )
 
-__version__ = "0.1.0"
 
 __all__ = [
     "CaeBackbone",

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from ._version import __version__
 from .releases import METHODS, Method, Metric, Release, release_named
 
 LIBRARY_TAG = "hf_mim"
@@ -281,7 +282,6 @@ def conversion_card(
         extra_tags=extra_tags,
         include_unverified_metrics=include_unverified_metrics,
     )
-    from . import __version__
 
     original = f"`{source_file}`" if source_file else ""
     if release is not None:
@@ -421,7 +421,6 @@ def training_card(
         license=license,
         extra_tags=["pretraining", *tags],
     )
-    from . import __version__
 
     loss = _final_loss(state.log_history)
     batch = args.per_device_train_batch_size * max(args.world_size, 1) * args.gradient_accumulation_steps

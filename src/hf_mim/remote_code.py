@@ -26,6 +26,8 @@ import json
 import sys
 from pathlib import Path
 
+from ._version import __version__
+
 PACKAGE = __name__.split(".")[0]  # "hf_mim"
 CONFIG_FILE, PROCESSOR_FILE = "config.json", "preprocessor_config.json"
 
@@ -173,7 +175,6 @@ def _rewrite(module: str) -> tuple[str, set[str]]:
 
 def bundle_sources(modules: list[str]) -> dict[str, str]:
     """Flat file name -> rewritten source for `modules` and every hf_mim module they need (transitively)."""
-    from . import __version__
 
     files, owners, queue = {}, {}, list(modules)
     while queue:

@@ -9,7 +9,7 @@
 The tokenizer sees what CAE v1 tokenizes: the second view of `TwoViewCropTransform.cae_v1` (a random resized crop,
 lanczos, logit-Laplace mapped), `--views_per_image` crops of every training image, drawn once before training and
 held in memory (at most `--max_views`). It trains on the CPU: a tokenizer for a large data set wants a GPU run of
-`hf_mim.models.cae.dvae_dalle.train_dalle_tokenizer` on views moved there.
+`hf_mim.trainers.dvae_trainer.train_dalle_tokenizer` on views moved there.
 Data arguments are run_cae.py's (default: the digits training split). Writes a `DalleTokenizer` folder
 (safetensors + config) and `dvae_history.json` (reconstruction error, KL, code perplexity during training), and
 prints how many codes the trained encoder uses. See `hf_mim.models.cae.dvae_dalle` for the model and objective.
@@ -35,9 +35,9 @@ from transformers import HfArgumentParser
 from hf_mim.data import TwoViewCropTransform
 from hf_mim.data.skipped import SkippedFiles
 from hf_mim.data.transforms import DECODE_ERRORS, decode_failure, decode_image
-from hf_mim.models.cae.dvae_dalle import DvaeTrainingArguments, train_dalle_tokenizer
 from hf_mim.models.cae.tokenizer_dalle import DalleTokenizerConfig
 from hf_mim.presets import CPU_RECIPES
+from hf_mim.trainers.dvae_trainer import DvaeTrainingArguments, train_dalle_tokenizer
 from hf_mim.trainers.run_pretraining import DataTrainingArguments, load_training_data
 
 logger = logging.getLogger(__name__)

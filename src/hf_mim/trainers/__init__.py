@@ -1,3 +1,4 @@
+from ..optim.schedules import linear, warmup_then_cosine
 from .arguments import (
     CaeTrainingArguments,
     CapiTrainingArguments,
@@ -9,7 +10,6 @@ from .cae_trainer import CaeTrainer
 from .capi_trainer import CapiTrainer
 from .ijepa_trainer import IJepaTrainer
 from .pretraining_trainer import MimPretrainingTrainer, NonFiniteLossError
-from .schedules import linear, warmup_then_cosine
 from .vicregl_trainer import VicreglTrainer
 
 __all__ = [

@@ -36,6 +36,7 @@ from ..data.collators import mark_length_dynamic
 from ..data.positional import PositionalDataset
 from ..data.skipped import SkippedFiles
 from ..losses import effective_rank
+from ..optim.schedules import linear, warmup_then_cosine
 from .checkpoints import (
     RUN_SETTINGS,
     STAGING_DIR,
@@ -47,7 +48,6 @@ from .checkpoints import (
 )
 from .feature_health import warn_if_collapsing
 from .model_card import ModelCardMixin
-from .schedules import linear, warmup_then_cosine
 
 logger = logging.get_logger(__name__)
 

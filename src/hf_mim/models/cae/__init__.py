@@ -1,6 +1,5 @@
 from .backbone_cae import CaeBackbone
 from .configuration_cae import CaeConfig
-from .dvae_dalle import DvaeTrainingArguments, train_dalle_tokenizer
 from .image_processing_cae import CaeImageProcessor, CaeImageProcessorKwargs
 from .modeling_cae import (
     CaeForImageClassification,
@@ -40,9 +39,7 @@ __all__ = [
     "ClipTeacher",
     "DalleTokenizer",
     "DalleTokenizerConfig",
-    "DvaeTrainingArguments",
     "cae_position_table",
     "load_target_model",
     "register_dalle_tokenizer",
-    "train_dalle_tokenizer",
 ]
