@@ -38,7 +38,7 @@ from hf_mim import (
     VicreglForPreTraining,
     VicreglImageProcessor,
 )
-from hf_mim.conversion import image_processor_at
+from hf_mim.image_processing_utils import image_processor_at
 
 CHILD = Path(__file__).with_name("no_prompt_child.py")
 PROMPT = b"Do you wish to run the custom code?"

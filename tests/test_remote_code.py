@@ -41,7 +41,7 @@ from hf_mim import (
     VicreglForPreTraining,
     VicreglImageProcessor,
 )
-from hf_mim.conversion import image_processor_at
+from hf_mim.image_processing_utils import image_processor_at
 from hf_mim.remote_code import ALLOWED_THIRD_PARTY, bundle_sources, export_remote_code, third_party_imports
 
 CHILD = Path(__file__).with_name("remote_code_child.py")

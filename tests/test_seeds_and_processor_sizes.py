@@ -111,7 +111,7 @@ def check_processor(folder, size: int):
 
 
 def test_helper_keeps_the_release_ratio():
-    from hf_mim.conversion import image_processor_at
+    from hf_mim.image_processing_utils import image_processor_at
 
     for cls in (CapiImageProcessor, IJepaImageProcessor):
         for crop, resize in ((224, 256), (56, 64), (448, 512), (84, 96), (42, 48)):

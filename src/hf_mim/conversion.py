@@ -15,6 +15,8 @@ from pathlib import Path
 
 import torch
 
+from .image_processing_utils import image_processor_at  # noqa: F401  (the converters' import)
+
 
 class CheckpointMismatchError(ValueError):
     """The checkpoint does not have the keys the converter expects; the message lists them."""
@@ -167,23 +169,6 @@ def upcast_check(report: dict) -> list[str]:
     if "upcast" not in report:
         return []
     return [f"Half-precision weights in the original, up-cast: {report['upcast']} (exact: no rounding added)."]
-
-
-# The released evaluation protocols resize the shorter side to 256 and center-crop 224.
-EVAL_RESIZE, EVAL_CROP = 256, 224
-
-
-def image_processor_at(processor_class: type, image_size: int, **kwargs):
-    """`processor_class` for a model trained at `image_size` px: center crop `image_size` x `image_size` after
-    resizing the shorter side to `round(image_size * 256 / 224)` (the releases' 256 / 224 evaluation ratio).
-
-    Every folder a pretraining run or a converter writes gets its processor from here, so its crop size is the
-    resolution the model was trained at (e.g. 56 px -> shortest_edge 64, crop 56; 224 -> 256, 224)."""
-    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
-        raise ValueError(f"image_size must be a positive integer, got {image_size!r}.")
-    size = {"shortest_edge": round(image_size * EVAL_RESIZE / EVAL_CROP)}
-    crop_size = {"height": image_size, "width": image_size}
-    return processor_class(**{"size": size, "crop_size": crop_size, **kwargs})
 
 
 @contextmanager

@@ -212,3 +212,20 @@ def input_statistics(source: str | None, image_size: int | None, config=None, ca
     if size is None:
         size = getattr(config, "image_size", None) or 224
     return int(size), mean, std, processor
+
+
+# The released evaluation protocols resize the shorter side to 256 and center-crop 224.
+EVAL_RESIZE, EVAL_CROP = 256, 224
+
+
+def image_processor_at(processor_class: type, image_size: int, **kwargs):
+    """`processor_class` for a model trained at `image_size` px: center crop `image_size` x `image_size` after
+    resizing the shorter side to `round(image_size * 256 / 224)` (the releases' 256 / 224 evaluation ratio).
+
+    Every folder a pretraining run or a converter writes gets its processor from here, so its crop size is the
+    resolution the model was trained at (e.g. 56 px -> shortest_edge 64, crop 56; 224 -> 256, 224)."""
+    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
+        raise ValueError(f"image_size must be a positive integer, got {image_size!r}.")
+    size = {"shortest_edge": round(image_size * EVAL_RESIZE / EVAL_CROP)}
+    crop_size = {"height": image_size, "width": image_size}
+    return processor_class(**{"size": size, "crop_size": crop_size, **kwargs})

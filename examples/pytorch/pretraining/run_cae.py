@@ -27,7 +27,7 @@ from hf_mim import CaeConfig, CaeForPreTraining, CaeImageProcessor
 from hf_mim.data import TwoViewCollator, TwoViewCropTransform
 from hf_mim.masking import BlockMasking
 from hf_mim.models.cae.targets_cae import ClipTeacher, load_target_model
-from hf_mim.presets import presets_for
+from hf_mim.presets import CPU_RECIPES, presets_for
 from hf_mim.trainers import CaeTrainer, CaeTrainingArguments
 from hf_mim.trainers.run_pretraining import PretrainingRecipe, run
 
@@ -106,6 +106,7 @@ CAE = PretrainingRecipe(
     name="cae",
     config_class=CaeConfig,
     config_presets=presets_for("cae"),
+    cpu_recipe=CPU_RECIPES["cae"],
     default_preset="cae-tiny",
     model_class=CaeForPreTraining,
     image_processor_class=CaeImageProcessor,

@@ -20,7 +20,7 @@ import sys
 
 from hf_mim import CapiConfig, CapiForPreTraining, CapiImageProcessor
 from hf_mim.data import capi_collator
-from hf_mim.presets import presets_for
+from hf_mim.presets import CPU_RECIPES, presets_for
 from hf_mim.trainers import CapiTrainer, CapiTrainingArguments
 from hf_mim.trainers.run_pretraining import PretrainingRecipe, run
 
@@ -28,6 +28,7 @@ CAPI = PretrainingRecipe(
     name="capi",
     config_class=CapiConfig,
     config_presets=presets_for("capi"),
+    cpu_recipe=CPU_RECIPES["capi"],
     default_preset="capi-tiny",
     model_class=CapiForPreTraining,
     image_processor_class=CapiImageProcessor,

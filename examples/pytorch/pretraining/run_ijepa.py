@@ -17,7 +17,7 @@ import sys
 
 from hf_mim import IJepaConfig, IJepaForPreTraining, IJepaImageProcessor
 from hf_mim.data import ijepa_collator
-from hf_mim.presets import presets_for
+from hf_mim.presets import CPU_RECIPES, presets_for
 from hf_mim.trainers import IJepaTrainer, IJepaTrainingArguments
 from hf_mim.trainers.run_pretraining import PretrainingRecipe, run
 
@@ -32,6 +32,7 @@ IJEPA = PretrainingRecipe(
     name="ijepa",
     config_class=IJepaConfig,
     config_presets=presets_for("ijepa"),
+    cpu_recipe=CPU_RECIPES["ijepa"],
     default_preset="ijepa-tiny",
     model_class=IJepaForPreTraining,
     image_processor_class=IJepaImageProcessor,

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 from hf_mim import VicreglConfig, VicreglForPreTraining, VicreglImageProcessor
 from hf_mim.data import MultiCropCollator, MultiCropTransform
-from hf_mim.presets import presets_for
+from hf_mim.presets import CPU_RECIPES, presets_for
 from hf_mim.trainers import VicreglTrainer, VicreglTrainingArguments
 from hf_mim.trainers.run_pretraining import PretrainingRecipe, run
 
@@ -76,6 +76,7 @@ VICREGL = PretrainingRecipe(
     name="vicregl",
     config_class=VicreglConfig,
     config_presets=presets_for("vicregl"),
+    cpu_recipe=CPU_RECIPES["vicregl"],
     default_preset="vicregl-tiny",
     model_class=VicreglForPreTraining,
     image_processor_class=VicreglImageProcessor,

@@ -14,10 +14,9 @@ import torch
 import transformers
 from transformers import AutoConfig, HfArgumentParser, set_seed
 
-from ..conversion import image_processor_at
 from ..data import SafeImageTransform, bundled_photo_dataset, pretraining_transform
 from ..data.positional import drop_unreadable_rows
-from ..presets import CPU_RECIPES
+from ..image_processing_utils import image_processor_at
 from ..zero3 import without_zero3_init
 from .arguments import default_dataloader_num_workers
 from .checkpoints import RunFolderError, checkpoint_to_resume
@@ -58,6 +57,9 @@ class PretrainingRecipe:
     # `(model, *extra_args) -> None` after the model is built (e.g. attaching CAE's frozen target network).
     configure: Callable | None = None
     attach: Callable | None = None
+    # The command-line arguments of the embedded default (no data, no preset): the method's CPU recipe
+    # (`hf_mim.presets.CPU_RECIPES`); the command line still wins.
+    cpu_recipe: tuple[str, ...] = ()
 
 
 @dataclass
@@ -223,9 +225,9 @@ def run(recipe: PretrainingRecipe, argv: list[str] | None = None) -> int:
             argv = [*argv, "--output_dir", f"outputs/{recipe.name}-pretraining"]
         model_args, data_args, *extra_args, training_args = parser.parse_args_into_dataclasses(args=[*defaults, *argv])
         if not data_args.has_data and not model_args.config_name and not model_args.model_name_or_path:
-            # The embedded default runs the CPU recipe (hf_mim.presets.CPU_RECIPES); the command line still wins, as
+            # The embedded default runs the recipe's CPU recipe (`recipe.cpu_recipe`); the command line still wins, as
             # argparse keeps the last occurrence of an option.
-            cpu_recipe = list(CPU_RECIPES.get(recipe.name, ()))
+            cpu_recipe = list(recipe.cpu_recipe)
             model_args, data_args, *extra_args, training_args = parser.parse_args_into_dataclasses(
                 args=[*defaults, *cpu_recipe, *argv]
             )
