@@ -197,7 +197,7 @@ def to_lxt(model: dict) -> dict:
 
 
 def to_mmpretrain(model: dict) -> dict:
-    """An A4V v1 state dict in MMPretrain's layout (reference §1.4(e)), plus a DALL-E target generator."""
+    """An A4V v1 state dict in MMPretrain's layout (its `backbone.` / `neck.` keys), plus a DALL-E target generator."""
     out = {
         "target_generator.blocks.input.w": torch.zeros(8, 3, 7, 7),
         "target_generator.blocks.input.b": torch.zeros(8),

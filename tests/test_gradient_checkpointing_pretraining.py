@@ -129,7 +129,7 @@ def test_resnet_batch_norm_counts_each_batch_once():
     statistics twice (measured with plain BatchNorm2d, one step of two views: `num_batches_tracked` 4 instead of 2,
     running means off by up to 0.51 (82 % of their largest value), variances by 0.50 (31 %)).
     `ReplaySafeBatchNorm2d` updates them in the first pass only."""
-    from hf_mim.models.vicregl.backbones_vicregl import ReplaySafeBatchNorm2d
+    from hf_mim.models.vicregl.convnets_vicregl import ReplaySafeBatchNorm2d
 
     checkpointed = train_step("vicregl_resnet", True)
     norms = [m for m in checkpointed["model"].modules() if isinstance(m, torch.nn.BatchNorm2d)]

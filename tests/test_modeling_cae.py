@@ -1,5 +1,5 @@
 """CAE v1 / v2 models: transformers-style common tests, pooling definitions, the three classification heads, the
-pretraining objective against independent transcriptions of reference §3.3 / §3.5."""
+pretraining objective against independent transcriptions of the original's losses (v1 and v2 engines)."""
 
 import pytest
 import torch

@@ -115,7 +115,6 @@ CAE = PretrainingRecipe(
     collator=collator,
     backbone=lambda model: model.cae,
     backbone_description="CAE encoder",
-    license="other",
     crop_scale_min=0.08,
     hflip=True,
     interpolation="bicubic",

@@ -37,7 +37,6 @@ CAPI = PretrainingRecipe(
     collator=capi_collator,
     backbone=lambda model: model.teacher,
     backbone_description="EMA teacher",
-    license="apache-2.0",
     crop_scale_min=0.6,
     hflip=True,
     interpolation="bicubic",

@@ -41,7 +41,6 @@ IJEPA = PretrainingRecipe(
     collator=ijepa_collator,
     backbone=target_encoder,
     backbone_description="EMA target encoder",
-    license="cc-by-nc-4.0",
     crop_scale_min=0.3,
     hflip=False,
     interpolation="bilinear",

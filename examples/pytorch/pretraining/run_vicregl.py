@@ -85,7 +85,6 @@ VICREGL = PretrainingRecipe(
     collator=lambda config: MultiCropCollator(),
     backbone=lambda model: model.vicregl,
     backbone_description="VICRegL backbone",
-    license="cc-by-nc-4.0",
     crop_scale_min=0.4,
     hflip=True,
     interpolation="bicubic",

@@ -20,11 +20,11 @@ import PIL.ImageOps
 import torch
 import torchvision.transforms.functional as TF
 from torchvision.transforms import v2
+from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 from ..image_processing_utils import _pil_to_rgb_array
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+IMAGENET_MEAN, IMAGENET_STD = tuple(IMAGENET_DEFAULT_MEAN), tuple(IMAGENET_DEFAULT_STD)
 DECODE_ERRORS = (OSError, SyntaxError, ValueError, PIL.Image.DecompressionBombError)
 # What some PIL decoders raise on malformed data besides DECODE_ERRORS; decode_image turns them into an OSError.
 _MALFORMED_DATA_ERRORS = (EOFError, IndexError, KeyError, TypeError, ZeroDivisionError, struct.error)

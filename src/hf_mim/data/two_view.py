@@ -26,18 +26,14 @@ import torch
 import torchvision.transforms.functional as TF
 from torchvision.transforms import v2
 
+from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+
+from ..image_processing_utils import LOGIT_LAPLACE_EPS, map_pixels  # noqa: F401  (map_pixels: the public name)
 from .collators import PretrainingCollator
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, decode_image, to_tensor
 
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-LOGIT_LAPLACE_EPS = 0.1  # DALL-E's map_pixels: x -> (1 - 2 * eps) * x + eps
+CLIP_MEAN, CLIP_STD = tuple(OPENAI_CLIP_MEAN), tuple(OPENAI_CLIP_STD)
 SECOND_NORMALIZATIONS = ("logit_laplace", "clip", "imagenet")
-
-
-def map_pixels(x: torch.Tensor, eps: float = LOGIT_LAPLACE_EPS) -> torch.Tensor:
-    """DALL-E's logit-Laplace pixel map: [0, 1] -> [eps, 1 - eps]."""
-    return (1 - 2 * eps) * x + eps
 
 
 def _positive_int(value, name: str) -> int:

@@ -8,7 +8,7 @@ from .layer_decay import (
     layer_id_for_parameter,
     num_backbone_layers,
 )
-from .mixup import MixupCutmix, cutmix_box, smooth_one_hot, soft_target_cross_entropy
+from .mixup import MixupCutmix, cutmix_box, smooth_one_hot
 from .trainer import (
     FinetuningArguments,
     FinetuningTrainer,
@@ -36,6 +36,5 @@ __all__ = [
     "num_backbone_layers",
     "prepare_linear_probe",
     "smooth_one_hot",
-    "soft_target_cross_entropy",
     "topk_accuracy",
 ]

@@ -10,7 +10,6 @@ import math
 
 import numpy as np
 import torch
-from torch import nn
 
 
 def smooth_one_hot(labels: torch.Tensor, num_classes: int, smoothing: float = 0.0) -> torch.Tensor:
@@ -21,12 +20,6 @@ def smooth_one_hot(labels: torch.Tensor, num_classes: int, smoothing: float = 0.
     off = smoothing / num_classes
     targets = torch.full((labels.shape[0], num_classes), off, dtype=torch.float32, device=labels.device)
     return targets.scatter_(1, labels.long().view(-1, 1), 1.0 - smoothing + off)
-
-
-def soft_target_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Mean over the batch of `-sum_c targets[:, c] * log_softmax(logits)[:, c]` (computed in float32)."""
-    log_probs = nn.functional.log_softmax(logits.float(), dim=-1)
-    return -(targets.to(log_probs.dtype) * log_probs).sum(dim=-1).mean()
 
 
 def cutmix_box(
@@ -125,4 +118,4 @@ class MixupCutmix:
         return mixed, targets.to(pixel_values.device)
 
 
-__all__ = ["MixupCutmix", "cutmix_box", "smooth_one_hot", "soft_target_cross_entropy"]
+__all__ = ["MixupCutmix", "cutmix_box", "smooth_one_hot"]

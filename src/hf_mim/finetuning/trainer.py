@@ -13,7 +13,7 @@ from transformers.utils import logging
 from ..data.skipped import SkippedFilesTrainerMixin
 from ..training_defaults import PinMemoryOnlyWithAccelerator
 from .layer_decay import layer_decay_parameter_groups, num_backbone_layers
-from .mixup import MixupCutmix, soft_target_cross_entropy
+from .mixup import MixupCutmix
 
 logger = logging.get_logger(__name__)
 
@@ -197,7 +197,8 @@ class FinetuningTrainer(SkippedFilesTrainerMixin, Trainer):
         if model.training and self.mixup is not None:
             pixel_values, targets = self.mixup(pixel_values, labels)
             outputs = model(pixel_values=pixel_values, **inputs)
-            loss = soft_target_cross_entropy(self._logits(outputs), targets)
+            # cross-entropy against the mixed, smoothed probabilities, in float32
+            loss = nn.functional.cross_entropy(self._logits(outputs).float(), targets.float())
         else:
             outputs = model(pixel_values=pixel_values, **inputs)
             smoothing = getattr(self.args, "label_smoothing", 0.0) if model.training else 0.0

@@ -3,8 +3,7 @@
 import torch
 from torchvision.transforms import v2
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD
 
 
 def finetuning_train_transform(

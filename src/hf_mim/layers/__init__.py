@@ -2,7 +2,7 @@
 
 from .attention import Attention, eager_attention_forward
 from .blocks import CrossAttentionBlock, SelfAttentionBlock, ViTLayer
-from .mlp import Mlp, SwiGLU, build_mlp
+from .mlp import Mlp
 from .norms import build_norm
 from .patch_embed import PatchEmbeddings
 from .pooling import AttentivePooler
@@ -25,9 +25,7 @@ __all__ = [
     "Mlp",
     "PatchEmbeddings",
     "SelfAttentionBlock",
-    "SwiGLU",
     "ViTLayer",
-    "build_mlp",
     "build_norm",
     "drop_path",
     "drop_path_schedule",

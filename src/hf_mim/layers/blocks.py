@@ -5,7 +5,7 @@ from torch import nn
 from transformers.modeling_layers import GradientCheckpointingLayer
 
 from .attention import Attention
-from .mlp import build_mlp
+from .mlp import Mlp
 from .norms import build_norm
 from .regularization import LayerScale, residual_with_drop_path
 
@@ -33,7 +33,6 @@ class _PreNormBlock(GradientCheckpointingLayer):
         proj_bias: bool = True,
         mlp_bias: bool = True,
         hidden_act: str = "gelu",
-        mlp_type: str = "mlp",
         layer_scale_init: float | None = None,
         drop_path_rate: float = 0.0,
         drop_path_mode: str = "naive",
@@ -48,7 +47,7 @@ class _PreNormBlock(GradientCheckpointingLayer):
         )
         setattr(self, self.attention_name, attention)
         setattr(self, self.norm_names[1], build_norm(norm_type, hidden_size, norm_eps))
-        self.mlp = build_mlp(mlp_type, hidden_size, intermediate_size, hidden_act, mlp_bias)
+        self.mlp = Mlp(hidden_size, intermediate_size, hidden_act, mlp_bias)
         self.layer_scale1 = LayerScale(hidden_size, layer_scale_init) if layer_scale_init else nn.Identity()
         self.layer_scale2 = LayerScale(hidden_size, layer_scale_init) if layer_scale_init else nn.Identity()
         self.drop_path_rate = drop_path_rate

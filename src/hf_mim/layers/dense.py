@@ -24,7 +24,7 @@ def tokens_to_feature_map(tokens: torch.Tensor, grid: tuple[int, int], num_prefi
 
 
 class MultiScaleAdapter(nn.Module):
-    """The FPN adapters of BEiT / CAE segmentation backbones (CAE reference §4.4), one per map:
+    """The FPN adapters of BEiT / CAE segmentation backbones (the CAE paper's UperNet protocol on ADE20K), one per map:
 
     * `fpn1`: ConvTranspose2d(2x2, stride 2) -> BatchNorm2d -> GELU -> ConvTranspose2d(2x2, stride 2): 4x the grid
     * `fpn2`: ConvTranspose2d(2x2, stride 2): 2x

@@ -5,8 +5,6 @@
 * `resize_position_embeddings`: bicubic interpolation of a learned or fixed absolute table to another grid.
 """
 
-import math
-
 import torch
 from torch import nn
 
@@ -137,10 +135,3 @@ def resize_position_embeddings(
     table = position_embeddings.reshape(1, src_h, src_w, dim).permute(0, 3, 1, 2)
     table = nn.functional.interpolate(table.float(), size=tuple(target_grid), mode=mode, align_corners=False)
     return table.to(position_embeddings.dtype).permute(0, 2, 3, 1).reshape(1, -1, dim)
-
-
-def square_grid_side(num_positions: int) -> int:
-    side = math.isqrt(num_positions)
-    if side * side != num_positions:
-        raise ValueError(f"{num_positions} positions do not form a square grid.")
-    return side

@@ -1,4 +1,4 @@
-from .ema import create_teacher, ema_update, paired_tensors
+from .ema import ema_update, paired_tensors
 from .student_teacher import EmaTeacherMixin
 
-__all__ = ["EmaTeacherMixin", "create_teacher", "ema_update", "paired_tensors"]
+__all__ = ["EmaTeacherMixin", "ema_update", "paired_tensors"]

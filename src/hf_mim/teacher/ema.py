@@ -17,18 +17,8 @@ trainer after each (non-skipped) optimizer step.
   teacher's. So for persistent (available) parameters the full copies are updated too.
 """
 
-import copy
-
 import torch
 from torch import nn
-
-
-def create_teacher(student: nn.Module) -> nn.Module:
-    """A frozen copy of the student (no gradients, always in eval mode: no stochastic depth in the teacher)."""
-    teacher = copy.deepcopy(student)
-    teacher.requires_grad_(False)
-    teacher.eval()
-    return teacher
 
 
 def _local_tensor(tensor: torch.Tensor) -> torch.Tensor:

@@ -3,7 +3,6 @@
 import torch
 from transformers.utils import logging
 
-from ..losses import effective_rank
 from .ema import ema_update
 
 logger = logging.get_logger(__name__)
@@ -75,11 +74,3 @@ class EmaTeacherMixin:
                 )
             self._warned_half_precision_teacher = True
         ema_update(self.teacher_module, self.student_module, momentum)
-
-    @staticmethod
-    def feature_health(pooled_features: torch.Tensor) -> dict[str, float]:
-        """Effective rank and mean per-dimension std of pooled features: both fall towards 1 / 0 under collapse."""
-        return {
-            "effective_rank": effective_rank(pooled_features).item(),
-            "feature_std": pooled_features.float().std(dim=0).mean().item(),
-        }

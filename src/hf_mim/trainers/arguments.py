@@ -99,7 +99,7 @@ class MimPretrainingArguments(PinMemoryOnlyWithAccelerator, TrainingArguments):
 
 @dataclass
 class CapiTrainingArguments(MimPretrainingArguments):
-    """CAPI's optimisation recipe (reference §3.6) as defaults; the clustering head has its own lr and weight decay."""
+    """CAPI's optimisation recipe (facebookresearch/capi's default config) as defaults; the clustering head has its own lr and weight decay."""
 
     learning_rate: float = field(default=1e-3)
     weight_decay: float = field(default=0.1)
@@ -137,7 +137,7 @@ class CapiTrainingArguments(MimPretrainingArguments):
 
 @dataclass
 class IJepaTrainingArguments(MimPretrainingArguments):
-    """I-JEPA's recipe (reference §3.5) as defaults: AdamW (0.9, 0.999), lr 2e-4 -> 1e-3 warmup then cosine to 1e-6,
+    """I-JEPA's recipe (the original's ViT-H/14 config) as defaults: AdamW (0.9, 0.999), lr 2e-4 -> 1e-3 warmup then cosine to 1e-6,
     weight decay cosine-increasing 0.04 -> 0.4, EMA momentum linear 0.996 -> 1.0, no gradient clipping."""
 
     learning_rate: float = field(default=1e-3)
@@ -157,7 +157,7 @@ class IJepaTrainingArguments(MimPretrainingArguments):
 
 @dataclass
 class VicreglTrainingArguments(MimPretrainingArguments):
-    """VICRegL's recipe (reference §3.3) as defaults. lr = `base_learning_rate` x global batch / 256, linear warmup
+    """VICRegL's recipe (the original README's training commands) as defaults. lr = `base_learning_rate` x global batch / 256, linear warmup
     from 0 then cosine to `min_lr_ratio` (0.001) of it, set per step; no gradient clipping. Optimizer by backbone
     (`vicregl_optimizer="auto"`): LARS for ResNet (momentum 0.9, eta 1e-3, weight decay `lars_weight_decay` 1e-6 -
     the original hard-codes it - and no decay or adaptation of 1-D parameters), AdamW for ConvNeXt ((0.9, 0.999),
@@ -190,7 +190,7 @@ class VicreglTrainingArguments(MimPretrainingArguments):
 
 @dataclass
 class CaeTrainingArguments(MimPretrainingArguments):
-    """CAE's recipe (reference §3.6) as defaults, v1 and v2 alike: AdamW (0.9, 0.999), lr 1.5e-3 (absolute, not
+    """CAE's recipe (the CAE pretraining scripts) as defaults, v1 and v2 alike: AdamW (0.9, 0.999), lr 1.5e-3 (absolute, not
     batch-scaled), linear warmup from 0 over 10 of 300 epochs then cosine to 1e-5, constant weight decay 0.05 (none on
     biases and 1-D parameters), gradient clipping at 3.0."""
 

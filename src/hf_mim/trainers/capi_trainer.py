@@ -6,7 +6,7 @@ from .pretraining_trainer import MimPretrainingTrainer, steps_from_ratio
 
 
 class CapiTrainer(MimPretrainingTrainer):
-    """Parameter groups (reference §3.4/§3.6 and the hf_mim issue spec):
+    """Parameter groups (those of facebookresearch/capi's train_capi.py and its default config):
 
     * student backbone, predictor and prediction head: AdamW(0.9, 0.95), weight decay `weight_decay` except on
       norms, biases and tokens (0; `original_weight_decay_groups=True` gives the original's multipliers instead:

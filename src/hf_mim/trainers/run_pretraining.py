@@ -43,7 +43,6 @@ class PretrainingRecipe:
     collator: Callable  # config -> data collator
     backbone: Callable  # pretraining model -> the PreTrainedModel exported as the backbone
     backbone_description: str
-    license: str
     crop_scale_min: float
     hflip: bool
     interpolation: str

@@ -14,7 +14,7 @@ class CaeBackbone(ViTBackboneMixin, CaePreTrainedModel):
     last map then equals `CaeModel(...).feature_map`), and through `MultiScaleAdapter` when
     `config.backbone_multiscale`.
 
-    CAE's UperNet protocol (reference §4.4): `backbone_apply_layernorm=False, backbone_multiscale=True,
+    CAE's UperNet protocol (the paper's ADE20K setup): `backbone_apply_layernorm=False, backbone_multiscale=True,
     out_indices=[4, 6, 8, 12]` (ViT-B; the original's 0-based blocks 3, 5, 7, 11). Its relative position bias (zero at
     the start) is not part of this encoder.
 

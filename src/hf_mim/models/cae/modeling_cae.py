@@ -16,9 +16,9 @@ from transformers.utils import ModelOutput
 from ...layers import (
     Attention,
     LayerScale,
+    Mlp,
     PatchEmbeddings,
     SelfAttentionBlock,
-    build_mlp,
     drop_path_schedule,
     residual_with_drop_path,
     resize_position_embeddings,
@@ -329,7 +329,7 @@ class CaeRegressorBlock(GradientCheckpointingLayer):
         width = config.decoder_hidden_size
         self.attention = CaeCrossAttention(config, width, config.decoder_num_attention_heads)
         self.norm2 = nn.LayerNorm(width, eps=config.layer_norm_eps)
-        self.mlp = build_mlp("mlp", width, config.decoder_intermediate_size, config.hidden_act)
+        self.mlp = Mlp(width, config.decoder_intermediate_size, config.hidden_act)
         self.layer_scale1 = LayerScale(width, config.decoder_layer_scale_init_value)
         self.layer_scale2 = LayerScale(width, config.decoder_layer_scale_init_value)
         self.layer_scale1._init_value = self.layer_scale2._init_value = config.decoder_layer_scale_init_value

@@ -15,7 +15,7 @@ class VicreglBackbone(BackboneMixin, VicreglPreTrainedModel):
     `embedding_size`; ConvNeXt: `hidden_sizes[0]`); the maps are `VicreglModel(..., output_hidden_states=True)
     .hidden_states[i]` for the chosen stages (default the last).
 
-    The maps are the raw stage outputs, as VICRegL's segmentation backbone returns them (reference §2, §4.2): no norm
+    The maps are the raw stage outputs, as VICRegL's segmentation backbone returns them (its linear and FPN segmentation evaluations): no norm
     is added (transformers' `ConvNextBackbone` adds a fresh LayerNorm per output stage; VICRegL does not), and
     ConvNeXt's final LayerNorm (which VICRegL's pretraining applies to the last map only) is not used, so it is not
     built here and its weights are expected in a folder.

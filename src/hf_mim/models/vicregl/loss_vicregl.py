@@ -1,5 +1,5 @@
-"""VICRegL's objective (reference §3.2): the global VICReg loss on the expanded representations and the local loss on
-the expanded feature maps, with feature-space and location-space nearest-neighbour matching.
+"""VICRegL's objective (the paper's section 3, the original's main_vicregl.py): the global VICReg loss on the
+expanded representations and the local loss on the expanded feature maps, with feature-space and location-space nearest-neighbour matching.
 
 Distributed semantics (those of the original): the invariance terms use the local batch; the variance and covariance
 terms use the batch gathered from every rank **with gradient** and centred. Under DDP (which averages gradients over

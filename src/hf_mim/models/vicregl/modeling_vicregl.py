@@ -11,14 +11,14 @@ from transformers import initialization as init
 from transformers.utils import ModelOutput
 
 from ...modeling_utils import RemoteCodeExportMixin, classification_output, output_flags
-from .backbones_vicregl import (
+from .configuration_vicregl import VicreglConfig, parse_mlp_spec
+from .convnets_vicregl import (
     ConvNextEmbeddings,
     ConvNextEncoder,
     ConvNextLayer,
     ResNetEmbeddings,
     ResNetEncoder,
 )
-from .configuration_vicregl import VicreglConfig, parse_mlp_spec
 from .loss_vicregl import VicregCoefficients, vicreg_global_loss, vicregl_local_loss
 
 
