@@ -129,7 +129,9 @@ def build_hf(method: Method, folder: Path, seed: int):
     image_transform = recipe_image_transform(recipe, config, data_args, image_size, extra_args)
     dataset = dataset.with_transform(SafeImageTransform(image_transform, data_args.image_column_name))
     dataset = PositionalDataset(dataset, seed=seed, refill=True, seeded=True)
-    return dataset, recipe.collator(config), config
+    with torch.device("meta"):  # the collator takes the model's mask generator; no weights are needed for it
+        model = recipe.model_class(config)
+    return dataset, recipe.collator(model), config
 
 
 # ---------------------------------------------------------------------------------------------------- the originals

@@ -100,7 +100,7 @@ def build(workload: Workload, tiny: bool):
     model = recipe.model_class(config)
     if recipe.attach is not None:
         recipe.attach(model, *extra_args)
-    return model, recipe.collator(config), transform
+    return model, recipe.collator(model), transform
 
 
 def make_batches(model, collate, transform, batch_size: int, count: int, device: torch.device) -> list[dict]:

@@ -28,14 +28,12 @@ from hf_mim import (
 from hf_mim.data import (
     MultiCropCollator,
     MultiCropTransform,
+    PretrainingCollator,
     TwoViewCollator,
     TwoViewCropTransform,
-    capi_collator,
-    ijepa_collator,
     pretraining_transform,
 )
 from hf_mim.losses import sinkhorn_knopp
-from hf_mim.masking import BlockMasking
 from hf_mim.models.cae.tokenizer_dalle import DalleTokenizer, DalleTokenizerConfig
 from hf_mim.models.vicregl import loss_vicregl
 from hf_mim.trainers import (
@@ -75,29 +73,32 @@ def recorded_batches(method: str) -> tuple[dict, ...]:
     return tuple(batches)
 
 
+def model_masks(model_class, collator_class=PretrainingCollator):
+    """config -> a collator with the masks `model_class` builds from it (no model is built: the RNG is untouched)."""
+    return lambda config: collator_class(config.patch_size, model_class.build_mask_generator(config))
+
+
 SETUPS = {  # config, model class, (trainer, arguments), transform, collator
     "capi": (
         lambda: CapiConfig.tiny(drop_path_rate=0.0, num_prototypes=32),
         CapiForPreTraining,
         (CapiTrainer, CapiTrainingArguments),
         lambda config, image: pretraining_transform(56)(image),
-        capi_collator,
+        model_masks(CapiForPreTraining),
     ),
     "ijepa": (
         IJepaConfig.tiny,
         IJepaForPreTraining,
         (IJepaTrainer, IJepaTrainingArguments),
         lambda config, image: pretraining_transform(56, (0.3, 1.0), hflip=False, interpolation="bilinear")(image),
-        ijepa_collator,
+        model_masks(IJepaForPreTraining),
     ),
     "cae": (
         lambda: CaeConfig.tiny(cae_version=1, drop_path_rate=0.0),
         CaeForPreTraining,
         (CaeTrainer, CaeTrainingArguments),
         lambda config, image: TwoViewCropTransform.cae_v1(64)(image),
-        lambda config: TwoViewCollator(
-            BlockMasking(config.num_masking_patches, config.min_masking_patches_per_block), 16
-        ),
+        model_masks(CaeForPreTraining, TwoViewCollator),
     ),
     "vicregl": (  # a narrower tiny ConvNeXt, two global views: the local loss matches their 2x2 maps
         lambda: VicreglConfig.tiny(hidden_sizes=[8, 16, 32, 64], projector="64-64-64", maps_projector="32-32-32"),

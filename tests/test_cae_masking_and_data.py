@@ -389,7 +389,7 @@ def test_collator_shapes_masks_and_skipped_images():
     columns = safe({"image": [noise_image(), {"bytes": b"not an image", "path": "broken.jpg"}, buffer.getvalue()]})
     assert columns["pixel_values"][1] is None and columns["target_pixel_values"][1] is None
     examples = [dict(zip(columns, values)) for values in zip(*columns.values())]
-    collator = TwoViewCollator(BlockMasking(8), patch_size=16)
+    collator = TwoViewCollator(16, BlockMasking(8))
     batch = collator(examples)
     assert batch["pixel_values"].shape == (2, 3, 64, 64) and batch["target_pixel_values"].shape == (2, 3, 32, 32)
     assert batch["bool_masked_pos"].shape == (2, 16) and batch["bool_masked_pos"].dtype == torch.bool
@@ -397,24 +397,26 @@ def test_collator_shapes_masks_and_skipped_images():
     assert batch["num_skipped"].tolist() == [1] and batch["skipped_files"][0].startswith("broken.jpg")
     # CAE v1 geometry: 224 / 16 -> 14x14 grid, 98 masked
     transform = TwoViewCropTransform.cae_v1()
-    full = TwoViewCollator(BlockMasking(98), 16)([transform(noise_image(seed=s)) for s in range(2)])
+    full = TwoViewCollator(16, BlockMasking(98))([transform(noise_image(seed=s)) for s in range(2)])
     assert full["bool_masked_pos"].shape == (2, 196) and full["bool_masked_pos"].sum(1).tolist() == [98, 98]
     assert full["target_pixel_values"].shape == (2, 3, 112, 112) and full["num_skipped"].tolist() == [0]
-    random_batch = TwoViewCollator(RandomMasking(5), 16)(examples)
+    random_batch = TwoViewCollator(16, RandomMasking(5))(examples)
     assert random_batch["bool_masked_pos"].sum(1).tolist() == [5, 5]
 
 
 def test_collator_errors():
     broken = {"pixel_values": None, "target_pixel_values": None, "decode_error": "a.jpg: OSError"}
     with pytest.raises(RuntimeError, match="Every image"):
-        TwoViewCollator(BlockMasking(4), 16)([broken])
+        TwoViewCollator(16, BlockMasking(4))([broken])
     with pytest.raises(ValueError, match="target_pixel_values"):
-        TwoViewCollator(BlockMasking(4), 16)([{"pixel_values": torch.zeros(3, 32, 32)}])
+        TwoViewCollator(16, BlockMasking(4))([{"pixel_values": torch.zeros(3, 32, 32)}])
     with pytest.raises(ValueError, match="patch_size"):
-        TwoViewCollator(BlockMasking(4), 0)
+        TwoViewCollator(0, BlockMasking(4))
+    with pytest.raises(ValueError, match="patch_size"):
+        TwoViewCollator(BlockMasking(4), 16)  # the arguments swapped (PretrainingCollator's order: patch size first)
     with pytest.raises(TypeError, match="mask_generator"):
-        TwoViewCollator(16, BlockMasking(4))  # PretrainingCollator's argument order
-    no_masks = TwoViewCollator(None, 16)(
+        TwoViewCollator(16, 4)
+    no_masks = TwoViewCollator(16)(
         [{"pixel_values": torch.zeros(3, 32, 32), "target_pixel_values": torch.zeros(3, 16, 16)}]
     )
     assert "bool_masked_pos" not in no_masks and no_masks["target_pixel_values"].shape == (1, 3, 16, 16)

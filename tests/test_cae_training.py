@@ -24,7 +24,6 @@ from transformers import AutoModel, AutoModelForPreTraining, CLIPVisionConfig, C
 import hf_mim  # noqa: F401  (registers the Auto classes)
 from hf_mim import CaeConfig, CaeForPreTraining, CaeModel
 from hf_mim.data import SafeImageTransform, TwoViewCollator, TwoViewCropTransform
-from hf_mim.masking import BlockMasking
 from hf_mim.models.cae.targets_cae import ClipTeacher
 from hf_mim.models.cae.tokenizer_dalle import DalleTokenizer, DalleTokenizerConfig
 from hf_mim.trainers import CaeTrainer, CaeTrainingArguments
@@ -170,7 +169,7 @@ def make_trainer(output_dir, version=2, **overrides):
         remove_unused_columns=False, report_to="none", use_cpu=True, dataloader_num_workers=0, seed=0, data_seed=0,
         disable_tqdm=True, **overrides,
     )  # fmt: skip
-    collator = TwoViewCollator(BlockMasking(config.num_masking_patches, config.min_masking_patches_per_block), 16)
+    collator = TwoViewCollator.for_model(model)
     return CaeTrainer(model=model, args=args, train_dataset=photo_dataset(), data_collator=collator)
 
 

@@ -8,7 +8,7 @@ from safetensors.torch import load_file
 from transformers import AutoModel, AutoModelForPreTraining
 
 from hf_mim import CapiConfig, CapiForPreTraining, CapiModel
-from hf_mim.data import PretrainingCollator, SafeImageTransform, capi_collator, pretraining_transform
+from hf_mim.data import PretrainingCollator, SafeImageTransform, pretraining_transform
 from hf_mim.losses import effective_rank, sinkhorn_knopp
 from hf_mim.teacher import ema_update
 from hf_mim.trainers import CapiTrainer, CapiTrainingArguments, NonFiniteLossError, warmup_then_cosine
@@ -191,7 +191,8 @@ def make_trainer(tmp_path, dataset, config=None, **overrides):
         disable_tqdm=True,
         **overrides,
     )
-    return CapiTrainer(model=model, args=args, train_dataset=dataset, data_collator=capi_collator(config))
+    collator = PretrainingCollator.for_model(model)
+    return CapiTrainer(model=model, args=args, train_dataset=dataset, data_collator=collator)
 
 
 def test_parameter_groups(tmp_path):

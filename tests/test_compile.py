@@ -30,7 +30,7 @@ from hf_mim import (
     VicreglForPreTraining,
     VicreglModel,
 )
-from hf_mim.data import capi_collator, crop_location_grid, ijepa_collator
+from hf_mim.data import PretrainingCollator, crop_location_grid
 from hf_mim.masking import BlockMasking
 from hf_mim.trainers import (
     CaeTrainingArguments,
@@ -63,8 +63,9 @@ def model_inputs(batch: dict) -> dict:
 # Each returns (model, list of training batches); the masks differ from batch to batch.
 def capi_case():
     config = CapiConfig.tiny(drop_path_rate=0.0, num_prototypes=32)
-    collate = capi_collator(config)
-    return CapiForPreTraining(config), [model_inputs(collate(images(4, 56))) for _ in range(BATCHES)]
+    model = CapiForPreTraining(config)
+    collate = PretrainingCollator.for_model(model)
+    return model, [model_inputs(collate(images(4, 56))) for _ in range(BATCHES)]
 
 
 def ijepa_config(**overrides) -> IJepaConfig:
@@ -74,8 +75,9 @@ def ijepa_config(**overrides) -> IJepaConfig:
 
 def ijepa_case(config=None, batch=4, batches=BATCHES):
     config = config or ijepa_config()
-    collate = ijepa_collator(config)
-    return IJepaForPreTraining(config), [model_inputs(collate(images(batch, 56))) for _ in range(batches)]
+    model = IJepaForPreTraining(config)
+    collate = PretrainingCollator.for_model(model)
+    return model, [model_inputs(collate(images(batch, 56))) for _ in range(batches)]
 
 
 def cae_case(version: int):

@@ -5,7 +5,7 @@ import torch
 from transformers import AutoModel
 
 from hf_mim import IJepaConfig, IJepaForPreTraining, IJepaModel
-from hf_mim.data import SafeImageTransform, ijepa_collator, pretraining_transform
+from hf_mim.data import PretrainingCollator, SafeImageTransform, pretraining_transform
 from hf_mim.masking import MultiBlockMasking
 from hf_mim.trainers import IJepaTrainer, IJepaTrainingArguments
 
@@ -88,7 +88,8 @@ def make_trainer(tmp_path, max_steps=4):
     dataset = photo_dataset(8).with_transform(
         SafeImageTransform(pretraining_transform(56, (0.3, 1.0), hflip=False, interpolation="bilinear"))
     )
-    return IJepaTrainer(model=model, args=args, train_dataset=dataset, data_collator=ijepa_collator(config))
+    collator = PretrainingCollator.for_model(model)
+    return IJepaTrainer(model=model, args=args, train_dataset=dataset, data_collator=collator)
 
 
 def test_ijepa_parameter_groups_and_schedules(tmp_path):

@@ -19,7 +19,7 @@ from huggingface_hub import ModelCard
 from huggingface_hub.repocard_data import model_index_to_eval_results
 
 from hf_mim import CaeConfig, CapiConfig, CapiForPreTraining, IJepaConfig, VicreglConfig
-from hf_mim.data import capi_collator
+from hf_mim.data import PretrainingCollator
 from hf_mim.model_cards import conversion_card, resolve_base_model, training_card
 from hf_mim.models.cae.tokenizer_dalle import DalleTokenizerConfig
 from hf_mim.releases import (
@@ -404,7 +404,7 @@ def test_trainer_writes_the_hf_mim_card(published, tmp_path, monkeypatch):
         seed=0, disable_tqdm=True,
     )  # fmt: skip
     trainer = CapiTrainer(
-        model=model, args=args, train_dataset=photo_dataset(8), data_collator=capi_collator(model.config)
+        model=model, args=args, train_dataset=photo_dataset(8), data_collator=PretrainingCollator.for_model(model)
     )
     trainer.train()
     trainer.save_model()  # as push_to_hub does before creating the card

@@ -23,7 +23,6 @@ from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
 from hf_mim import CaeConfig, CaeForPreTraining
 from hf_mim.data import SafeImageTransform, TwoViewCollator, TwoViewCropTransform
-from hf_mim.masking import BlockMasking
 from hf_mim.models.cae.targets_cae import ClipTeacher, load_target_model
 from hf_mim.trainers import CaeTrainer, CaeTrainingArguments
 
@@ -95,7 +94,7 @@ def main() -> int:
     dataset = datasets.Dataset.from_dict({"image": images}).with_transform(
         SafeImageTransform(TwoViewCropTransform.cae_v2(config.image_size))
     )
-    collator = TwoViewCollator(BlockMasking(config.num_masking_patches, config.min_masking_patches_per_block), 16)
+    collator = TwoViewCollator.for_model(model)
     trainer = CaeTrainer(model=model, args=training_args, train_dataset=dataset, data_collator=collator)
     trainer.train()
 

@@ -17,7 +17,7 @@ from safetensors.torch import save_file
 from transformers import TrainerCallback
 
 from hf_mim import CapiConfig, CapiForPreTraining
-from hf_mim.data import SafeImageTransform, capi_collator, pretraining_transform
+from hf_mim.data import PretrainingCollator, SafeImageTransform, pretraining_transform
 from hf_mim.trainers import CapiTrainer, CapiTrainingArguments
 
 
@@ -81,7 +81,8 @@ def main() -> int:
         deepspeed=ds_config,
         disable_tqdm=True,
     )
-    trainer = CapiTrainer(model=model, args=training_args, train_dataset=dataset, data_collator=capi_collator(config))
+    collator = PretrainingCollator.for_model(model)
+    trainer = CapiTrainer(model=model, args=training_args, train_dataset=dataset, data_collator=collator)
     recorder = RecordStudent(trainer)
     trainer.add_callback(recorder)
     trainer.train()

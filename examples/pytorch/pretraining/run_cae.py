@@ -25,7 +25,6 @@ import torch
 
 from hf_mim import CaeConfig, CaeForPreTraining, CaeImageProcessor
 from hf_mim.data import TwoViewCollator, TwoViewCropTransform
-from hf_mim.masking import BlockMasking
 from hf_mim.models.cae.targets_cae import ClipTeacher, load_target_model
 from hf_mim.presets import CPU_RECIPES, presets_for
 from hf_mim.trainers import CaeTrainer, CaeTrainingArguments
@@ -97,11 +96,6 @@ def transform(config: CaeConfig, data_args, image_size: int, cae: CaeArguments):
     return TwoViewCropTransform.cae_v1(image_size, second_size=image_size // config.patch_size * 8, **options)
 
 
-def collator(config: CaeConfig) -> TwoViewCollator:
-    masking = BlockMasking(config.num_masking_patches, config.min_masking_patches_per_block)
-    return TwoViewCollator(masking, config.patch_size)
-
-
 CAE = PretrainingRecipe(
     name="cae",
     config_class=CaeConfig,
@@ -112,7 +106,7 @@ CAE = PretrainingRecipe(
     image_processor_class=CaeImageProcessor,
     trainer_class=CaeTrainer,
     arguments_class=CaeTrainingArguments,
-    collator=collator,
+    collator=TwoViewCollator.for_model,
     backbone=lambda model: model.cae,
     backbone_description="CAE encoder",
     crop_scale_min=0.08,

@@ -19,7 +19,7 @@ capi-vitl14 (the release), capi-small, capi-tiny (default).
 import sys
 
 from hf_mim import CapiConfig, CapiForPreTraining, CapiImageProcessor
-from hf_mim.data import capi_collator
+from hf_mim.data import PretrainingCollator
 from hf_mim.presets import CPU_RECIPES, presets_for
 from hf_mim.trainers import CapiTrainer, CapiTrainingArguments
 from hf_mim.trainers.run_pretraining import PretrainingRecipe, run
@@ -34,7 +34,7 @@ CAPI = PretrainingRecipe(
     image_processor_class=CapiImageProcessor,
     trainer_class=CapiTrainer,
     arguments_class=CapiTrainingArguments,
-    collator=capi_collator,
+    collator=PretrainingCollator.for_model,
     backbone=lambda model: model.teacher,
     backbone_description="EMA teacher",
     crop_scale_min=0.6,

@@ -16,7 +16,7 @@ ijepa-tiny (default).
 import sys
 
 from hf_mim import IJepaConfig, IJepaForPreTraining, IJepaImageProcessor
-from hf_mim.data import ijepa_collator
+from hf_mim.data import PretrainingCollator
 from hf_mim.presets import CPU_RECIPES, presets_for
 from hf_mim.trainers import IJepaTrainer, IJepaTrainingArguments
 from hf_mim.trainers.run_pretraining import PretrainingRecipe, run
@@ -38,7 +38,7 @@ IJEPA = PretrainingRecipe(
     image_processor_class=IJepaImageProcessor,
     trainer_class=IJepaTrainer,
     arguments_class=IJepaTrainingArguments,
-    collator=ijepa_collator,
+    collator=PretrainingCollator.for_model,
     backbone=target_encoder,
     backbone_description="EMA target encoder",
     crop_scale_min=0.3,

@@ -1,7 +1,7 @@
 """Data pieces: transforms with safe decoding, bundled real images, collators that draw masks."""
 
 from .bundled import bundled_photo_dataset, bundled_photos
-from .collators import PretrainingCollator, capi_collator, ijepa_collator, mark_length_dynamic
+from .collators import PretrainingCollator, mark_length_dynamic
 from .labelled import ProcessedExamples
 from .multicrop import (
     VICREGL_MEAN,
@@ -63,10 +63,8 @@ __all__ = [
     "bundled_photo_dataset",
     "bundled_photos",
     "mark_length_dynamic",
-    "capi_collator",
     "crop_location_grid",
     "decode_image",
-    "ijepa_collator",
     "pretraining_transform",
     "segmentation_collate",
     "synthetic_segmentation_dataset",

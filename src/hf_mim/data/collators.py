@@ -1,8 +1,7 @@
-"""Collators: stack pixel values, drop (and count) undecodable images, and draw the method's masks."""
+"""Collators: stack pixel values, drop (and count) undecodable images, and draw the model's masks."""
 
 import torch
 
-from ..masking import InverseBlockMasking
 from .positional import batch_rng, unreadable_files
 
 
@@ -11,16 +10,33 @@ class PretrainingCollator:
     (`num_skipped`, `skipped_files`) so the trainer can count them across workers and ranks.
 
     `mask_generator(batch_size, grid)` returns an object with tensor fields; they are added to the batch under the
-    same names (e.g. CAPI's `visible_indices` / `predict_indices`). Masks are seeded by the examples' `sample_seed`
-    when they carry one (`PositionalDataset`: the same batch always gets the same masks, however far the loader ran
-    ahead), else drawn from torch's global RNG (the originals' order). The fields named in `dynamic_lengths` have a
-    last dimension that changes from batch to batch; it is marked dynamic for torch.compile (`mark_length_dynamic`).
+    same names (e.g. CAPI's `visible_indices` / `predict_indices`). It is the pretraining model's own generator
+    (`for_model`): the mask settings are read from the config in one place, the model's `__init__`. Masks are seeded
+    by the examples' `sample_seed` when they carry one (`PositionalDataset`: the same batch always gets the same
+    masks, however far the loader ran ahead), else drawn from torch's global RNG (the originals' order).
+
+    The fields named in `dynamic_lengths` have a last dimension that changes from batch to batch; it is marked
+    dynamic for torch.compile (`mark_length_dynamic`). By default they are the ones the generator declares in its
+    `variable_lengths` (I-JEPA's block sizes are drawn per batch).
     """
 
-    def __init__(self, patch_size: int, mask_generator=None, dynamic_lengths: tuple[str, ...] = ()):
+    def __init__(self, patch_size: int, mask_generator=None, dynamic_lengths: tuple[str, ...] | None = None):
+        # Both checked here, so that arguments given in the wrong order fail at construction, not in the first batch.
+        if isinstance(patch_size, bool) or not isinstance(patch_size, int) or patch_size < 1:
+            raise ValueError(f"patch_size must be a positive int, got {patch_size!r}")
+        if mask_generator is not None and not callable(mask_generator):
+            raise TypeError(f"mask_generator must be callable (batch_size, grid) or None, got {mask_generator!r}")
         self.patch_size = patch_size
         self.mask_generator = mask_generator
+        if dynamic_lengths is None:
+            dynamic_lengths = getattr(mask_generator, "variable_lengths", ())
         self.dynamic_lengths = tuple(dynamic_lengths)
+
+    @classmethod
+    def for_model(cls, model) -> "PretrainingCollator":
+        """The collator of a pretraining model: its patch size and its mask generator (`model.mask_generator`, built
+        once from its config), so the batches carry exactly the masks the model would draw itself."""
+        return cls(model.config.patch_size, model.mask_generator)
 
     def __call__(self, examples: list[dict]) -> dict:
         good = [e for e in examples if e.get("pixel_values") is not None]
@@ -47,20 +63,3 @@ def mark_length_dynamic(indices: torch.Tensor) -> None:
     from torch._dynamo import maybe_mark_dynamic  # here: only collators with varying lengths need torch._dynamo
 
     maybe_mark_dynamic(indices, indices.ndim - 1)
-
-
-def ijepa_collator(config) -> PretrainingCollator:
-    """The collator for `IJepaForPreTraining`: multi-block `context_indices` / `target_indices` from the config.
-    Their lengths (the block sizes) are drawn per batch, as in the original: marked dynamic for torch.compile."""
-    from ..models.ijepa.modeling_ijepa import multiblock_masking
-
-    lengths = ("context_indices", "target_indices")
-    return PretrainingCollator(config.patch_size, multiblock_masking(config), dynamic_lengths=lengths)
-
-
-def capi_collator(config) -> PretrainingCollator:
-    """The collator for `CapiForPreTraining`, with CAPI's inverse-block masks from the config."""
-    generator = InverseBlockMasking(
-        config.mask_ratio, config.prediction_subsampling, config.mask_min_aspect, roll=config.mask_roll
-    )
-    return PretrainingCollator(config.patch_size, generator)

@@ -178,14 +178,10 @@ class TwoViewCollator(PretrainingCollator):
     `mask_generator(B, grid)`, grid = (S // patch_size, S // patch_size) (e.g. `BlockMasking`'s `bool_masked_pos`
     (B, N)), under their field names.
 
-    As `PretrainingCollator`: examples whose image could not be decoded (`pixel_values` None, from
+    As `PretrainingCollator` (same arguments, same order; `TwoViewCollator.for_model(model)` takes the pretraining
+    model's own mask generator): examples whose image could not be decoded (`pixel_values` None, from
     `SafeImageTransform`) are dropped and reported as `num_skipped` (tensor [count]) and `skipped_files`; a batch in
-    which every image failed raises RuntimeError. Note the argument order: mask generator first."""
-
-    def __init__(self, mask_generator, patch_size: int):
-        if mask_generator is not None and not callable(mask_generator):
-            raise TypeError(f"mask_generator must be callable (batch_size, grid) or None, got {mask_generator!r}")
-        super().__init__(_positive_int(patch_size, "patch_size"), mask_generator)
+    which every image failed raises RuntimeError."""
 
     def __call__(self, examples: list[dict]) -> dict:
         good = [example for example in examples if example.get("pixel_values") is not None]

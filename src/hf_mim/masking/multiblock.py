@@ -48,6 +48,10 @@ class MultiBlockMasks:
 
 
 class MultiBlockMasking:
+    # One block size is drawn per batch and every index list is truncated to the batch minimum: these fields' last
+    # dimension changes from batch to batch (a collator marks it dynamic for torch.compile).
+    variable_lengths = ("context_indices", "target_indices")
+
     def __init__(
         self,
         num_targets: int = 4,

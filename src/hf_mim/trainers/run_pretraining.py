@@ -40,7 +40,7 @@ class PretrainingRecipe:
     image_processor_class: type
     trainer_class: type
     arguments_class: type
-    collator: Callable  # config -> data collator
+    collator: Callable  # pretraining model -> data collator (with the model's own mask generator)
     backbone: Callable  # pretraining model -> the PreTrainedModel exported as the backbone
     backbone_description: str
     crop_scale_min: float
@@ -301,7 +301,7 @@ def run(recipe: PretrainingRecipe, argv: list[str] | None = None) -> int:
         model=model,
         args=training_args,
         train_dataset=dataset,
-        data_collator=recipe.collator(config),
+        data_collator=recipe.collator(model),
         processing_class=image_processor_at(recipe.image_processor_class, image_size),  # saved in every folder
     )
     try:

@@ -25,6 +25,7 @@ from ...layers import (
     sincos_2d_position_embedding,
 )
 from ...losses import autocast_off, runs_in_float32
+from ...masking import BlockMasking
 from ...modeling_utils import RemoteCodeExportMixin, classification_output, output_flags
 from .configuration_cae import CaeConfig
 
@@ -429,7 +430,15 @@ class CaeForPreTraining(CaePreTrainedModel):
         self.regressor_layernorm = nn.LayerNorm(dec, eps=config.layer_norm_eps) if config.cae_version == 1 else None
         self.decoder = CaeDecoder(config)
         self._target_model = None  # a tokenizer (v1) or teacher (v2): not a submodule, never saved or optimised
+        self.mask_generator = self.build_mask_generator(config)
         self.post_init()
+
+    @staticmethod
+    def build_mask_generator(config: CaeConfig) -> BlockMasking:
+        """CAE's block masks as `config` describes them; the one place the mask settings are read. The model keeps it
+        as `mask_generator` (drawn from when no `bool_masked_pos` is given) and a data collator takes it from there
+        (`TwoViewCollator.for_model`)."""
+        return BlockMasking(config.num_masking_patches, config.min_masking_patches_per_block)
 
     # ------------------------------------------------------------------ targets
     def set_target_model(self, target_model: nn.Module | None) -> None:
@@ -475,13 +484,6 @@ class CaeForPreTraining(CaePreTrainedModel):
         if self.encoder_to_regressor is None:
             return latents
         return self.encoder_to_regressor_norm(self.encoder_to_regressor(latents))
-
-    def mask_generator(self, batch_size: int, grid: tuple[int, int], generator: torch.Generator | None = None):
-        """The block masks this config describes (used when no `bool_masked_pos` is given, and by the collator)."""
-        from ...masking import BlockMasking
-
-        masking = BlockMasking(self.config.num_masking_patches, self.config.min_masking_patches_per_block)
-        return masking(batch_size, grid, generator)
 
     def forward(
         self,

@@ -481,14 +481,21 @@ class CapiForPreTraining(EmaTeacherMixin, CapiPreTrainedModel):
         self.teacher = CapiModel(config)
         self.clustering_head = CapiClusteringHead(config)
         self.prediction_head = CapiPredictionHead(config)
-        self.mask_generator = InverseBlockMasking(
-            config.mask_ratio, config.prediction_subsampling, config.mask_min_aspect, roll=config.mask_roll
-        )
+        self.mask_generator = self.build_mask_generator(config)
         self.post_init()
         # post_init inherits the backbone's ignore patterns; every key of a pretraining folder is expected here, so an
         # unexpected one must be reported.
         self._keys_to_ignore_on_load_unexpected = set()
         self.init_teacher()
+
+    @staticmethod
+    def build_mask_generator(config: CapiConfig) -> InverseBlockMasking:
+        """CAPI's inverse-block masks as `config` describes them; the one place the mask settings are read. The model
+        keeps it as `mask_generator` (drawn from when no masks are given) and a data collator takes it from there
+        (`PretrainingCollator.for_model`)."""
+        return InverseBlockMasking(
+            config.mask_ratio, config.prediction_subsampling, config.mask_min_aspect, roll=config.mask_roll
+        )
 
     @staticmethod
     def _absolute_indices(indices: torch.Tensor, num_tokens: int) -> torch.Tensor:

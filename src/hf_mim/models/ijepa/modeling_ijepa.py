@@ -42,7 +42,8 @@ def _check_masks(name: str, indices: torch.Tensor, batch: int) -> None:
 
 
 def multiblock_masking(config: IJepaConfig, sampler: str | None = None) -> MultiBlockMasking:
-    """The multi-block mask generator a config describes (used by the model and by the data collator)."""
+    """The multi-block mask generator `config` describes (`sampler` overrides `config.mask_sampler`); the one place
+    the mask settings are read (`IJepaForPreTraining.build_mask_generator`)."""
     return MultiBlockMasking(
         num_targets=config.num_target_blocks,
         target_scale=config.target_block_scale,
@@ -364,6 +365,9 @@ class IJepaForPreTraining(EmaTeacherMixin, IJepaPreTrainedModel):
 
     _uses_standalone_encoder = False  # it holds both encoders under their own names
     student_attribute, teacher_attribute = "ijepa", "target_encoder"
+    # The model keeps it as `mask_generator` (drawn from when no masks are given); a data collator takes it from
+    # there (`PretrainingCollator.for_model`, which also marks the block-size lengths dynamic for torch.compile).
+    build_mask_generator = staticmethod(multiblock_masking)
 
     def _after_load(self) -> None:
         # the sin-cos tables are fixed, as in the original (requires_grad=False)
@@ -375,7 +379,7 @@ class IJepaForPreTraining(EmaTeacherMixin, IJepaPreTrainedModel):
         self.ijepa = IJepaModel(config)
         self.target_encoder = IJepaModel(config)
         self.predictor = IJepaPredictor(config)
-        self.mask_generator = multiblock_masking(config)
+        self.mask_generator = self.build_mask_generator(config)
         self.post_init()
         # post_init inherits the encoder's ignore patterns; every key of a pretraining folder is expected here, so an
         # unexpected one must be reported.
