@@ -229,12 +229,3 @@ def image_processor_at(processor_class: type, image_size: int, **kwargs):
     size = {"shortest_edge": round(image_size * EVAL_RESIZE / EVAL_CROP)}
     crop_size = {"height": image_size, "width": image_size}
     return processor_class(**{"size": size, "crop_size": crop_size, **kwargs})
-
-
-# DALL-E's logit-Laplace input mapping (CAE v1's tokenizer and its second view): x -> (1 - 2 * eps) * x + eps.
-LOGIT_LAPLACE_EPS = 0.1
-
-
-def map_pixels(images: torch.Tensor, eps: float = LOGIT_LAPLACE_EPS) -> torch.Tensor:
-    """DALL-E's `map_pixels`: images in [0, 1] -> [eps, 1 - eps] (the tokenizer's expected `pixel_values`)."""
-    return (1 - 2 * eps) * images + eps

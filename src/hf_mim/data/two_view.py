@@ -25,14 +25,15 @@ import PIL.Image
 import torch
 import torchvision.transforms.functional as TF
 from torchvision.transforms import v2
-
 from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
-from ..image_processing_utils import LOGIT_LAPLACE_EPS, map_pixels  # noqa: F401  (map_pixels: the public name)
 from .collators import PretrainingCollator
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, decode_image, to_tensor
 
 CLIP_MEAN, CLIP_STD = tuple(OPENAI_CLIP_MEAN), tuple(OPENAI_CLIP_STD)
+# DALL-E's logit-Laplace input mapping x -> (1 - 2 * eps) * x + eps: `hf_mim.models.cae.tokenizer_dalle.map_pixels`,
+# applied in place here (data/ sits below models/ and cannot import it).
+LOGIT_LAPLACE_EPS = 0.1
 SECOND_NORMALIZATIONS = ("logit_laplace", "clip", "imagenet")
 
 
@@ -197,5 +198,4 @@ __all__ = [
     "CLIP_STD",
     "TwoViewCollator",
     "TwoViewCropTransform",
-    "map_pixels",
 ]

@@ -38,12 +38,18 @@ from torch import nn
 from transformers import PreTrainedConfig, PreTrainedModel
 from transformers import initialization as init
 
-from ...image_processing_utils import map_pixels
 from ...modeling_utils import RemoteCodeExportMixin
+
+LOGIT_LAPLACE_EPS = 0.1
 
 
 def _is_int(value) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def map_pixels(images: torch.Tensor, eps: float = LOGIT_LAPLACE_EPS) -> torch.Tensor:
+    """DALL-E's `map_pixels`: images in [0, 1] -> [eps, 1 - eps] (the tokenizer's expected `pixel_values`)."""
+    return (1 - 2 * eps) * images + eps
 
 
 class DalleTokenizerConfig(PreTrainedConfig):
