@@ -5,6 +5,7 @@ same weights, images, masks and targets.
     OMP_NUM_THREADS=1 python benchmarks/benchmark_cae.py --original_src /tmp/orig/cae
     python benchmarks/benchmark_cae.py --original_src /tmp/orig/cae --workloads v1_small --rounds 10 --verbose
     python benchmarks/benchmark_cae.py --original_src /tmp/orig/cae --profile 25     # + torch.profiler tables
+    python benchmarks/benchmark_cae.py --original_src /tmp/orig/cae --compiled       # + hf_mim under torch.compile
 
 One timed step:
   * hf_mim: `CaeForPreTraining(pixel_values, bool_masked_pos, labels=token ids)` (v1) or `target_features=` (v2) ->
@@ -14,6 +15,9 @@ One timed step:
     [cls, visible, masked] reordering), `ContextAutoencoderViT.forward(samples, bool_masked_pos)`, the loss (v1:
     cross-entropy + align_loss_weight x MSE; v2: latent_alignment_loss_weight x `cosine_embedding_loss` against the
     L2-normalised targets), `optimizer.zero_grad()`, backward, fused AdamW step.
+  * hf_mim compiled (with --compiled): the hf_mim step on a copy of the same weights, with its own fused AdamW, the
+    model wrapped by `torch.compile(model)` (inductor, fullgraph=False); it compiles in untimed warm-up steps over
+    every mask draw, before the timed rounds.
 The tokenizer (DALL-E) / teacher (CLIP) are not run on either side: both get the same given targets. The original
 tree's `models` package is imported from --original_src (with stand-ins for the pieces that do not import with
 current torch / without timm); none of its code is copied here. See benchmarks/README.md.
@@ -21,6 +25,7 @@ current torch / without timm); none of its code is copied here. See benchmarks/R
 
 import argparse
 import contextlib
+import copy
 import importlib
 import importlib.util
 import io
@@ -388,6 +393,7 @@ def build_workload(name: str, original, args, notes: list[str], checks: list[str
     randomize_vectors(original_model, generator)
     hf_model = CaeForPreTraining(hf_config(workload, args.attn_implementation))
     notes.append(f"{name}: " + copy_weights(original_model, hf_model, workload))
+    compiled_model = copy.deepcopy(hf_model) if args.compiled else None
     inputs = make_inputs(original, workload, args.batch_size, args.seed)
     hf_step, original_step = HfStep(hf_model, inputs), OriginalStep(original_model, inputs, workload.version)
     (hf_parts, hf_outputs), (original_parts, original_outputs) = hf_step.loss(0), original_step.loss(0)
@@ -413,10 +419,15 @@ def build_workload(name: str, original, args, notes: list[str], checks: list[str
         f"{workload.decoder_width} ({workload.decoder_heads} heads), {head}; batch {args.batch_size}; trainable "
         f"{trainable / 1e6:.3f}M (original optimizer: {original_trainable / 1e6:.3f}M)"
     )
-    return [
+    impls = [
         bench.Impl(name, "hf_mim", args.batch_size, True, hf_step.step),
         bench.Impl(name, "original", args.batch_size, True, original_step.step),
     ]
+    if compiled_model is not None:  # the same weights and inputs, its own fused AdamW, the model under torch.compile
+        compiled_step = HfStep(compiled_model, inputs)
+        compiled_step.model = torch.compile(compiled_step.model)
+        impls.append(bench.Impl(name, bench.COMPILED, args.batch_size, True, compiled_step.step))
+    return impls
 
 
 def main(argv=None) -> int:
@@ -430,6 +441,11 @@ def main(argv=None) -> int:
         default="sdpa",
         help="hf_mim's attention (the original always runs q @ k^T, softmax, @ v)",
     )
+    parser.add_argument(
+        "--compiled",
+        action="store_true",
+        help="also time hf_mim's step with torch.compile(model), compiled in untimed warm-up steps",
+    )
     common.add_timing_arguments(parser, rounds=6, steps=3)
     args = parser.parse_args(argv)
     common.require_positive(args, "rounds", "steps")
@@ -439,6 +455,7 @@ def main(argv=None) -> int:
     original, notes = import_original(args.original_src)
     checks: list[str] = []
     groups = {name: build_workload(name, original, args, notes, checks) for name in names}
+    bench.warm_up_compiled(groups, MASK_DRAWS, checks, notes)  # with --compiled: untimed, over every mask draw
     print(
         f"CAE pretraining step, hf_mim vs original ({args.original_src}) | batch {args.batch_size} | hf_mim attention "
         f"{args.attn_implementation} | threads {torch.get_num_threads()} | torch {torch.__version__}"
@@ -446,8 +463,12 @@ def main(argv=None) -> int:
     for line in checks:
         print("check: " + line)
 
-    # ---- FLOPs (doubles as warm-up), interleaved rounds (A B, B A, ...; a matmul yardstick between rounds), RSS
+    # ---- FLOPs (doubles as warm-up), interleaved rounds (A B, B A, ...; with --compiled A B C, B C A, C A B, ...; a
+    # matmul yardstick between rounds), RSS
+    graphs = bench.dynamo_graphs()
     matmul_rounds, elapsed = bench.measure(groups, args, MASK_DRAWS)
+    if args.compiled:
+        notes.append(bench.compiled_after_warm_up(graphs))
     peak_wall, peak = max(w for w, _ in matmul_rounds), max(c for _, c in matmul_rounds)
 
     print()
@@ -457,7 +478,8 @@ def main(argv=None) -> int:
         f"fp32 matmul peak: {peak:.1f} GFLOP/s by CPU time ({peak_wall:.1f} by wall clock), {args.matmul_size}^2 "
         f"torch.mm, best call of the run. {args.rounds} rounds x {args.steps} timed steps per implementation "
         f"({elapsed:.0f} s); median ms over all timed steps; CPU ms = process CPU time; speed-up = median over rounds "
-        "of (original's round median / hf_mim's), wall / CPU, > 1 means hf_mim is faster; GFLOP/step from "
+        f"of (original's round median / hf_mim's), wall / CPU, > 1 means hf_mim is faster"
+        f"{bench.COMPILED_SPEEDUP if args.compiled else ''}; GFLOP/step from "
         f"FlopCounterMode (matmul, conv, attention; forward + backward; mean over the {MASK_DRAWS} mask draws); peak "
         "RSS +MiB = growth of the process peak RSS over one step after malloc_trim."
     )

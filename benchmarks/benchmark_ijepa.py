@@ -3,8 +3,9 @@
 
     python benchmarks/benchmark_ijepa.py --num_threads 1 --rounds 8 --steps 4
     python benchmarks/benchmark_ijepa.py --original_ijepa /path/to/ijepa --original_capi /path/to/capi --verbose
+    python benchmarks/benchmark_ijepa.py --original_ijepa /path/to/ijepa --original_capi /path/to/capi --compiled
 
-Workloads (each timed in every round, the implementations of one workload alternating which goes first):
+Workloads (each timed in every round, the implementations of one workload rotating which goes first):
   * ijepa_step: one I-JEPA pretraining step. hf_mim `IJepaForPreTraining` (forward, backward, fused AdamW,
     `update_teacher`) against the original facebookresearch/ijepa step, transcribed here from its src/train.py
     (target encoder without grad + layer_norm + apply_masks + repeat_interleave_batch, context encoder on masks_enc,
@@ -13,12 +14,16 @@ Workloads (each timed in every round, the implementations of one workload altern
     loaded from one save_pretrained folder), `torch.no_grad()`, under each attention implementation.
   * capi_step (with --original_capi): the CAPI step of benchmarks/benchmark_pretraining.py, hf_mim against the
     original, both with fused AdamW.
+  * --compiled adds a third implementation to ijepa_step and capi_step, "hf_mim compiled": the same hf_mim step on a
+    copy of the same weights, with its own fused AdamW, the model wrapped by `torch.compile(model)` (inductor,
+    fullgraph=False). It compiles in untimed warm-up steps over every mask draw before the timed rounds.
   * matmul peak: fp32 `torch.mm` calls (the best one of the run), the yardstick for the achieved-GFLOP/s column.
 The original code is imported from the given checkouts at run time; none of it is copied here. See
 benchmarks/README.md.
 """
 
 import argparse
+import collections
 import contextlib
 import copy
 import importlib
@@ -27,6 +32,8 @@ import statistics
 import sys
 import tempfile
 import time
+import traceback
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
@@ -291,7 +298,9 @@ def fuse_optimizers(runner) -> None:
 
 
 def build_capi(args, ijepa_config: IJepaConfig, notes: list[str]):
-    """hf_mim and original CAPI steps from benchmarks/benchmark_pretraining.py, on copied weights and shared masks."""
+    """hf_mim and original CAPI steps from benchmarks/benchmark_pretraining.py, on copied weights and shared masks;
+    with --compiled also hf_mim's on a copy of its weights, its forward `torch.compile(model)` (default dynamic
+    shapes, not HfRunner's own `dynamic=False`)."""
     from hf_mim import CapiConfig
     from hf_mim.masking import InverseBlockMasking, to_absolute
 
@@ -322,6 +331,7 @@ def build_capi(args, ijepa_config: IJepaConfig, notes: list[str]):
     original_model = bp.OriginalCapi(original, config)
     hf_model = bp.CapiForPreTraining(config)
     bp.copy_original_weights(original_model, hf_model, config)
+    compiled_model = copy.deepcopy(hf_model) if args.compiled else None
     generator = torch.Generator().manual_seed(args.seed + 1)
     images = torch.randn(args.batch_size, config.num_channels, c.image_size, c.image_size, generator=generator)
     grid = (c.image_size // config.patch_size,) * 2
@@ -348,8 +358,13 @@ def build_capi(args, ijepa_config: IJepaConfig, notes: list[str]):
     diff = max(abs(hf_losses[k] - original_losses[k]) for k in hf_losses)
     values = ", ".join(f"{k} {hf_losses[k]:.8f} vs {original_losses[k]:.8f}" for k in hf_losses)
     checks = [f"capi first-step losses (eval mode), hf_mim vs original: {values}: max abs diff {diff:.3g}"]
+    runners = [("hf_mim", hf_runner), ("original", original_runner)]
+    if compiled_model is not None:
+        compiled_runner = bp.HfRunner(compiled_model, False)
+        compiled_runner.forward = torch.compile(compiled_model)
+        runners.append((COMPILED, compiled_runner))
     impls = []
-    for name, runner in (("hf_mim", hf_runner), ("original", original_runner)):
+    for name, runner in runners:
         runner.setup(torch.device("cpu"))
         fuse_optimizers(runner)
         impls.append(
@@ -406,7 +421,10 @@ def count_flops(impl: Impl, indices: range) -> float:
     and, for training, backward."""
     total = 0
     for index in indices:
-        with FlopCounterMode(display=False, custom_mapping=CPU_SDPA_FLOPS) as counter:
+        with FlopCounterMode(display=False, custom_mapping=CPU_SDPA_FLOPS) as counter, warnings.catch_warnings():
+            # the counter's module tracker is a global module hook, which a compiled module calls once more (that
+            # changes its per-module breakdown, not the total counted here)
+            warnings.filterwarnings("ignore", message=r"Using `torch.compile\(module\)` when there are global hooks")
             impl.run(index)
         total += counter.get_total_flops()
     return total / len(indices)
@@ -428,8 +446,9 @@ def measure(groups: dict[str, list[Impl]], args, flop_steps: int) -> tuple[list[
     * `flops`: FLOPs per step, the mean over steps 0 .. flop_steps - 1 of a training Impl (step 0 of an inference
       one); this doubles as warm-up, followed by one plain untimed step each;
     * `rounds` / `cpu_rounds`: wall and process CPU seconds of each timed step. In each of `args.rounds` rounds every
-      workload's implementations take turns step by step (A B, B A, A B, ...: neighbours in time see about the same
-      machine load), `args.steps` timed steps each, at step indices that go on from round to round;
+      workload's implementations take turns step by step, the order rotating from one step to the next (A B, B A,
+      ...; with three, A B C, B C A, C A B, ...: neighbours in time see about the same machine load), `args.steps`
+      timed steps each, at step indices that go on from round to round;
     * `rss`: the peak RSS growth of one step (after timing: it trims the heap, which would perturb the timings).
     Returns the (wall, CPU) GFLOP/s of the matmul yardstick (one call before the first round, the best of
     `args.matmul_reps` after each) and the seconds the rounds took."""
@@ -450,7 +469,8 @@ def measure(groups: dict[str, list[Impl]], args, flop_steps: int) -> tuple[list[
                 impl.rounds.append([])
                 impl.cpu_rounds.append([])
             for s in range(args.steps):
-                for impl in group if (round_index * args.steps + s) % 2 == 0 else group[::-1]:
+                turn = (round_index * args.steps + s) % len(group)
+                for impl in group[turn:] + group[:turn]:
                     cpu_start, start = time.process_time(), time.perf_counter()
                     impl.run(step_index + s)
                     impl.rounds[-1].append(time.perf_counter() - start)
@@ -474,10 +494,137 @@ def measure_rss(impl: Impl, index: int) -> int | None:
     return common.maxrss_bytes() - baseline
 
 
+# ---------------------------------------------------------------------------------------------------- compiled side
+COMPILED = "hf_mim compiled"  # the name of the compiled implementation (a variant of the first, "hf_mim")
+COMPILED_RTOL = 1e-4  # its first-step loss against the eager one
+COMPILED_SPEEDUP = f" ({COMPILED}'s row: its own speed-up over the other implementation, then over eager hf_mim)"
+
+
+def dynamo_graphs() -> int:
+    """Graphs dynamo has compiled in this process so far (recompilations and the pieces around graph breaks
+    included): torch._dynamo.utils.counters["stats"]["unique_graphs"]."""
+    from torch._dynamo.utils import counters
+
+    return counters["stats"]["unique_graphs"]
+
+
+def _compile_passes(compiled: Impl, draws: int) -> tuple[float, int, int]:
+    """Steps of `compiled` at indices 0 .. draws - 1 (every batch and mask shape the timed steps use), pass after pass
+    until a whole pass compiles no new graph (at most 3). Returns (the first step's loss, passes, graphs the last pass
+    compiled)."""
+    first_loss, passes, new = None, 0, 1
+    while new and passes < 3:
+        before = dynamo_graphs()
+        for index in range(draws):
+            loss = compiled.run(index).item()
+            first_loss = loss if first_loss is None else first_loss
+        passes += 1
+        new = dynamo_graphs() - before
+    return first_loss, passes, new
+
+
+def _warm_up_one(group: list[Impl], draws: int, checks: list[str], notes: list[str]) -> bool:
+    """`warm_up_compiled` for one group; False (and COMPILED taken out of `group`) if it raised."""
+    from torch._dynamo.utils import counters
+
+    eager, compiled = group[0], group[-1]
+    graphs, breaks = dynamo_graphs(), collections.Counter(counters["graph_break"])
+    cache = collections.Counter(counters["inductor"])
+    eager_loss = eager.run(0).item()
+    started = time.perf_counter()
+    try:
+        compiled_loss, passes, new = _compile_passes(compiled, draws)
+    except Exception as error:  # reported in the check line, with its traceback on stderr
+        traceback.print_exc()
+        group.pop()
+        checks.append(
+            f"{eager.workload} {compiled.name}: FAILED in its warm-up, not timed (traceback on stderr): "
+            f"{type(error).__name__}: {error}"
+        )
+        steps = "its warm-up steps, the last failing"
+    else:
+        diff = abs(compiled_loss - eager_loss)
+        verdict = "ok" if diff <= COMPILED_RTOL * abs(eager_loss) else "MISMATCH"
+        checks.append(
+            f"{eager.workload} first-step loss (first training step of each, same weights and inputs), "
+            f"{compiled.name} vs {eager.name}: {compiled_loss:.8f} vs {eager_loss:.8f}: rel diff "
+            f"{diff / abs(eager_loss):.3g} (rtol {COMPILED_RTOL:g}: {verdict})"
+        )
+        last = f"still compiling {new} graph(s): WARNING, timed steps may compile too" if new else "compiling none"
+        steps = f"{passes * draws} untimed warm-up steps ({passes} pass(es) over the {draws} batch / mask draw(s), "
+        steps += f"the last {last})"
+    seconds = time.perf_counter() - started
+    new_breaks = collections.Counter(counters["graph_break"]) - breaks
+    cache = collections.Counter(counters["inductor"]) - cache
+    broken = (
+        f"{sum(new_breaks.values())} graph break(s): "
+        + "; ".join(f"{' '.join(reason.split())!r} x{n}" for reason, n in new_breaks.items())
+        if new_breaks
+        else "no graph break"
+    )
+    notes.append(
+        f"{eager.workload}: {compiled.name} = torch.compile(model) (inductor, fullgraph=False): dynamo compiled "
+        f"{dynamo_graphs() - graphs} graph(s), {broken}, in {steps}: {seconds:.1f} s (inductor FX-graph cache: "
+        f"{cache['fxgraph_cache_hit']} hit(s), {cache['fxgraph_cache_miss']} miss(es))"
+    )
+    return group[-1] is compiled
+
+
+def warm_up_compiled(groups: dict[str, list[Impl]], draws: int, checks: list[str], notes: list[str]) -> None:
+    """Untimed, before `measure`, for every group whose first implementation is hf_mim's eager step and whose last is
+    COMPILED: the eager side's first step (index 0), then the compiled side's steps over every batch / mask draw,
+    pass after pass until a whole pass compiles no new graph, so that no compilation falls into the timed rounds.
+    Appends to `checks` the first training step's loss of each (same weights and inputs), which must agree within
+    rtol COMPILED_RTOL, and to `notes` the graphs dynamo compiled, the graph breaks with their reasons, the warm-up
+    steps and seconds, and inductor's on-disk FX-graph cache hits (which shorten the warm-up).
+
+    If compiling or running a compiled step raises, its traceback goes to stderr, the check line says FAILED with the
+    error, and that compiled implementation leaves its group (the others are still timed). Dynamo is then reset and
+    the compiled sides warmed up before it are warmed up again: dynamo keeps some decisions per code object (a frame
+    it gave up on after a graph break in a loop runs eagerly from then on), and models of the same classes share
+    their code, so the failed model's would otherwise change how the others run."""
+    warmed = []
+    for group in groups.values():
+        if group[-1].name != COMPILED:
+            continue
+        if _warm_up_one(group, draws, checks, notes):
+            warmed.append(group)
+            continue
+        torch._dynamo.reset()
+        if warmed:
+            graphs, started = dynamo_graphs(), time.perf_counter()
+            for earlier in warmed:
+                _compile_passes(earlier[-1], draws)
+            notes.append(
+                f"after {group[0].workload}'s failure, torch._dynamo.reset() and the compiled warm-ups of "
+                f"{', '.join(g[0].workload for g in warmed)} again: {dynamo_graphs() - graphs} graph(s), "
+                f"{time.perf_counter() - started:.1f} s"
+            )
+
+
+def compiled_after_warm_up(graphs: int) -> str:
+    """The note on compilation after the warm-ups: `graphs` = dynamo_graphs() when they ended."""
+    new = dynamo_graphs() - graphs
+    if not new:
+        return "dynamo compiled no graph after the compiled warm-up steps (FLOP counts, timed rounds, RSS steps)"
+    return f"WARNING: dynamo compiled {new} graph(s) after the warm-up steps: the timings may include compilation"
+
+
 # -------------------------------------------------------------------------------------------------------- reporting
 def _speedup(other: list[list[float]], hf: list[list[float]]) -> float:
     """Median over rounds of the paired per-round ratio other / hf (robust to load that drifts between rounds)."""
     return statistics.median(statistics.median(o) / statistics.median(h) for o, h in zip(other, hf))
+
+
+def _versus(other: Impl, ours: Impl) -> str:
+    """ "1.050x / 1.040x vs original": `ours`'s speed-up over `other`, wall / CPU."""
+    wall, cpu = _speedup(other.rounds, ours.rounds), _speedup(other.cpu_rounds, ours.cpu_rounds)
+    return f"{wall:.3f}x / {cpu:.3f}x vs {other.name}"
+
+
+def _is_variant(impl: Impl, first: Impl) -> bool:
+    """A variant of a workload's first implementation ("hf_mim compiled" of "hf_mim")."""
+    return impl is not first and impl.name.startswith(first.name + " ")
 
 
 def print_table(groups: dict[str, list[Impl]], peak: float) -> None:
@@ -497,16 +644,16 @@ def print_table(groups: dict[str, list[Impl]], peak: float) -> None:
     print("|" + "|".join(["---"] * 2 + ["---:"] * (len(header) - 2)) + "|")
     for workload, impls in groups.items():
         hf = impls[0]
+        others = [impl for impl in impls[1:] if not _is_variant(impl, hf)]
         for impl in impls:
             median = statistics.median(t for r in impl.rounds for t in r)
             cpu = statistics.median(t for r in impl.cpu_rounds for t in r)
             if impl is hf:
                 ratio = "—"
-            else:
-                ratio = (
-                    f"{_speedup(impl.rounds, hf.rounds):.3f}x / {_speedup(impl.cpu_rounds, hf.cpu_rounds):.3f}x"
-                    f" vs {impl.name}"
-                )
+            elif _is_variant(impl, hf):  # its own speed-up over each other implementation, then over hf_mim's
+                ratio = ", ".join(_versus(other, impl) for other in others + [hf])
+            else:  # hf_mim's speed-up over this implementation
+                ratio = _versus(impl, hf)
             gflops = impl.flops / cpu / 1e9
             rss = "n/a" if impl.rss is None else f"{impl.rss / 2**20:.1f}"
             cells = [
@@ -528,7 +675,9 @@ def print_round_medians(
     groups: dict[str, list[Impl]], workload_width: int, name_width: int, versus: bool = False
 ) -> None:
     """Per-round medians of every implementation (wall, then CPU ms) and the per-round speed-up of hf_mim (the first
-    of each group) over each other implementation ("hf_mim speed-up vs <name>" with `versus`)."""
+    of each group) over each other implementation ("hf_mim speed-up vs <name>" with `versus`, or when the group has a
+    variant of hf_mim), then that of each variant ("hf_mim compiled") over the others and over hf_mim."""
+    name_width = max(name_width, *(len(impl.name) for group in groups.values() for impl in group))
     for clock, attribute in (("wall", "rounds"), ("CPU", "cpu_rounds")):
         print(f"\nper-round medians, {clock} ms:")
         for group in groups.values():
@@ -536,10 +685,14 @@ def print_round_medians(
                 values = " ".join(f"{statistics.median(r) * 1e3:.1f}" for r in getattr(impl, attribute))
                 print(f"  {impl.workload:<{workload_width}} {impl.name:<{name_width}} {values}")
         for workload, group in groups.items():
-            for other in group[1:]:
-                pairs = zip(getattr(other, attribute), getattr(group[0], attribute))
-                ratios = " ".join(f"{statistics.median(o) / statistics.median(h):.3f}" for o, h in pairs)
-                label = f"hf_mim speed-up vs {other.name}" if versus else "hf_mim speed-up"
+            hf = group[0]
+            variants = [impl for impl in group if _is_variant(impl, hf)]
+            others = [impl for impl in group[1:] if not _is_variant(impl, hf)]
+            pairs = [(hf, other) for other in others] + [(v, other) for v in variants for other in others + [hf]]
+            for ours, other in pairs:
+                rounds = zip(getattr(other, attribute), getattr(ours, attribute))
+                ratios = " ".join(f"{statistics.median(o) / statistics.median(h):.3f}" for o, h in rounds)
+                label = f"{ours.name} speed-up vs {other.name}" if versus or variants else "hf_mim speed-up"
                 print(f"  {workload:<{workload_width}} {label}: {ratios}")
 
 
@@ -560,6 +713,11 @@ def main(argv=None) -> int:
         help="hf_mim's attention in the training steps (the original I-JEPA always runs eager math)",
     )
     parser.add_argument("--skip", default="", help="comma list of workloads to leave out (ijepa_step,ijepa_infer)")
+    parser.add_argument(
+        "--compiled",
+        action="store_true",
+        help="also time hf_mim's ijepa_step / capi_step with torch.compile(model), compiled in untimed warm-up steps",
+    )
     common.add_timing_arguments(parser, rounds=8, steps=4, verbose_help="also print per-round medians", profile=False)
     args = parser.parse_args(argv)
     common.require_positive(args, "rounds", "steps", "mask_draws")
@@ -644,6 +802,19 @@ def main(argv=None) -> int:
                     lambda i: original.step(images, *draws[i % len(draws)]),
                 )
             )
+        if args.compiled:  # a copy of the same weights, its own fused AdamW, the model under torch.compile
+            compiled_step = HfIJepa(copy.deepcopy(hf_model))
+            compiled_step.setup()
+            compiled_step.model = torch.compile(compiled_step.model)
+            impls.append(
+                Impl(
+                    "ijepa_step",
+                    COMPILED,
+                    args.batch_size,
+                    True,
+                    lambda i: compiled_step.step(images, *hf_draws[i % len(hf_draws)]),
+                )
+            )
         groups["ijepa_step"] = impls
 
     if "ijepa_infer" not in skip:
@@ -681,6 +852,7 @@ def main(argv=None) -> int:
         checks += capi_checks
     if not groups:
         raise SystemExit("nothing to run")
+    warm_up_compiled(groups, args.mask_draws, checks, notes)  # with --compiled: untimed, over every mask draw
 
     trainable = sum(p.numel() for p in hf_model.parameters() if p.requires_grad)
     print(
@@ -696,7 +868,10 @@ def main(argv=None) -> int:
         print("check: " + line)
 
     # ---- FLOPs (doubles as warm-up: one step per mask draw), interleaved rounds, peak RSS growth
+    graphs = dynamo_graphs()
     matmul_rounds, elapsed = measure(groups, args, args.mask_draws)
+    if args.compiled:
+        notes.append(compiled_after_warm_up(graphs))
     peak_wall, peak = max(w for w, _ in matmul_rounds), max(c for _, c in matmul_rounds)
 
     print()
@@ -712,7 +887,8 @@ def main(argv=None) -> int:
         f"{args.rounds} rounds x {args.steps} timed steps per implementation ({elapsed:.0f} s); median ms over all "
         "timed steps (wall clock; CPU ms = process CPU time, which leaves out time spent descheduled by other "
         "load); speed-up = median over rounds of (other's round median / hf_mim's round median), wall and CPU, > 1 "
-        "means hf_mim is faster; implementations alternate step by step (A B B A ...); GFLOP/step from "
+        f"means hf_mim is faster{COMPILED_SPEEDUP if args.compiled else ''}; implementations take turns step by step, "
+        "in an order that rotates (A B, B A, ...; A B C, B C A, C A B, ...); GFLOP/step from "
         "FlopCounterMode (matmul, conv, attention; forward + backward for training steps; mean over the mask "
         "draws); GFLOP/s = GFLOP/step / median CPU time, % of the matmul peak (also by CPU time); peak RSS +MiB = "
         "growth of the process peak RSS over one step after malloc_trim (activations, grads, temporaries)."

@@ -5,6 +5,7 @@ run, on the same weights and the same views and location grids.
     OMP_NUM_THREADS=1 python benchmarks/benchmark_vicregl.py --original_src /tmp/orig/vicregl
     python benchmarks/benchmark_vicregl.py --original_src /tmp/orig/vicregl --workloads resnet --rounds 10 --verbose
     python benchmarks/benchmark_vicregl.py --original_src /tmp/orig/vicregl --profile 25   # + torch.profiler tables
+    python benchmarks/benchmark_vicregl.py --original_src /tmp/orig/vicregl --compiled     # + hf_mim, torch.compile
 
 One timed step:
   * hf_mim: `VicreglForPreTraining(pixel_values, locations, local_pixel_values, local_locations)` -> backward ->
@@ -14,12 +15,16 @@ One timed step:
     backward, fused AdamW step, and the `torch.distributed.reduce` of every log value. It runs in a one-process gloo
     group, as `torchrun --nproc_per_node 1` would, because its `gather_center` / `batch_all_gather` call
     `torch.distributed`.
+  * hf_mim compiled (with --compiled): the hf_mim step on a copy of the same weights, with its own fused AdamW, the
+    model wrapped by `torch.compile(model)` (inductor, fullgraph=False); it compiles in untimed warm-up steps before
+    the timed rounds.
 The original tree is put on sys.path and its modules are imported (`main_vicregl`, `convnext`, `resnet`, `utils`,
 `optimizers`); none of its code is copied here. See benchmarks/README.md.
 """
 
 import argparse
 import contextlib
+import copy
 import importlib
 import importlib.util
 import socket
@@ -326,6 +331,7 @@ def build_workload(name: str, original, args, notes: list[str], checks: list[str
     config = hf_config(workload)
     hf_model = VicreglForPreTraining(config)
     notes.append(f"{name}: " + copy_weights(original_model, hf_model, config))
+    compiled_model = copy.deepcopy(hf_model) if args.compiled else None
     batch = make_batch(workload, args.batch_size, generator)
     hf_step, original_step = HfStep(hf_model), OriginalStep(original, original_model)
     hf_loss = hf_step.loss(batch["hf"])
@@ -350,10 +356,17 @@ def build_workload(name: str, original, args, notes: list[str], checks: list[str
         f"num_matches {workload.num_matches}, views {views}, batch {args.batch_size}; trainable {trainable / 1e6:.2f}M "
         f"(the original also has its {classifier_params / 1e3:.0f}k-parameter online classifier)"
     )
-    return [
+    impls = [
         bench.Impl(name, "hf_mim", args.batch_size, True, lambda i: hf_step.step(batch["hf"])),
         bench.Impl(name, "original", args.batch_size, True, lambda i: original_step.step(batch["original"])),
     ]
+    if compiled_model is not None:  # the same weights and batch, its own fused AdamW, the model under torch.compile
+        compiled_step = HfStep(compiled_model)
+        compiled_step.model = torch.compile(compiled_step.model)
+        impls.append(
+            bench.Impl(name, bench.COMPILED, args.batch_size, True, lambda i: compiled_step.step(batch["hf"]))
+        )
+    return impls
 
 
 def profile(impls: list, steps: int, rows: int) -> None:
@@ -376,6 +389,11 @@ def main(argv=None) -> int:
     parser.add_argument("--original_src", type=Path, required=True, help="exported facebookresearch/VICRegL tree")
     common.add_workloads_argument(parser, WORKLOADS)
     parser.add_argument("--batch_size", type=int, default=16)
+    parser.add_argument(
+        "--compiled",
+        action="store_true",
+        help="also time hf_mim's step with torch.compile(model), compiled in untimed warm-up steps",
+    )
     common.add_timing_arguments(parser, rounds=6, steps=3)
     args = parser.parse_args(argv)
     common.require_positive(args, "rounds", "steps")
@@ -386,6 +404,7 @@ def main(argv=None) -> int:
     init_process_group()
     checks: list[str] = []
     groups = {name: build_workload(name, original, args, notes, checks) for name in names}
+    bench.warm_up_compiled(groups, 1, checks, notes)  # with --compiled: untimed, on the one batch
     print(
         f"VICRegL training step, hf_mim vs original ({args.original_src}) | batch {args.batch_size} | threads "
         f"{torch.get_num_threads()} | torch {torch.__version__}"
@@ -393,9 +412,12 @@ def main(argv=None) -> int:
     for line in checks:
         print("check: " + line)
 
-    # ---- FLOPs (doubles as warm-up), interleaved rounds (A B, B A, ...; a matmul yardstick between rounds), RSS;
-    # the steps run the one batch (they ignore the step index)
+    # ---- FLOPs (doubles as warm-up), interleaved rounds (A B, B A, ...; with --compiled A B C, B C A, C A B, ...; a
+    # matmul yardstick between rounds), RSS; the steps run the one batch (they ignore the step index)
+    graphs = bench.dynamo_graphs()
     matmul_rounds, elapsed = bench.measure(groups, args, 1)
+    if args.compiled:
+        notes.append(bench.compiled_after_warm_up(graphs))
     peak_wall, peak = max(w for w, _ in matmul_rounds), max(c for _, c in matmul_rounds)
 
     print()
@@ -406,8 +428,9 @@ def main(argv=None) -> int:
         f"torch.mm, best call of the run. {args.rounds} rounds x {args.steps} timed steps per implementation "
         f"({elapsed:.0f} s); median ms over all timed steps; CPU ms = process CPU time; img/s = source images "
         "(batch) per second, each with all its views; speed-up = median over rounds of (original's round median / "
-        "hf_mim's), wall / CPU, > 1 means hf_mim is faster; GFLOP/step from FlopCounterMode (conv + matmul, "
-        "forward + backward); peak RSS +MiB = growth of the process peak RSS over one step after malloc_trim."
+        f"hf_mim's), wall / CPU, > 1 means hf_mim is faster{bench.COMPILED_SPEEDUP if args.compiled else ''}; "
+        "GFLOP/step from FlopCounterMode (conv + matmul, forward + backward); peak RSS +MiB = growth of the process "
+        "peak RSS over one step after malloc_trim."
     )
     notes.append(
         "the original's step also runs its online linear classifier (CE on the detached representation, in its loss), "
