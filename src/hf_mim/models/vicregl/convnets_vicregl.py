@@ -48,10 +48,13 @@ class ReplaySafeBatchNorm2d(nn.BatchNorm2d):
     statistics drift). In that replay this normalises with the batch statistics, as training mode does, and updates
     throwaway copies of the running statistics (the same op, so the replay saves what the first pass saved, as
     non-reentrant checkpointing checks). `nn.SyncBatchNorm.convert_sync_batchnorm` turns it into a plain SyncBatchNorm.
+    Under torch.compile the check is skipped: `_current_graph_task_id` cannot be traced (a graph break in every block,
+    then an autograd version error), and the compiled graph's forward updates the statistics once.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.training and self.track_running_stats and torch._C._current_graph_task_id() != -1:  # a replay
+        replay = not torch.compiler.is_compiling() and torch._C._current_graph_task_id() != -1
+        if self.training and self.track_running_stats and replay:
             mean, var = self.running_mean.clone(), self.running_var.clone()
             return F.batch_norm(x, mean, var, self.weight, self.bias, True, self.momentum or 0.0, self.eps)
         return super().forward(x)
