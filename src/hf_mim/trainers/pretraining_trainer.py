@@ -4,7 +4,8 @@ What it adds to Trainer, once for every method:
 * parameter groups from `parameter_groups(model)` (lr and weight-decay multipliers per group);
 * lr: warmup + (truncated) cosine; weight decay: constant or cosine; teacher momentum schedule;
 * the EMA teacher update after every optimizer step that was not skipped (via `model.update_teacher(m)`);
-* logging of every loss part the model returns, the momentum, and feature health (effective rank, feature std);
+* logging of the loss parts the model's output names (its `loss_parts`), the momentum, and feature health
+  (effective rank, feature std);
 * skipped (undecodable) images counted across ranks and reported at the end;
 * `create_model_card` (called by `push_to_hub`) writes hf_mim's card and the remote-code bundle (`ModelCardMixin`);
 * augmentations and masks as a pure function of (seed, epoch, example index) (`hf_mim.data.positional`), so a run
@@ -50,13 +51,6 @@ from .feature_health import warn_if_collapsing
 from .model_card import ModelCardMixin
 
 logger = logging.get_logger(__name__)
-
-# Output fields that are logged when present (averaged over the steps since the last log).
-LOGGED_PARTS = (
-    "student_loss", "clustering_loss", "target_entropy", "prediction_loss", "reconstruction_loss", "alignment_loss",
-    "global_loss", "local_loss", "global_invariance_loss", "global_variance_loss", "global_covariance_loss",
-    "local_invariance_loss", "local_variance_loss", "local_covariance_loss",
-)  # fmt: skip
 
 
 class NonFiniteLossError(RuntimeError):
@@ -294,7 +288,9 @@ class MimPretrainingTrainer(ModelCardMixin, Trainer):
         outputs = model(**inputs)
         loss = outputs.loss
         with torch.no_grad():
-            for name in LOGGED_PARTS:
+            # The output names its loss parts (`loss_parts`); each is logged when present (not None), averaged over
+            # the steps since the last log.
+            for name in getattr(outputs, "loss_parts", ()):
                 value = getattr(outputs, name, None)
                 if value is not None:
                     value = value.detach().float()

@@ -3,6 +3,7 @@ CAE v1 and v2 (`CaeForPreTraining`: latent regressor, v1 alignment + token decod
 `hf_mim.layers`."""
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -28,6 +29,7 @@ from ...losses import autocast_off, runs_in_float32
 from ...masking import BlockMasking
 from ...modeling_utils import RemoteCodeExportMixin, classification_output, output_flags
 from .configuration_cae import CaeConfig
+from .loss_cae import v1_losses, v2_cosine_loss
 
 
 def cae_position_table(width: int, grid: int) -> torch.Tensor:
@@ -88,25 +90,10 @@ def _split_visible(
     return torch.gather(tokens, 1, index[..., None].expand(-1, -1, tokens.shape[-1]))
 
 
-# The losses and the v2 output normalisation run in float32 under half precision (as the original's `.float()`), in
-# float64 for a float64 model, with autocast off (`runs_in_float32`).
-@runs_in_float32
-def _v1_losses(logits, token_ids, predictions, latent_targets, alignment_weight: float):
-    """v1: cross-entropy on the masked patches' token ids, and the weighted alignment MSE."""
-    return F.cross_entropy(logits, token_ids), alignment_weight * F.mse_loss(predictions, latent_targets)
-
-
 @runs_in_float32
 def _unit_vectors(x: torch.Tensor) -> torch.Tensor:
+    """v2's L2-normalised head output, in float32 under half precision as the losses (`loss_cae`) it feeds."""
     return F.normalize(x, dim=-1)
-
-
-@runs_in_float32
-def _cosine_loss(predictions: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """v2: mean of 1 - cos(prediction, target) for unit-length `predictions` (the L2-normalised logits): their dot
-    product with the L2-normalised targets. `F.cosine_similarity` would divide both by their norms again, which took
-    2.4 of the loss's 5.2 ms (forward + backward) in a v2 step of benchmarks/benchmark_cae.py."""
-    return (1 - (predictions * F.normalize(targets, dim=-1)).sum(dim=-1)).mean()
 
 
 class CaeEmbeddings(nn.Module):
@@ -379,6 +366,9 @@ class CaeForPreTrainingOutput(ModelOutput):
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
     attentions: tuple[torch.FloatTensor, ...] | None = None
 
+    # The fields a trainer logs next to `loss` (MimPretrainingTrainer); v2 has no alignment part (None: not logged).
+    loss_parts: ClassVar[tuple[str, ...]] = ("prediction_loss", "alignment_loss")
+
 
 class CaeDecoder(nn.Module):
     """v1: self-attention blocks over the masked predictions, norm, vocabulary head; v2: norm + head only."""
@@ -547,7 +537,7 @@ class CaeForPreTraining(CaePreTrainedModel):
             token_ids = labels.reshape(-1)
             if labels.shape[:2] == mask.shape:  # every patch's id: keep the masked ones, batch-major, row-major
                 token_ids = _split_visible(labels.reshape(batch, -1, 1), mask, num_masked, keep_masked=True).flatten()
-            prediction_loss, alignment_loss = _v1_losses(
+            prediction_loss, alignment_loss = v1_losses(
                 logits, token_ids, predictions, latent_targets, config.alignment_loss_weight
             )
             loss = prediction_loss + alignment_loss
@@ -556,7 +546,7 @@ class CaeForPreTraining(CaePreTrainedModel):
                 [target_features[:, :1], _split_visible(target_features[:, 1:], mask, num_masked),
                  _split_visible(target_features[:, 1:], mask, num_masked, keep_masked=True)], dim=1,
             )  # fmt: skip
-            prediction_loss = _cosine_loss(logits, targets)
+            prediction_loss = v2_cosine_loss(logits, targets)
             loss = prediction_loss
 
         output = CaeForPreTrainingOutput(

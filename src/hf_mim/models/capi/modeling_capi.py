@@ -4,6 +4,7 @@ representation. Composed from `hf_mim.layers`; weights load from the released ch
 
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -22,11 +23,11 @@ from ...layers import (
     edge_register_coordinates,
     normalized_grid_coordinates,
 )
-from ...losses import sinkhorn_knopp, soft_cross_entropy
 from ...masking import InverseBlockMasking, to_absolute
 from ...modeling_utils import RemoteCodeExportMixin, classification_output, output_flags
 from ...teacher import EmaTeacherMixin
 from .configuration_capi import CapiConfig
+from .loss_capi import clustering_loss, sinkhorn_targets, student_loss, target_entropy
 
 logger = logging.get_logger(__name__)
 
@@ -379,7 +380,8 @@ class CapiClusteringHead(nn.Module):
 
     L2-normalised tokens -> Linear(D, K) logits; Sinkhorn-Knopp on logits / target_temp gives the soft assignments
     (targets); the head itself is trained to predict those assignments from its own logits (temperature
-    `clustering_pred_temp`). Its gradients come only from that loss: the teacher backbone runs without gradients.
+    `clustering_pred_temp`, see `loss_capi`). Its gradients come only from that loss: the teacher backbone runs
+    without gradients.
     """
 
     def __init__(self, config: CapiConfig):
@@ -391,20 +393,14 @@ class CapiClusteringHead(nn.Module):
 
     def forward(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """tokens: (positions, batch, D). Returns (assignments (positions, batch, K) without grad, loss)."""
+        config = self.config
         logits = nn.functional.linear(nn.functional.normalize(tokens, dim=-1, p=2, eps=1e-7), self.weight, self.bias)
-        # The Sinkhorn divides by target_temp itself, on the fly: its result is the only new (tokens, K) tensor.
-        scores, iterations, temperature = logits.detach(), self.config.sinkhorn_iterations, self.config.target_temp
-        if self.config.positionwise_sinkhorn:
-            assignments = sinkhorn_knopp(scores, iterations, temperature=temperature)
-        else:
-            flat = sinkhorn_knopp(scores.flatten(0, -2), iterations, temperature=temperature)
-            assignments = flat.unflatten(0, logits.shape[:-1])
         # Under --bf16 the logits are bfloat16 (one matmul, as the original's); the Sinkhorn and both cross-entropies
         # run in float32 with autocast off (hf_mim.losses), so the assignments are float32.
-        loss = soft_cross_entropy(
-            assignments.flatten(0, -2), logits.flatten(0, -2), self.config.clustering_pred_temp
-        ).mean()
-        return assignments, loss
+        assignments = sinkhorn_targets(
+            logits, config.sinkhorn_iterations, config.target_temp, config.positionwise_sinkhorn
+        )
+        return assignments, clustering_loss(assignments, logits, config.clustering_pred_temp)
 
 
 class CapiPredictionHead(nn.Module):
@@ -458,6 +454,9 @@ class CapiForPreTrainingOutput(ModelOutput):
     pooled_features: torch.FloatTensor | None = None
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
     attentions: tuple[torch.FloatTensor, ...] | None = None
+
+    # The fields a trainer logs next to `loss` (MimPretrainingTrainer): the loss components and the target entropy.
+    loss_parts: ClassVar[tuple[str, ...]] = ("student_loss", "clustering_loss", "target_entropy")
 
 
 class CapiForPreTraining(EmaTeacherMixin, CapiPreTrainedModel):
@@ -532,7 +531,7 @@ class CapiForPreTraining(EmaTeacherMixin, CapiPreTrainedModel):
         # Teacher: full image, no gradients; clustering head on its patch tokens laid out (positions, batch, D).
         with torch.no_grad():
             teacher_tokens = self.teacher.encode(pixel_values).tokens[:, num_registers:]
-        assignments, clustering_loss = self.clustering_head(teacher_tokens.transpose(0, 1))
+        assignments, clustering_ce = self.clustering_head(teacher_tokens.transpose(0, 1))
         # predict holds image-major flat indices b * N + n; assignments are (N, B, K): gather the rows at n * B + b
         # directly instead of copying the whole tensor into image-major order first.
         positions, batch_size = assignments.shape[:2]
@@ -543,16 +542,13 @@ class CapiForPreTraining(EmaTeacherMixin, CapiPreTrainedModel):
         query_coords = student.patch_coords.flatten(0, 1)[predict].reshape(batch, -1, 2)
         predictions = self.capi.predict(student, query_coords).flatten(0, 1)
         student_logits = self.prediction_head(predictions)
-        per_token = soft_cross_entropy(targets, student_logits, self.config.student_temp)
-        student_loss = (per_token.double().sum() / per_token.shape[0]).to(per_token.dtype)  # float64 sum, as CAPI
+        student_ce = student_loss(targets, student_logits, self.config.student_temp)
 
-        with torch.no_grad():
-            target_entropy = -(targets * torch.log(targets.clamp_min(1e-30))).sum(-1).mean()
         output = CapiForPreTrainingOutput(
-            loss=student_loss + clustering_loss,
-            student_loss=student_loss,
-            clustering_loss=clustering_loss,
-            target_entropy=target_entropy,
+            loss=student_ce + clustering_ce,
+            student_loss=student_ce,
+            clustering_loss=clustering_ce,
+            target_entropy=target_entropy(targets),
             student_logits=student_logits,
             targets=targets,
             predictions=predictions,

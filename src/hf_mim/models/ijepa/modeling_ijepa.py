@@ -2,6 +2,7 @@
 pretraining objective with an EMA target encoder, and classification heads. Composed from `hf_mim.layers`."""
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -17,11 +18,11 @@ from ...layers import (
     resize_position_embeddings,
     sincos_2d_position_embedding,
 )
-from ...losses import runs_in_float32
 from ...masking import MultiBlockMasking
 from ...modeling_utils import RemoteCodeExportMixin, classification_output, output_flags
 from ...teacher import EmaTeacherMixin
 from .configuration_ijepa import IJepaConfig
+from .loss_ijepa import prediction_loss, target_norm
 
 logger = logging.get_logger(__name__)
 
@@ -324,6 +325,7 @@ class IJepaForPreTrainingOutput(ModelOutput):
     Every tensor is batch-first (its first dimension is the batch).
 
     loss: smooth-L1 (or L2) between predictions and targets, averaged over all elements.
+    prediction_loss: the same number, detached (the part the trainer logs).
     predictions: (B, n_tgt * n_ctx, K_tgt, D) predictor outputs, one row per (target block t, context block c) pair,
         index t * n_ctx + c.
     targets: (B, n_tgt * n_ctx, K_tgt, D) the layer-normed target-encoder tokens at the same positions.
@@ -342,19 +344,8 @@ class IJepaForPreTrainingOutput(ModelOutput):
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
     attentions: tuple[torch.FloatTensor, ...] | None = None
 
-
-@runs_in_float32
-def _target_norm(tokens: torch.Tensor) -> torch.Tensor:
-    """The parameter-free LayerNorm of the target encoder's output (float32 under mixed precision)."""
-    return nn.functional.layer_norm(tokens, (tokens.shape[-1],))
-
-
-@runs_in_float32
-def _prediction_loss(predictions: torch.Tensor, targets: torch.Tensor, loss_type: str) -> torch.Tensor:
-    """Smooth-L1 (or L2) averaged over all elements (float32 under mixed precision)."""
-    if loss_type == "smooth_l1":
-        return nn.functional.smooth_l1_loss(predictions, targets)
-    return nn.functional.mse_loss(predictions, targets)
+    # The fields a trainer logs next to `loss` (MimPretrainingTrainer).
+    loss_parts: ClassVar[tuple[str, ...]] = ("prediction_loss",)
 
 
 class IJepaForPreTraining(EmaTeacherMixin, IJepaPreTrainedModel):
@@ -418,7 +409,7 @@ class IJepaForPreTraining(EmaTeacherMixin, IJepaPreTrainedModel):
 
         with torch.no_grad():
             target_tokens = self.target_encoder.encode(pixel_values)[0]
-            normed = _target_norm(target_tokens)
+            normed = target_norm(target_tokens)
             targets = apply_masks(normed, target_indices)  # (B, n_tgt, K, D), each repeated per context block
             targets = targets[:, :, None].expand(-1, -1, num_context, -1, -1).flatten(1, 2)
         context_tokens, _, hidden_states, attentions = self.ijepa.encode(
@@ -428,7 +419,7 @@ class IJepaForPreTraining(EmaTeacherMixin, IJepaPreTrainedModel):
         # A mean over every element, so over flat views it is the same number; inductor's backward would otherwise
         # specialise on the target length (a 4-D elementwise op's channels-last check guards on it): one compilation
         # per new length instead of one for all.
-        loss = _prediction_loss(predictions.flatten(), targets.flatten(), self.config.loss_type)
+        loss = prediction_loss(predictions.flatten(), targets.flatten(), self.config.loss_type)
         output = IJepaForPreTrainingOutput(
             loss=loss,
             prediction_loss=loss.detach(),

@@ -2,6 +2,7 @@
 classification head, and the full self-supervised objective (`VicreglForPreTraining`)."""
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -228,6 +229,12 @@ class VicreglForPreTrainingOutput(ModelOutput):
     pooled_features: torch.FloatTensor | None = None
     embeddings: torch.FloatTensor | None = None
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
+
+    # The fields a trainer logs next to `loss` (MimPretrainingTrainer); those alpha drops are None, not logged.
+    loss_parts: ClassVar[tuple[str, ...]] = (
+        "global_loss", "local_loss", "global_invariance_loss", "global_variance_loss", "global_covariance_loss",
+        "local_invariance_loss", "local_variance_loss", "local_covariance_loss",
+    )  # fmt: skip
 
 
 def _views(pixel_values: torch.Tensor | None, locations: torch.Tensor | None, name: str) -> list:
