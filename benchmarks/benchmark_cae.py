@@ -43,10 +43,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from hf_mim import CaeConfig, CaeForPreTraining
+from hf_mim.models.cae.convert_cae import convert_checkpoint
 from hf_mim.trainers.pretraining_trainer import bias_and_vector_groups
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-CONVERTER = REPO_ROOT / "scripts" / "convert" / "convert_cae_to_hf.py"
 VICREGL_BENCHMARK = REPO_ROOT / "benchmarks" / "benchmark_vicregl.py"  # installed(), profile()
 # The original tree's top-level packages: generic names, so same-named modules already imported are set aside while
 # the original's are in sys.modules.
@@ -245,14 +245,13 @@ ARCHITECTURE = (
 
 
 def copy_weights(original_model: nn.Module, hf_model: CaeForPreTraining, workload: Workload) -> str:
-    """Original `ContextAutoencoderViT` state -> hf_mim through scripts/convert/convert_cae_to_hf.py
+    """Original `ContextAutoencoderViT` state -> hf_mim through hf_mim.models.cae.convert_cae
     `convert_checkpoint()` (keys renamed, fused qkv split, the v1 alignment twin and v2's unused regressor norm
     dropped), in the container of a training save; the config it infers from the shapes must match, and the state is
     loaded strictly."""
-    converter = common.load_module(CONVERTER, "_cae_converter")
     checkpoint = {"model": {k: v.detach().clone() for k, v in original_model.state_dict().items()}}
     config = hf_model.config
-    inferred, state, is_full, _ = converter.convert_checkpoint(
+    inferred, state, is_full, _ = convert_checkpoint(
         checkpoint,
         "<original>",
         num_heads=config.num_attention_heads,
@@ -263,7 +262,7 @@ def copy_weights(original_model: nn.Module, hf_model: CaeForPreTraining, workloa
     if wrong or not is_full:
         raise SystemExit(f"converter inferred (value, expected) {wrong}; pretraining heads seen: {is_full}")
     hf_model.load_state_dict(state, strict=True)
-    return "weights: original -> hf_mim via scripts/convert/convert_cae_to_hf.py convert_checkpoint(), loaded strictly"
+    return "weights: original -> hf_mim via hf_mim.models.cae.convert_cae.convert_checkpoint(), loaded strictly"
 
 
 # ------------------------------------------------------------------------------------------------------- the inputs

@@ -47,10 +47,10 @@ import transformers
 from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
 from hf_mim import IJepaConfig, IJepaForPreTraining, IJepaModel
+from hf_mim.models.ijepa.convert_ijepa import convert_checkpoint
 from hf_mim.models.ijepa.modeling_ijepa import multiblock_masking
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-IJEPA_CONVERTER = REPO_ROOT / "scripts" / "convert" / "convert_ijepa_to_hf.py"
 CAPI_BENCHMARK = REPO_ROOT / "benchmarks" / "benchmark_pretraining.py"
 
 # A small ViT (ViT-Ti/16 width, half depth, a 4-block predictor): ~0.5 s per training step on one thread at batch 8.
@@ -235,9 +235,8 @@ class OriginalIJepa:
 
 
 def copy_original_ijepa_weights(original: OriginalIJepa, hf_model: IJepaForPreTraining, config: IJepaConfig) -> str:
-    """Original encoder / predictor / target encoder -> hf_mim through scripts/convert/convert_ijepa_to_hf.py."""
-    converter = common.load_module(IJEPA_CONVERTER, "_ijepa_converter")
-    inferred, state, _ = converter.convert_checkpoint(original.checkpoint(), "<original>", config.num_attention_heads)
+    """Original encoder / predictor / target encoder -> hf_mim through hf_mim.models.ijepa.convert_ijepa."""
+    inferred, state, _ = convert_checkpoint(original.checkpoint(), "<original>", config.num_attention_heads)
     for key in (
         "hidden_size",
         "num_hidden_layers",
@@ -252,7 +251,7 @@ def copy_original_ijepa_weights(original: OriginalIJepa, hf_model: IJepaForPreTr
             raise SystemExit(f"converter inferred {key}={getattr(inferred, key)}, config has {getattr(config, key)}")
     hf_model.load_state_dict(state, strict=True)
     hf_model._after_load()
-    return "weights: original -> hf_mim via scripts/convert/convert_ijepa_to_hf.py convert_checkpoint()"
+    return "weights: original -> hf_mim via hf_mim.models.ijepa.convert_ijepa.convert_checkpoint()"
 
 
 # ------------------------------------------------------------------------------------------------------ hf_mim step

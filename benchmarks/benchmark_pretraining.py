@@ -37,10 +37,10 @@ import torch.nn.functional as F
 from hf_mim import CapiConfig
 from hf_mim.allocator import tune_glibc_malloc
 from hf_mim.masking import InverseBlockMasking, to_absolute
+from hf_mim.models.capi.convert_capi import convert_state_dict
 from hf_mim.models.capi.modeling_capi import CapiForPreTraining
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-CONVERTER = REPO_ROOT / "scripts" / "convert" / "convert_capi_to_hf.py"
 PRESETS = {"tiny": CapiConfig.tiny, "small": CapiConfig.small, "vitl14": CapiConfig.vitl14}
 # Optimisation hyper-parameters of CAPI's default_pretrain_config.yaml (they do not affect timing).
 LR, BETAS, WEIGHT_DECAY = 1e-3, (0.9, 0.95), 0.1
@@ -312,18 +312,10 @@ def original_do_student(model: OriginalCapi, images, predict_indices, visible_in
     return loss.double().sum() / len(loss)
 
 
-def load_converter():
-    spec = importlib.util.spec_from_file_location("_capi_converter", CONVERTER)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def copy_original_weights(original_model: OriginalCapi, hf_model: CapiForPreTraining, config: CapiConfig) -> str:
     """Original student backbone -> hf_mim student (and teacher) through the CAPI converter; heads copied directly."""
-    converter = load_converter()
     checkpoint = {f"backbone.{k}": v for k, v in original_model.student.state_dict().items()}
-    inferred, state, _ = converter.convert_state_dict(checkpoint)
+    inferred, state, _ = convert_state_dict(checkpoint)
     for key in ("hidden_size", "num_hidden_layers", "decoder_hidden_size", "decoder_num_hidden_layers"):
         if getattr(inferred, key) != getattr(config, key):
             raise ValueError(f"converter inferred {key}={getattr(inferred, key)}, config has {getattr(config, key)}")
@@ -339,7 +331,7 @@ def copy_original_weights(original_model: OriginalCapi, hf_model: CapiForPreTrai
         g_name, v_name = ("magnitude", "direction") if hasattr(head, "magnitude") else ("weight_g", "weight_v")
         getattr(head, g_name).copy_(source.weight_g)
         getattr(head, v_name).copy_(source.weight_v)
-    return "weights copied original -> hf_mim (backbone via scripts/convert/convert_capi_to_hf.py, heads directly)"
+    return "weights copied original -> hf_mim (backbone via hf_mim.models.capi.convert_capi, heads directly)"
 
 
 # --------------------------------------------------------------------------------------------------------- stepping

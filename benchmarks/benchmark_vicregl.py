@@ -39,9 +39,9 @@ import torch.distributed as dist
 
 from hf_mim import VicreglConfig, VicreglForPreTraining
 from hf_mim.data import crop_location_grid
+from hf_mim.models.vicregl.convert_vicregl import convert_checkpoint
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-CONVERTER = REPO_ROOT / "scripts" / "convert" / "convert_vicregl_to_hf.py"
 IJEPA_BENCHMARK = REPO_ROOT / "benchmarks" / "benchmark_ijepa.py"  # measurement and table helpers
 # The original tree's top-level modules: generic names (utils, datasets, ...), so any same-named module already
 # imported (e.g. Hugging Face `datasets`) is set aside while the original's are in sys.modules.
@@ -220,20 +220,17 @@ def hf_config(workload: Workload) -> VicreglConfig:
 
 
 def copy_weights(original_model, hf_model: VicreglForPreTraining, config: VicreglConfig) -> str:
-    """Original VICRegL module state -> hf_mim through scripts/convert/convert_vicregl_to_hf.py convert_checkpoint()
+    """Original VICRegL module state -> hf_mim through hf_mim.models.vicregl.convert_vicregl.convert_checkpoint()
     (backbone renamed, projectors by index, the online classifier dropped), loaded strictly."""
-    converter = common.load_module(CONVERTER, "_vicregl_converter")
     checkpoint = {k: v.detach().clone() for k, v in original_model.state_dict().items()}
-    inferred, state, is_full, _ = converter.convert_checkpoint(
-        checkpoint, "<original>", names=(f"alpha{config.alpha}",)
-    )
+    inferred, state, is_full, _ = convert_checkpoint(checkpoint, "<original>", names=(f"alpha{config.alpha}",))
     for key in ("backbone_type", "depths", "hidden_sizes", "projector", "maps_projector", "alpha"):
         if getattr(inferred, key) != getattr(config, key):
             raise SystemExit(f"converter inferred {key}={getattr(inferred, key)}, config has {getattr(config, key)}")
     if not is_full:
         raise SystemExit("converter did not see the projectors")
     hf_model.load_state_dict(state, strict=True)
-    return "weights: original -> hf_mim via scripts/convert/convert_vicregl_to_hf.py convert_checkpoint()"
+    return "weights: original -> hf_mim via hf_mim.models.vicregl.convert_vicregl.convert_checkpoint()"
 
 
 # ------------------------------------------------------------------------------------------------------- the inputs

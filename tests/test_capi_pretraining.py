@@ -10,10 +10,11 @@ from transformers import AutoModel, AutoModelForPreTraining
 from hf_mim import CapiConfig, CapiForPreTraining, CapiModel
 from hf_mim.data import PretrainingCollator, SafeImageTransform, pretraining_transform
 from hf_mim.losses import effective_rank, sinkhorn_knopp
+from hf_mim.models.capi import convert_capi
 from hf_mim.teacher import ema_update
 from hf_mim.trainers import CapiTrainer, CapiTrainingArguments, NonFiniteLossError, warmup_then_cosine
 
-from .helpers import FIXTURES, StopAfter, convert_capi_fixture, fixture_tolerance, load_script, run_script
+from .helpers import FIXTURES, StopAfter, convert_capi_fixture, fixture_tolerance, run_script
 from .image_processor_test_mixin import photo
 from .model_test_mixin import initialise_from_nan
 
@@ -340,9 +341,8 @@ def test_run_capi_json_config_and_train_dir(tmp_path):
 
 
 def test_converter_head_keys_are_consumed():
-    converter = load_script("scripts/convert/convert_capi_to_hf.py")
     state = torch.load(CAPI_FIXTURE / "checkpoint.pth", weights_only=True)
-    heads = converter.prediction_head_state(state)
+    heads = convert_capi.prediction_head_state(state)
     assert heads["prediction_head.magnitude"].shape == (32, 1) and heads["prediction_head.direction"].shape == (32, 64)
 
 

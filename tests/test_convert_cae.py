@@ -1,6 +1,7 @@
-"""scripts/convert/convert_cae_to_hf.py: fixture parity with the original Atten4Vis/CAE code (released v1 encoder
-file, v1 full training save, v2 full training save and v2 encoder-only file; float32 and float64), the lxtGH /
-MMPretrain / `module.` / `state_dict` layouts, strict key accounting, the Auto classes and the model card."""
+"""hf_mim.models.cae.convert_cae and its command line scripts/convert/convert_cae_to_hf.py: fixture parity with the
+original Atten4Vis/CAE code (released v1 encoder file, v1 full training save, v2 full training save and v2
+encoder-only file; float32 and float64), the lxtGH / MMPretrain / `module.` / `state_dict` layouts, strict key
+accounting, the Auto classes and the model card."""
 
 import argparse
 import contextlib
@@ -14,11 +15,12 @@ from safetensors.torch import load_file
 from transformers import AutoModel, AutoModelForImageClassification, AutoModelForPreTraining, pipeline
 
 from hf_mim import CaeConfig, CaeForImageClassification, CaeForPreTraining, CaeImageProcessor, CaeModel
+from hf_mim.models.cae import convert_cae
 
-from .helpers import FIXTURES, load_script, run_script
+from .helpers import FIXTURES, run_script
 from .model_test_mixin import ModelTesterMixin
 
-SCRIPT = "scripts/convert/convert_cae_to_hf.py"
+SCRIPT = "scripts/convert/convert_cae_to_hf.py"  # the command line of convert_cae
 HEADS = {"cae_v1": 8, "cae_v1_pretrain": 4, "cae_v2": 4}  # original_config.json: num_heads / decoder_num_heads
 TOLERANCE = {torch.float32: 1e-5, torch.float64: 1e-9}  # x max|expected| (fixtures README)
 DTYPES = pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["fp32", "fp64"])
@@ -30,7 +32,7 @@ class ForeignArgs:
 
 @pytest.fixture(scope="module")
 def converter():
-    return load_script(SCRIPT)
+    return convert_cae
 
 
 def fixture_checkpoint(name: str, file: str = "checkpoint.pth") -> dict:

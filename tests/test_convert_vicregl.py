@@ -1,5 +1,6 @@
-"""scripts/convert/convert_vicregl_to_hf.py: fixture parity (original VICRegL ConvNeXt code, fp32 and fp64), full
-checkpoints with projectors, torchvision-layout ResNet-50 backbones, layer scale, and strict key accounting."""
+"""hf_mim.models.vicregl.convert_vicregl and its command line scripts/convert/convert_vicregl_to_hf.py: fixture parity
+(original VICRegL ConvNeXt code, fp32 and fp64), full checkpoints with projectors, torchvision-layout ResNet-50
+backbones, layer scale, and strict key accounting."""
 
 import json
 import sys
@@ -11,19 +12,19 @@ from safetensors.torch import load_file
 from transformers import AutoModel, AutoModelForPreTraining, pipeline
 
 from hf_mim import VicreglConfig, VicreglForPreTraining, VicreglImageProcessor, VicreglModel
-from hf_mim.models.vicregl import VicreglProjector
+from hf_mim.models.vicregl import VicreglProjector, convert_vicregl
 
-from .helpers import FIXTURES, fixture_tolerance, load_script, run_script
+from .helpers import FIXTURES, fixture_tolerance, run_script
 from .model_test_mixin import ModelTesterMixin
 
 VICREGL_FIXTURE = FIXTURES / "vicregl_convnext"
-SCRIPT = "scripts/convert/convert_vicregl_to_hf.py"
+SCRIPT = "scripts/convert/convert_vicregl_to_hf.py"  # the command line of convert_vicregl
 SIZES = ("64x64", "96x64")
 
 
 @pytest.fixture(scope="module")
 def converter():
-    return load_script(SCRIPT)
+    return convert_vicregl
 
 
 @pytest.fixture(scope="module")

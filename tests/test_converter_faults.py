@@ -1,5 +1,7 @@
-"""Fault injection on the five converters in scripts/convert/ (issue 23, item 6): every failure ends in one line
-`error: ...` on stderr and exit status 2, with nothing written (an existing output folder is left as it was).
+"""Fault injection on the five converters (issue 23, item 6): every failure ends in one line `error: ...` on stderr
+and exit status 2, with nothing written (an existing output folder is left as it was). Each converter's command line
+is the `main` of its module, `hf_mim.models.<m>.convert_<m>`, run here in-process; `scripts/convert/` runs the same
+`main` (checked once per script, in a separate process).
 
 Faults: NaN / inf weights, integer tensors where floats are expected, half-precision files (converted: up-cast to
 float32 and reported), `--output_dir` naming a file, a directory given as the checkpoint, a failure while writing
@@ -12,12 +14,18 @@ import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from types import ModuleType
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from .helpers import FIXTURES, load_script
+from hf_mim.models.cae import convert_cae, convert_dalle_tokenizer
+from hf_mim.models.capi import convert_capi
+from hf_mim.models.ijepa import convert_ijepa
+from hf_mim.models.vicregl import convert_vicregl
+
+from .helpers import FIXTURES, run_script
 from .test_convert_cae import fixture_checkpoint as cae_fixture_checkpoint
 from .test_convert_vicregl import fixture_backbone as vicregl_fixture_backbone
 from .test_dalle_tokenizer import Encoder as DalleOriginalEncoder
@@ -40,9 +48,10 @@ def _dalle():
 
 @dataclass
 class Spec:
-    """One converter: its script, a valid tiny original (`build`), and where to inject faults."""
+    """One converter: its module (`main` is its command line), a valid tiny original (`build`), and where to inject
+    faults."""
 
-    script: str
+    converter: ModuleType
     build: Callable[[], dict]
     file_name: str
     args: list[str]  # what a valid conversion of `build()` needs
@@ -60,31 +69,31 @@ class Spec:
 
 SPECS = {
     "capi": Spec(
-        "scripts/convert/convert_capi_to_hf.py", _capi, "capi_tiny.pth", ["--image_size", "56"],
+        convert_capi, _capi, "capi_tiny.pth", ["--image_size", "56"],
         nan_key="backbone.encoder.blocks.0.residual2.fn.fc1.weight", inf_key="backbone.patch_embed.bias",
         int_key="backbone.encoder.blocks.1.residual1.norm.weight",
         sample=("backbone.patch_embed.weight", "embeddings.patch_embeddings.projection.weight"),
     ),
     "cae": Spec(
-        "scripts/convert/convert_cae_to_hf.py", lambda: cae_fixture_checkpoint("cae_v1_pretrain"), "cae_tiny.pth",
+        convert_cae, lambda: cae_fixture_checkpoint("cae_v1_pretrain"), "cae_tiny.pth",
         ["--num_attention_heads", "4", "--decoder_num_attention_heads", "4"],
         nan_key="encoder.blocks.0.mlp.fc1.weight", inf_key="regresser.regressor_blocks.0.cross_attn.q_bias",
         int_key="encoder.blocks.1.attn.q_bias", container="model",
         sample=("encoder.patch_embed.proj.weight", "cae.embeddings.patch_embeddings.projection.weight"),
     ),
     "ijepa": Spec(
-        "scripts/convert/convert_ijepa_to_hf.py", _ijepa, "ijepa_tiny.pth.tar", ["--num_attention_heads", "4"],
+        convert_ijepa, _ijepa, "ijepa_tiny.pth.tar", ["--num_attention_heads", "4"],
         nan_key="module.blocks.0.mlp.fc1.weight", inf_key="module.norm.bias", int_key="module.norm.weight",
         parts=("encoder", "predictor", "target_encoder"),
         sample=("module.patch_embed.proj.weight", "ijepa.embeddings.patch_embeddings.projection.weight"),
     ),
     "vicregl": Spec(
-        "scripts/convert/convert_vicregl_to_hf.py", vicregl_fixture_backbone, "vicregl_tiny.pth", [],
+        convert_vicregl, vicregl_fixture_backbone, "vicregl_tiny.pth", [],
         nan_key="stages.0.0.pwconv1.weight", inf_key="norm.bias", int_key="stages.1.0.dwconv.bias",
         sample=("stages.0.0.pwconv1.weight", "encoder.stages.0.layers.0.pwconv1.weight"),
     ),
     "dalle": Spec(
-        "scripts/convert/convert_dalle_tokenizer_to_hf.py", _dalle, "dalle_encoder.pth", ["--image_size", "32"],
+        convert_dalle_tokenizer, _dalle, "dalle_encoder.pth", ["--image_size", "32"],
         nan_key="blocks.group_1.block_1.res_path.conv_1.w", inf_key="blocks.input.b", int_key="blocks.output.conv.b",
         sample=("blocks.input.w", "blocks.input.weight"),
     ),
@@ -94,7 +103,7 @@ ALL = pytest.mark.parametrize("name", list(SPECS))
 
 @pytest.fixture(scope="module")
 def converters():
-    return {name: load_script(spec.script) for name, spec in SPECS.items()}
+    return {name: spec.converter for name, spec in SPECS.items()}
 
 
 def save(checkpoint, path):
@@ -376,3 +385,12 @@ def test_argument_errors_end_in_one_error_line(name, converters, tmp_path, capsy
     code, _, err = run(converters[name], ["--checkpoint_path", tmp_path / "x.pth", "--output_dir", tmp_path / "o",
                                           "--no_such_flag"], capsys)  # fmt: skip
     assert "--no_such_flag" in error_line(code, err) and list(tmp_path.iterdir()) == []
+
+
+@ALL
+def test_the_script_runs_this_command_line(name, tmp_path):
+    """scripts/convert/convert_<m>_to_hf.py is the module's `main`: the same refusal, from its own process."""
+    script = f"scripts/convert/{SPECS[name].converter.__name__.rpartition('.')[2]}_to_hf.py"
+    result = run_script(script, "--checkpoint_path", str(tmp_path / "x.pth"), "--output_dir", str(tmp_path / "o"))
+    assert "Checkpoint file not found" in error_line(result.returncode, result.stderr), result.stderr
+    assert result.stdout == "" and list(tmp_path.iterdir()) == []

@@ -1,7 +1,7 @@
-"""hf_mim.models.cae.tokenizer_dalle and scripts/convert/convert_dalle_tokenizer_to_hf.py: OpenAI-layout pickles
-(whole `dall_e.encoder.Encoder` module, as encoder.pkl) and plain state dicts converted and checked against a reference
-forward written from the original definition; malicious pickles refused without side effects; strict key accounting;
-save/load and AutoModel."""
+"""hf_mim.models.cae.tokenizer_dalle and convert_dalle_tokenizer (command line:
+scripts/convert/convert_dalle_tokenizer_to_hf.py): OpenAI-layout pickles (whole `dall_e.encoder.Encoder` module, as
+encoder.pkl) and plain state dicts converted and checked against a reference forward written from the original
+definition; malicious pickles refused without side effects; strict key accounting; save/load and AutoModel."""
 
 import builtins
 import contextlib
@@ -23,12 +23,12 @@ from torch import nn
 from transformers import AutoConfig, AutoModel
 
 from hf_mim.conversion import CheckpointMismatchError
-from hf_mim.models.cae import register_dalle_tokenizer
+from hf_mim.models.cae import convert_dalle_tokenizer, register_dalle_tokenizer
 from hf_mim.models.cae.tokenizer_dalle import DalleTokenizer, DalleTokenizerConfig, map_pixels
 
-from .helpers import load_script, run_script
+from .helpers import run_script
 
-SCRIPT = "scripts/convert/convert_dalle_tokenizer_to_hf.py"
+SCRIPT = "scripts/convert/convert_dalle_tokenizer_to_hf.py"  # the command line of convert_dalle_tokenizer
 N_HID, VOCAB, BLOCKS, IMAGE = 16, 64, 2, 32  # tiny original: widths 16, 32, 64, 128; 4 x 4 codes at 32 px
 
 
@@ -168,7 +168,7 @@ def reference_logits(state: dict[str, torch.Tensor], x: torch.Tensor, group_coun
 
 @pytest.fixture(scope="module")
 def converter():
-    return load_script(SCRIPT)
+    return convert_dalle_tokenizer
 
 
 @pytest.fixture(scope="module")

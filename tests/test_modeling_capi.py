@@ -5,8 +5,9 @@ from transformers import AutoModel, pipeline
 
 from hf_mim import CapiConfig, CapiForImageClassification, CapiForPreTraining, CapiImageProcessor, CapiModel
 from hf_mim.layers import CapiRope2D, edge_register_coordinates, normalized_grid_coordinates
+from hf_mim.models.capi import convert_capi
 
-from .helpers import FIXTURES, convert_capi_fixture, fixture_tolerance, load_script, run_script
+from .helpers import FIXTURES, convert_capi_fixture, fixture_tolerance, run_script
 from .image_processor_test_mixin import ImageProcessorTesterMixin, photo
 from .model_test_mixin import ModelTesterMixin
 
@@ -195,22 +196,20 @@ class TestCapiConversion:
         assert tokens.reshape(1, -1, 64).shape[1] == 4 + 16 * 16
 
     def test_wrong_checkpoint_lists_missing_and_unexpected_keys(self, tmp_path):
-        converter = load_script("scripts/convert/convert_capi_to_hf.py")
         state = torch.load(CAPI_FIXTURE / "checkpoint.pth", weights_only=True)
         del state["backbone.encoder.blocks.1.residual2.fn.fc2.weight"]
         state["backbone.encoder.blocks.0.residual1.fn.qkv.weight"] = torch.zeros(3)
-        with pytest.raises(converter.CheckpointMismatchError) as error:
-            converter.convert_state_dict(state, "bad.pth")
+        with pytest.raises(convert_capi.CheckpointMismatchError) as error:
+            convert_capi.convert_state_dict(state, "bad.pth")
         message = str(error.value)
         assert "encoder.layer.1.mlp.fc2.weight" in message and "Missing keys (1)" in message
         assert "encoder.blocks.0.residual1.fn.qkv.weight" in message and "Unexpected keys (1)" in message
 
     def test_modified_rope_table_rejected(self):
-        converter = load_script("scripts/convert/convert_capi_to_hf.py")
         state = torch.load(CAPI_FIXTURE / "checkpoint.pth", weights_only=True)
         state["backbone.decoder.blocks.1.residual1.fn.rope.freqs"] *= 1.01
-        with pytest.raises(converter.CheckpointMismatchError, match="analytic RoPE"):
-            converter.convert_state_dict(state, "bad.pth")
+        with pytest.raises(convert_capi.CheckpointMismatchError, match="analytic RoPE"):
+            convert_capi.convert_state_dict(state, "bad.pth")
 
     def test_truncated_and_foreign_files(self, tmp_path):
         truncated = tmp_path / "truncated.pth"
@@ -239,9 +238,8 @@ class TestCapiConversion:
         """weights_only=True: a checkpoint that needs arbitrary classes to unpickle is refused."""
         evil = tmp_path / "evil.pth"
         torch.save({"x": _CodeOnLoad()}, evil)
-        converter = load_script("scripts/convert/convert_capi_to_hf.py")
         with pytest.raises(ValueError, match="weights_only"):
-            converter.convert(evil, tmp_path / "out")
+            convert_capi.convert(evil, tmp_path / "out")
 
 
 def test_classifier_keeps_only_the_predictor_blocks_it_uses():

@@ -7,8 +7,9 @@ from transformers import AutoModel, AutoModelForPreTraining
 from hf_mim import IJepaConfig, IJepaForImageClassification, IJepaForPreTraining, IJepaImageProcessor, IJepaModel
 from hf_mim.layers import sincos_2d_position_embedding
 from hf_mim.masking import from_mask_major
+from hf_mim.models.ijepa import convert_ijepa
 
-from .helpers import FIXTURES, fixture_tolerance, load_script, run_script
+from .helpers import FIXTURES, fixture_tolerance, run_script
 from .image_processor_test_mixin import ImageProcessorTesterMixin
 from .model_test_mixin import ModelTesterMixin, initialise_from_nan
 
@@ -200,16 +201,15 @@ def test_float64_parity(converted):
 
 
 def test_converter_errors(tmp_path):
-    converter = load_script("scripts/convert/convert_ijepa_to_hf.py")
     checkpoint = torch.load(IJEPA_FIXTURE / "checkpoint.pth.tar", weights_only=True)
     del checkpoint["predictor"]["module.predictor_blocks.1.mlp.fc2.bias"]
     checkpoint["encoder"]["module.blocks.0.attn.extra"] = torch.zeros(1)
-    with pytest.raises(converter.CheckpointMismatchError) as error:
-        converter.convert_checkpoint(checkpoint, "bad.pth.tar", num_heads=4)
+    with pytest.raises(convert_ijepa.CheckpointMismatchError) as error:
+        convert_ijepa.convert_checkpoint(checkpoint, "bad.pth.tar", num_heads=4)
     message = str(error.value)
     assert "predictor.layers.1.mlp.fc2.bias" in message and "encoder.blocks.0.attn.extra" in message
-    with pytest.raises(converter.CheckpointMismatchError, match="target_encoder"):
-        converter.convert_checkpoint({"encoder": {}, "predictor": {}}, "x", num_heads=4)
+    with pytest.raises(convert_ijepa.CheckpointMismatchError, match="target_encoder"):
+        convert_ijepa.convert_checkpoint({"encoder": {}, "predictor": {}}, "x", num_heads=4)
     truncated = tmp_path / "t.pth.tar"
     truncated.write_bytes((IJEPA_FIXTURE / "checkpoint.pth.tar").read_bytes()[:4000])
     result = run_script(

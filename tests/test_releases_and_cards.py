@@ -21,7 +21,11 @@ from huggingface_hub.repocard_data import model_index_to_eval_results
 from hf_mim import CaeConfig, CapiConfig, CapiForPreTraining, IJepaConfig, VicreglConfig
 from hf_mim.data import PretrainingCollator
 from hf_mim.model_cards import conversion_card, resolve_base_model, training_card
+from hf_mim.models.cae import convert_cae, convert_dalle_tokenizer
 from hf_mim.models.cae.tokenizer_dalle import DalleTokenizerConfig
+from hf_mim.models.capi import convert_capi
+from hf_mim.models.ijepa import convert_ijepa
+from hf_mim.models.vicregl import convert_vicregl
 from hf_mim.releases import (
     HUB_LICENSES,
     METHODS,
@@ -39,7 +43,8 @@ from .test_convert_vicregl import fixture_backbone, full_checkpoint
 from .test_dalle_tokenizer import Encoder, save_whole_module
 
 PUBLISH = "scripts/convert/publish_releases.py"
-CONVERTERS = {m: info.converter for m, info in METHODS.items()}
+CONVERTERS = {"capi": convert_capi, "ijepa": convert_ijepa, "cae": convert_cae, "vicregl": convert_vicregl,
+              "dalle_tokenizer": convert_dalle_tokenizer}  # fmt: skip
 
 # The fixtures' architectures (tests/fixtures/*/original_config.json), as the expected architecture of the releases
 # whose download names the fixture directory uses.
@@ -183,20 +188,20 @@ def test_expected_architectures_are_hf_mims_presets():
 
 
 def test_converters_read_the_table():
-    for method, script in CONVERTERS.items():
-        converter = load_script(script)
+    assert CONVERTERS.keys() == METHODS.keys()
+    for method, converter in CONVERTERS.items():
         table = {r.key: r for r in releases_for(method)}
         assert {r.key for r in converter.RELEASES.values()} == set(table), method
         assert all(r.method == method for r in converter.RELEASES.values())
         assert hasattr(converter, "convert_release") and not hasattr(converter, "FILE_TO_NAME")
-    cae, vicregl = load_script(CONVERTERS["cae"]), load_script(CONVERTERS["vicregl"])
+    cae, vicregl = CONVERTERS["cae"], CONVERTERS["vicregl"]
     for release in releases_for("cae"):
         for file in release.files:
             assert cae.release_of(file.removesuffix(".pth")) == release.key, file
     for release in releases_for("vicregl"):
         for file in release.files:
             assert vicregl.release_of(None, vicregl.default_model_name(REPO / file)) == release.key, file
-    capi, ijepa = load_script(CONVERTERS["capi"]), load_script(CONVERTERS["ijepa"])
+    capi, ijepa = CONVERTERS["capi"], CONVERTERS["ijepa"]
     assert capi.identify_release(REPO / "capi_vitl14_i22k.pth", None).name == "capi-vitl14-in22k"
     assert capi.identify_release(REPO / "checkpoint.pth", "capi-vitl14-p205").name == "capi-vitl14-p205"
     assert capi.identify_release(REPO / "checkpoint.pth", "ijepa-vith14-in1k") is None  # another method's
@@ -244,7 +249,7 @@ def test_release_card_fields(tmp_path):
     release = release_named("capi-vitl14-lvd")
     report = {"converted": 36, "ignored": ["head.last_layer.weight_g"], "rope_tables_checked_and_dropped": 36,
               "rope_max_deviation": 0.0, "release": release.name}  # fmt: skip
-    capi = load_script(CONVERTERS["capi"])
+    capi = CONVERTERS["capi"]
     card = capi.model_card(release.name, CapiConfig(), release, report, "org/capi", True, release.file_name)
     folder = tmp_path / "capi"
     folder.mkdir()

@@ -17,6 +17,8 @@ from transformers import AutoImageProcessor
 
 import hf_mim  # noqa: F401  (registers the Auto classes)
 from hf_mim import CapiConfig, CapiImageProcessor, IJepaConfig, IJepaImageProcessor
+from hf_mim.models.capi import convert_capi
+from hf_mim.models.ijepa import convert_ijepa
 
 from .helpers import FIXTURES, load_script
 
@@ -143,26 +145,24 @@ def test_run_at_another_image_size_writes_that_size(tmp_path):
 
 
 def test_converted_capi_fixture_processor(tmp_path):
-    converter = load_script("scripts/convert/convert_capi_to_hf.py")
     checkpoint = str(FIXTURES / "capi" / "checkpoint.pth")
     argv = ["--checkpoint_path", checkpoint, "--output_dir", str(tmp_path / "56"), "--image_size", "56"]
-    assert converter.main(argv) == 0
+    assert convert_capi.main(argv) == 0
     assert CapiConfig.from_pretrained(tmp_path / "56").image_size == 56  # the fixture's resolution
     check_processor(tmp_path / "56", 56)
     # without the flag: the releases' 224, and config and processor agree
-    assert converter.main(["--checkpoint_path", checkpoint, "--output_dir", str(tmp_path / "224")]) == 0
+    assert convert_capi.main(["--checkpoint_path", checkpoint, "--output_dir", str(tmp_path / "224")]) == 0
     assert CapiConfig.from_pretrained(tmp_path / "224").image_size == 224
     check_processor(tmp_path / "224", 224)
     # a size the model cannot be fed fails cleanly
     bad = ["--checkpoint_path", checkpoint, "--output_dir", str(tmp_path / "bad"), "--image_size", "50"]
-    assert converter.main(bad) == 2
+    assert convert_capi.main(bad) == 2
 
 
 def test_converted_ijepa_fixture_processor(tmp_path):
-    converter = load_script("scripts/convert/convert_ijepa_to_hf.py")
     checkpoint = str(FIXTURES / "ijepa" / "checkpoint.pth.tar")
     argv = ["--checkpoint_path", checkpoint, "--output_dir", str(tmp_path), "--num_attention_heads", "4"]
-    assert converter.main(argv) == 0
+    assert convert_ijepa.main(argv) == 0
     size = IJepaConfig.from_pretrained(tmp_path).image_size
     assert size == 84  # 6 x 6 position table x 14 px patches (the fixture's img_size)
     check_processor(tmp_path, size)

@@ -28,9 +28,10 @@ from hf_mim import CapiForPreTraining
 from hf_mim.data import pretraining_transform
 from hf_mim.masking import InverseBlockMasking
 from hf_mim.masking.inverse_block import to_absolute
+from hf_mim.models.capi import convert_capi
 from hf_mim.trainers import CapiTrainer, CapiTrainingArguments
 
-from .helpers import FIXTURES, load_script
+from .helpers import FIXTURES
 from .trajectory_harness import (
     ema_before_optimizer_step,
     record_output_fields,
@@ -41,7 +42,6 @@ from .trajectory_harness import (
 
 FIXTURE = FIXTURES / "trajectory_capi"
 DRIFT_FACTOR = 20  # hf_mim may round differently from the original (fused AdamW, lerp EMA, gather order), not more
-CONVERTER = load_script("scripts/convert/convert_capi_to_hf.py")
 HEAD_NAMES = {"magnitude": "last_layer.weight_g", "direction": "last_layer.weight_v"}
 
 
@@ -65,7 +65,7 @@ def hf_to_original_name(name: str, backbone_keys) -> str:
     """hf_mim parameter name -> the original's (`student.backbone.*`, `student.head.*`, `teacher.head.*`)."""
     part, rest = name.split(".", 1)
     if part == "capi":
-        inverse = {CONVERTER.rename_key(k): k for k in backbone_keys}
+        inverse = {convert_capi.rename_key(k): k for k in backbone_keys}
         return f"student.backbone.{inverse[rest]}"
     if part == "prediction_head":
         return f"student.head.{HEAD_NAMES[rest]}"
@@ -88,7 +88,7 @@ def build_model(tensors, record) -> CapiForPreTraining:
     `--with_pretraining_heads` maps it, clustering head (not in releases) copied directly."""
     a = record["arguments"]
     checkpoint = original_checkpoint(tensors, "initial")
-    config, state, _ = CONVERTER.convert_state_dict(checkpoint)
+    config, state, _ = convert_capi.convert_state_dict(checkpoint)
     capi = record["config"]["capi"]
     clustering = capi["clustering_kwargs"]
     config.num_prototypes = capi["num_clusters"]
@@ -104,7 +104,7 @@ def build_model(tensors, record) -> CapiForPreTraining:
     model = CapiForPreTraining(config)
     full = {f"capi.{k}": v for k, v in state.items()}
     full.update({f"teacher.{k}": v for k, v in state.items()})  # the original's student_ema starts as the student
-    full.update(CONVERTER.prediction_head_state(checkpoint))
+    full.update(convert_capi.prediction_head_state(checkpoint))
     full.update(clustering_state(tensors, "initial"))
     model.load_state_dict(full, strict=True)
     return model
@@ -211,9 +211,9 @@ def compare(recorded, trajectory, parts, model, trainer):
     ours = model.state_dict()
     expected = {}
     for model_name, prefix, part in (("student", "capi.", "student"), ("student_ema", "teacher.", "student_ema")):
-        _, state, _ = CONVERTER.convert_state_dict(original_checkpoint(tensors, "final", model_name))
+        _, state, _ = convert_capi.convert_state_dict(original_checkpoint(tensors, "final", model_name))
         expected.update({f"{prefix}{k}": (v, part) for k, v in state.items()})
-    head = CONVERTER.prediction_head_state(original_checkpoint(tensors, "final", "student"))
+    head = convert_capi.prediction_head_state(original_checkpoint(tensors, "final", "student"))
     expected.update({k: (v, "student") for k, v in head.items()})
     expected.update({k: (v, "clustering_head") for k, v in clustering_state(tensors, "final").items()})
     assert set(expected) == set(ours), set(expected) ^ set(ours)

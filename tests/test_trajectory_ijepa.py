@@ -18,14 +18,14 @@ from safetensors.torch import load_file
 from hf_mim import IJepaForPreTraining
 from hf_mim.data import pretraining_transform
 from hf_mim.masking import from_mask_major
+from hf_mim.models.ijepa import convert_ijepa
 from hf_mim.trainers import IJepaTrainer, IJepaTrainingArguments
 
-from .helpers import FIXTURES, load_script
+from .helpers import FIXTURES
 from .trajectory_harness import ema_before_optimizer_step, relative_gap, replay, schedule_off_by_one
 
 FIXTURE = FIXTURES / "trajectory_ijepa"
 DRIFT_FACTOR = 20  # hf_mim may round differently from the original (fused AdamW, gather order), not more
-CONVERTER = load_script("scripts/convert/convert_ijepa_to_hf.py")
 
 
 @pytest.fixture(scope="module")
@@ -45,8 +45,8 @@ def original_state(tensors, stage: str, parts=("encoder", "predictor", "target_e
 def hf_to_original_name(name: str) -> str:
     """hf_mim parameter name -> the original's (`encoder.*` / `predictor.*`), through the converter's tables."""
     part, tables, blocks = (
-        ("encoder", CONVERTER._ENCODER, "blocks") if name.startswith("ijepa.") else
-        ("predictor", CONVERTER._PREDICTOR, "predictor_blocks")
+        ("encoder", convert_ijepa._ENCODER, "blocks") if name.startswith("ijepa.") else
+        ("predictor", convert_ijepa._PREDICTOR, "predictor_blocks")
     )  # fmt: skip
     rest = name.split(".", 1)[1]
     top = {v: k for k, v in tables.items()}
@@ -55,13 +55,13 @@ def hf_to_original_name(name: str) -> str:
     index, inner = re.match(r"layers\.(\d+)\.(.+)$", rest).groups()
     if m := re.match(r"attention\.[qkv]_proj\.(weight|bias)$", inner):
         return f"{part}.{blocks}.{index}.attn.qkv.{m.group(1)}"
-    return f"{part}.{blocks}.{index}.{ {v: k for k, v in CONVERTER._BLOCK.items()}[inner] }"
+    return f"{part}.{blocks}.{index}.{ {v: k for k, v in convert_ijepa._BLOCK.items()}[inner] }"
 
 
 def run_hf(recorded, tmp_path):
     tensors, record = recorded
     a = record["arguments"]
-    config, state, _ = CONVERTER.convert_checkpoint(original_state(tensors, "initial"), num_heads=a["heads"])
+    config, state, _ = convert_ijepa.convert_checkpoint(original_state(tensors, "initial"), num_heads=a["heads"])
     config.drop_path_rate = 0.0
     torch.manual_seed(0)
     model = IJepaForPreTraining(config)
@@ -117,7 +117,7 @@ def compare(recorded, trajectory, model):
     drift = record["float_drift"]
     loss_gap = max(abs(x - s["loss"]) / abs(s["loss"]) for x, s in zip(trajectory.losses, steps))
     assert loss_gap <= DRIFT_FACTOR * max(drift["loss"], 1e-7), f"loss gap {loss_gap:.2e}"
-    _, final, _ = CONVERTER.convert_checkpoint(
+    _, final, _ = convert_ijepa.convert_checkpoint(
         original_state(tensors, "final"), num_heads=record["arguments"]["heads"]
     )
     ours = model.state_dict()

@@ -13,7 +13,6 @@ in float64. These are the numbers `hf_mim.releases.METHODS[...].parity` quotes i
 """
 
 import contextlib
-import importlib.util
 import io
 import sys
 import tempfile
@@ -25,18 +24,13 @@ from safetensors.torch import load_file
 from transformers import AutoModel, AutoModelForPreTraining
 
 import hf_mim  # noqa: F401  (registers the Auto classes)
+from hf_mim.models.cae import convert_cae
+from hf_mim.models.capi import convert_capi
+from hf_mim.models.ijepa import convert_ijepa
+from hf_mim.models.vicregl import convert_vicregl
 
 HERE = Path(__file__).resolve().parent
 FIXTURES = HERE.parents[1] / "tests" / "fixtures"
-
-
-def load_converter(name: str):
-    path = HERE / f"convert_{name}_to_hf.py"
-    spec = importlib.util.spec_from_file_location(path.stem, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[path.stem] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def relative(actual: torch.Tensor, expected: torch.Tensor) -> float:
@@ -50,7 +44,7 @@ def quiet(function, *args, **kwargs):
 
 def capi(root: Path) -> dict[str, list[float]]:
     folder = root / "capi"
-    quiet(load_converter("capi").convert, FIXTURES / "capi" / "checkpoint.pth", folder, remote_code=False)
+    quiet(convert_capi.convert, FIXTURES / "capi" / "checkpoint.pth", folder, remote_code=False)
     inputs = load_file(FIXTURES / "capi" / "inputs.safetensors")
     result = {}
     for dtype, file in ((torch.float32, "expected.safetensors"), (torch.float64, "expected_fp64.safetensors")):
@@ -68,7 +62,7 @@ def capi(root: Path) -> dict[str, list[float]]:
 
 def ijepa(root: Path) -> dict[str, list[float]]:
     folder = root / "ijepa"
-    quiet(load_converter("ijepa").convert, FIXTURES / "ijepa" / "checkpoint.pth.tar", folder, num_heads=4,
+    quiet(convert_ijepa.convert, FIXTURES / "ijepa" / "checkpoint.pth.tar", folder, num_heads=4,
           remote_code=False)  # fmt: skip
     inputs = load_file(FIXTURES / "ijepa" / "inputs.safetensors")
     result = {}
@@ -82,11 +76,10 @@ def ijepa(root: Path) -> dict[str, list[float]]:
 
 
 def cae(root: Path) -> dict[str, list[float]]:
-    converter = load_converter("cae")
     result = {}
     for fixture, heads in (("cae_v1", 8), ("cae_v2", 4)):
         folder = root / fixture
-        quiet(converter.convert, FIXTURES / fixture / "checkpoint.pth", folder, num_heads=heads,
+        quiet(convert_cae.convert, FIXTURES / fixture / "checkpoint.pth", folder, num_heads=heads,
               decoder_num_heads=heads, remote_code=False)  # fmt: skip
         inputs = load_file(FIXTURES / fixture / "inputs.safetensors")
         for dtype, file in ((torch.float32, "expected.safetensors"), (torch.float64, "expected_fp64.safetensors")):
@@ -101,7 +94,7 @@ def cae(root: Path) -> dict[str, list[float]]:
 def vicregl(root: Path) -> dict[str, list[float]]:
     folder = root / "vicregl"
     fixture = FIXTURES / "vicregl_convnext"
-    quiet(load_converter("vicregl").convert, fixture / "checkpoint.pth", folder, remote_code=False)
+    quiet(convert_vicregl.convert, fixture / "checkpoint.pth", folder, remote_code=False)
     inputs = load_file(fixture / "inputs.safetensors")
     result = {}
     for dtype, file in ((torch.float32, "expected.safetensors"), (torch.float64, "expected_fp64.safetensors")):

@@ -19,7 +19,6 @@ in the table's organization (`hf-mim`) or `--organization`. Authenticate first (
 """
 
 import argparse
-import importlib.util
 import json
 import shutil
 import sys
@@ -30,9 +29,20 @@ from pathlib import Path
 from huggingface_hub import HfApi, ModelCard
 
 from hf_mim import __version__
-from hf_mim.releases import METHODS, RELEASES, Release, architecture_mismatches, release_for_file, release_named
+from hf_mim.models.cae import convert_cae, convert_dalle_tokenizer
+from hf_mim.models.capi import convert_capi
+from hf_mim.models.ijepa import convert_ijepa
+from hf_mim.models.vicregl import convert_vicregl
+from hf_mim.releases import RELEASES, Release, architecture_mismatches, release_for_file, release_named
 
-REPOSITORY = Path(__file__).resolve().parents[2]
+# Each method's converter (its command line is the release table's `METHODS[method].converter` script).
+CONVERTERS = {
+    "capi": convert_capi,
+    "ijepa": convert_ijepa,
+    "cae": convert_cae,
+    "vicregl": convert_vicregl,
+    "dalle_tokenizer": convert_dalle_tokenizer,
+}
 CHECKPOINT_SUFFIXES = (".pth", ".pt", ".tar", ".pkl", ".bin", ".ckpt")
 CORE_FILES = ("model.safetensors", "config.json", "preprocessor_config.json", "README.md")
 
@@ -53,20 +63,6 @@ class Outcome:
     @property
     def ok(self) -> bool:
         return self.error is None
-
-
-def load_converter(method: str):
-    """The converter script of a method (scripts/convert/convert_<method>_to_hf.py) as a module."""
-    path = REPOSITORY / METHODS[method].converter
-    name = path.stem
-    module = sys.modules.get(name)
-    if module is not None and Path(getattr(module, "__file__", "")).resolve() == path:
-        return module
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def find_release_files(originals_dir: Path, releases: Sequence[Release]) -> tuple[dict[str, list[Path]], list[Path]]:
@@ -113,8 +109,9 @@ def convert_one(release: Release, source: Path, folder: Path, repo_id: str, remo
     if folder.exists():
         shutil.rmtree(folder)
     try:
-        converter = load_converter(release.method)
-        outcome.report = converter.convert_release(source, folder, release, repo_id=repo_id, remote_code=remote_code)
+        outcome.report = CONVERTERS[release.method].convert_release(
+            source, folder, release, repo_id=repo_id, remote_code=remote_code
+        )
         config = json.loads((folder / "config.json").read_text())
         mismatches = architecture_mismatches(release, config)
         if mismatches:

@@ -36,11 +36,10 @@ def original_model(module, drop_path: float):
 
 
 def converted(original, drop_path: float):
-    import convert_capi_to_hf as convert
-
     from hf_mim import CapiConfig, CapiModel
+    from hf_mim.models.capi.convert_capi import convert_state_dict
 
-    _, state, _ = convert.convert_state_dict({f"backbone.{k}": v for k, v in original.state_dict().items()})
+    _, state, _ = convert_state_dict({f"backbone.{k}": v for k, v in original.state_dict().items()})
     config = CapiConfig.tiny(patch_size=7)
     config.drop_path_rate = drop_path
     model = CapiModel(config)
@@ -112,7 +111,7 @@ def main(argv=None) -> int:
     parser.add_argument("--seeds", type=int, default=16, help="fresh initialisations per side (0: skip)")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    sys.path[:0] = [str(args.tools_dir), str(REPO / "scripts" / "convert")]
+    sys.path[:0] = [str(args.tools_dir)]
     from original_capi_import import import_original
 
     modules, _ = import_original(args.original_src.resolve())

@@ -1,7 +1,8 @@
-"""Machinery shared by the checkpoint converters in `scripts/convert/` (and the pretraining scripts' exports): safe
-loading, strict key accounting, checked and up-cast weights, image processors at the training resolution, writing
-the Hub folder (weights, processor, remote code, model card) all at once or not at all, Hub upload, and the command
-line's contract: a report on success, else one `error: ...` line and exit status 2."""
+"""Machinery shared by the checkpoint converters (`hf_mim.models.<m>.convert_<m>`, whose command lines are
+`scripts/convert/`; also the pretraining scripts' exports): safe loading, strict key accounting, the check against a
+reference model built on the meta device, checked and up-cast weights, image processors at the training
+resolution, writing the Hub folder (weights, processor, remote code, model card) all at once or not at all, Hub
+upload, and the command line's contract: a report on success, else one `error: ...` line and exit status 2."""
 
 import argparse
 import os
@@ -9,13 +10,14 @@ import shutil
 import sys
 import tempfile
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 
 from .image_processing_utils import image_processor_at  # noqa: F401  (the converters' import)
+from .releases import Release, architecture_mismatches
 
 
 class CheckpointMismatchError(ValueError):
@@ -101,6 +103,77 @@ def raise_on_mismatch(checkpoint_path, missing: list[str], unexpected: list[str]
             + (" ..." if len(unexpected) > 40 else "")
         )
     raise CheckpointMismatchError("\n".join(lines))
+
+
+def reference_shapes(model_class: type, config) -> dict[str, torch.Size]:
+    """The state-dict keys and shapes of `model_class(config)`, built on the meta device: nothing is allocated or
+    initialised, so checking a ViT-g's keys costs what a tiny model's does."""
+    with torch.device("meta"):
+        return {key: tensor.shape for key, tensor in model_class(config).state_dict().items()}
+
+
+def check_against_reference(
+    checkpoint_path,
+    tensors: Mapping[str, torch.Tensor],
+    model_class: type,
+    config,
+    origin: Mapping[str, str] | None = None,
+    unexpected: Iterable[str] = (),
+    hint: str = "",
+    missing_name: Callable[[str], str] = str,
+) -> None:
+    """Every converter's last check before it builds the model: the converted `tensors` (hf_mim names) must be the
+    state dict of `model_class(config)` (`reference_shapes`) - no key missing, none left over, every shape equal.
+
+    A failure raises `CheckpointMismatchError` naming the keys as the file has them, so that the user can find them:
+    `origin` maps an hf_mim name to the file's key (default: the same name), `missing_name` spells a missing hf_mim
+    key in the file's terms, `unexpected` are the file's keys the converter could not place at all; a wrong shape is
+    named by the file's key, and by the part too where the converter split one tensor into several (a fused qkv).
+    Keys are compared first (one error lists all of them), shapes only once the keys agree."""
+    origin = origin or {}
+    reference = reference_shapes(model_class, config)
+    left_over = {origin.get(name, name) for name in tensors if name not in reference}
+    missing = [missing_name(name) for name in reference if name not in tensors]
+    raise_on_mismatch(checkpoint_path, missing, sorted({*unexpected, *left_over}), hint)
+    split = {key for key, count in Counter(origin.values()).items() if count > 1}  # a fused qkv became q, k, v
+
+    def named(name: str) -> str:
+        key = origin.get(name, name)
+        return f"{key} -> {name}" if key in split else key
+
+    wrong = [
+        f"{named(name)} {tuple(tensor.shape)} != {tuple(reference[name])}"
+        for name, tensor in tensors.items()
+        if tensor.shape != reference[name]
+    ]
+    if wrong:
+        raise CheckpointMismatchError("Tensors with unexpected shapes: " + "; ".join(wrong[:20]))
+
+
+def model_from_state(model_class: type, config, state: dict[str, torch.Tensor]):
+    """`model_class(config)` in eval mode holding exactly the converted `state`: built on the meta device and given
+    the tensors themselves (no random initialisation, no second copy in memory). A tensor the state does not provide
+    - a buffer the model computes instead of storing - is an error that names it (such a model is built normally)."""
+    with torch.device("meta"):
+        model = model_class(config)
+    model.load_state_dict(state, strict=True, assign=True)
+    left = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.device.type == "meta"]
+    if left:
+        raise RuntimeError(f"Tensors not loaded from the checkpoint: {left[:10]}")
+    return model.eval()
+
+
+def credited_release(release: Release | None, config, name_field: str = "name") -> tuple[Release | None, str]:
+    """The release a converted folder's card may credit (its facts and reported numbers), and the report's
+    `release` line. A release that was named - by the file, the model name or the caller - but whose expected
+    architecture (hf_mim.releases) the converted `config` does not have is credited to nobody, and the line says
+    what differs. `name_field`: the release's field the line names it by (`name`, or a converter's own `key`)."""
+    if release is None:
+        return None, "none identified"
+    name = getattr(release, name_field)
+    if mismatches := architecture_mismatches(release, config):
+        return None, f"{name} named, but the weights are not its architecture ({'; '.join(mismatches)})"
+    return release, name
 
 
 # ------------------------------------------------------------------------------------------ weights
@@ -207,6 +280,17 @@ def write_converted_folder(output_dir: str | Path, model, image_processor, card,
         report = {"remote_code_files": save_converted_folder(staging, model, image_processor, card, remote_code)}
         if push_to_hub:
             report["hub"] = push_folder_to_hub(staging, push_to_hub, commit_message)
+    return report
+
+
+def finish_conversion(report: dict, output_dir: str | Path, model, image_processor, card, remote_code: bool = True,
+                      push_to_hub: str | None = None) -> dict:  # fmt: skip
+    """Every converter's end: its `report` (which names the `model_name`) gains `output_dir`, then the folder is
+    written all at once and uploaded to `push_to_hub` if given (`write_converted_folder`, the commit naming the
+    model). Returns the completed report - what the command line prints."""
+    report["output_dir"] = str(output_dir)
+    report.update(write_converted_folder(output_dir, model, image_processor, card, remote_code, push_to_hub,
+                                         f"Upload {report['model_name']} converted with hf_mim"))  # fmt: skip
     return report
 
 
