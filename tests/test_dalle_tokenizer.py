@@ -22,7 +22,7 @@ from safetensors.torch import load_file
 from torch import nn
 from transformers import AutoConfig, AutoModel
 
-from hf_mim.conversion import CheckpointMismatchError
+from hf_mim.hub.conversion import CheckpointMismatchError
 from hf_mim.models.cae import convert_dalle_tokenizer, register_dalle_tokenizer
 from hf_mim.models.cae.tokenizer_dalle import DalleTokenizer, DalleTokenizerConfig, map_pixels
 

@@ -1,4 +1,4 @@
-"""hf_mim.releases (the one release table), hf_mim.model_cards (huggingface_hub cards for conversions and trained
+"""hf_mim.hub.releases (the one release table), hf_mim.hub.model_cards (huggingface_hub cards for conversions and trained
 runs) and scripts/convert/publish_releases.py (convert every release found in a download folder, check it against
 its expected architecture, dry run or upload): table consistency, cards that round-trip through `ModelCard.load`,
 a publish dry run over tiny fixture checkpoints laid out like the real downloads, refusal of a wrong architecture,
@@ -20,13 +20,8 @@ from huggingface_hub.repocard_data import model_index_to_eval_results
 
 from hf_mim import CaeConfig, CapiConfig, CapiForPreTraining, IJepaConfig, VicreglConfig
 from hf_mim.data import PretrainingCollator
-from hf_mim.model_cards import conversion_card, resolve_base_model, training_card
-from hf_mim.models.cae import convert_cae, convert_dalle_tokenizer
-from hf_mim.models.cae.tokenizer_dalle import DalleTokenizerConfig
-from hf_mim.models.capi import convert_capi
-from hf_mim.models.ijepa import convert_ijepa
-from hf_mim.models.vicregl import convert_vicregl
-from hf_mim.releases import (
+from hf_mim.hub.model_cards import conversion_card, resolve_base_model, training_card
+from hf_mim.hub.releases import (
     HUB_LICENSES,
     METHODS,
     RELEASES,
@@ -35,6 +30,11 @@ from hf_mim.releases import (
     release_named,
     releases_for,
 )
+from hf_mim.models.cae import convert_cae, convert_dalle_tokenizer
+from hf_mim.models.cae.tokenizer_dalle import DalleTokenizerConfig
+from hf_mim.models.capi import convert_capi
+from hf_mim.models.ijepa import convert_ijepa
+from hf_mim.models.vicregl import convert_vicregl
 from hf_mim.trainers import CapiTrainer, CapiTrainingArguments
 
 from .helpers import FIXTURES, REPO, load_script

@@ -1,4 +1,4 @@
-"""Remote-code export (`hf_mim.remote_code`): a folder saved with `remote_code=True` loads in a Python where hf_mim
+"""Remote-code export (`hf_mim.hub.remote_code`): a folder saved with `remote_code=True` loads in a Python where hf_mim
 cannot be imported (`trust_remote_code=True`) and reproduces hf_mim's outputs exactly, for every method; without
 `trust_remote_code` transformers raises its usual error; with hf_mim installed the same folder loads natively."""
 
@@ -41,8 +41,8 @@ from hf_mim import (
     VicreglForPreTraining,
     VicreglImageProcessor,
 )
+from hf_mim.hub.remote_code import ALLOWED_THIRD_PARTY, bundle_sources, export_remote_code, third_party_imports
 from hf_mim.image_processing_utils import image_processor_at
-from hf_mim.remote_code import ALLOWED_THIRD_PARTY, bundle_sources, export_remote_code, third_party_imports
 
 CHILD = Path(__file__).with_name("remote_code_child.py")
 

@@ -7,7 +7,7 @@ Each fixture is a random-weight checkpoint in the original layout together with 
 computed from it (float32 and float64; see each fixture's README for the commit of the original code). This script
 converts every fixture with its converter, runs the converted model on the fixture's inputs and prints, per method,
 the largest relative deviation `max|hf_mim - original| / max|original|` over the compared outputs, in float32 and
-in float64. These are the numbers `hf_mim.releases.METHODS[...].parity` quotes in the model cards; the parity tests
+in float64. These are the numbers `hf_mim.hub.releases.METHODS[...].parity` quotes in the model cards; the parity tests
 (`tests/test_convert_*.py`, `tests/test_modeling_{capi,ijepa}.py`) enforce the bounds 1e-5 (float32) and 1e-9
 (float64) on the same outputs.
 """

@@ -5,10 +5,10 @@
         [--only capi-vitl14-lvd ijepa-vith14-in1k ...] [--organization ORG] [--push [--private]] [--no_remote_code]
 
 Every file under `--originals_dir` (searched recursively) whose name is one of the accepted file names of a release
-in hf_mim's release table (`hf_mim.releases`: `capi_vitl14_lvd.pth`, `IN1K-vit.h.14-300e.pth.tar`,
+in hf_mim's release table (`hf_mim.hub.releases`: `capi_vitl14_lvd.pth`, `IN1K-vit.h.14-300e.pth.tar`,
 `cae_base_1600ep.pth`, `convnext_small_alpha0.75_fullckpt.pth`, `encoder.pkl`, ...) is converted with its method's
 converter into `OUTPUT_DIR/<release name>` (replacing that folder): weights, config, image processor, the model card
-(`hf_mim.model_cards`: license, reported numbers, usage with and without hf_mim, measured parity, citation) and
+(`hf_mim.hub.model_cards`: license, reported numbers, usage with and without hf_mim, measured parity, citation) and
 the remote-code bundle. The converted config is then checked against the release's expected architecture; a
 release that fails (conversion error or architecture mismatch, named field by field) is reported and its folder
 removed, the others continue, and the exit code is 1.
@@ -29,11 +29,11 @@ from pathlib import Path
 from huggingface_hub import HfApi, ModelCard
 
 from hf_mim import __version__
+from hf_mim.hub.releases import RELEASES, Release, architecture_mismatches, release_for_file, release_named
 from hf_mim.models.cae import convert_cae, convert_dalle_tokenizer
 from hf_mim.models.capi import convert_capi
 from hf_mim.models.ijepa import convert_ijepa
 from hf_mim.models.vicregl import convert_vicregl
-from hf_mim.releases import RELEASES, Release, architecture_mismatches, release_for_file, release_named
 
 # Each method's converter (its command line is the release table's `METHODS[method].converter` script).
 CONVERTERS = {

@@ -1,6 +1,6 @@
 """Register every hf_mim model with transformers' Auto classes (runs on `import hf_mim`).
 
-The same classes are recorded for the remote-code export (`hf_mim.remote_code`). `exist_ok=True` keeps re-imports (notebook reloads, spawned workers) from raising.
+The same classes are recorded for the remote-code export (`hf_mim.hub.remote_code`). `exist_ok=True` keeps re-imports (notebook reloads, spawned workers) from raising.
 
 Every model type is also registered with `AutoVideoProcessor` as having no video processor (an empty backend map).
 Without it, each `pipeline(...)` on an exported folder stopped at transformers' "Do you wish to run the custom code?
@@ -25,7 +25,7 @@ from transformers import (
     AutoVideoProcessor,
 )
 
-from .remote_code import register_remote_code_classes
+from .hub.remote_code import register_remote_code_classes
 
 
 def register_model(

@@ -28,7 +28,7 @@ def output_flags(config, output_attentions, output_hidden_states, return_dict) -
 class RemoteCodeExportMixin:
     """`save_pretrained(..., remote_code=...)` for hf_mim's `PreTrainedModel`s (list it before `PreTrainedModel`).
 
-    * `remote_code=True`: also write the remote-code bundle and `auto_map` (`hf_mim.remote_code.export_remote_code`),
+    * `remote_code=True`: also write the remote-code bundle and `auto_map` (`hf_mim.hub.remote_code.export_remote_code`),
       so the folder loads in plain transformers with `trust_remote_code=True`. Save the image processor first (or
       call `export_remote_code(dir)` after it) to give `preprocessor_config.json` its `auto_map` too.
     * `remote_code=False`: a plain folder; an `auto_map` inherited from a loaded remote-code folder is dropped, so the
@@ -43,7 +43,7 @@ class RemoteCodeExportMixin:
         if remote_code is None:
             remote_code = bool(getattr(self.config, "auto_map", None))
         try:  # inside a try block, so that this module can itself be shipped as remote code
-            from hf_mim.remote_code import export_remote_code, remove_auto_map
+            from hf_mim.hub.remote_code import export_remote_code, remove_auto_map
         except ImportError:
             if remote_code and getattr(self, "_auto_class", None) is None:
                 raise ImportError("save_pretrained(remote_code=True) needs the hf_mim package installed.") from None

@@ -1,4 +1,4 @@
-"""`create_model_card` for hf_mim's pretraining Trainer: the hf_mim card (hf_mim.model_cards.training_card) instead of
+"""`create_model_card` for hf_mim's pretraining Trainer: the hf_mim card (hf_mim.hub.model_cards.training_card) instead of
 transformers' generic one, plus the remote-code bundle, so a pushed run loads with or without hf_mim.
 
 `Trainer.push_to_hub` (also called by `save_model` when `--push_to_hub` is set, which is how `run_<method>.py
@@ -36,7 +36,7 @@ class ModelCardMixin:
         `tasks` and `dataset_args` do not apply to these vision models and are ignored."""
         if not self.is_world_process_zero():
             return
-        from ..model_cards import MODEL_TYPES, training_card
+        from ..hub.model_cards import MODEL_TYPES, training_card
 
         model = self.accelerator.unwrap_model(self.model) if hasattr(self, "accelerator") else self.model
         if getattr(model.config, "model_type", None) not in MODEL_TYPES:  # not an hf_mim model: transformers' card
@@ -47,7 +47,7 @@ class ModelCardMixin:
         output_dir.mkdir(parents=True, exist_ok=True)
         if remote_code:
             if (output_dir / "config.json").is_file():
-                from ..remote_code import export_remote_code
+                from ..hub.remote_code import export_remote_code
 
                 export_remote_code(output_dir)
             else:

@@ -157,10 +157,10 @@ def write_backbone(
     recipe: PretrainingRecipe, output_dir: Path, trainer, data_args, image_size: int, report: LearningReport | None
 ) -> tuple[Path, str | None]:
     """Export the backbone (e.g. CAPI's EMA teacher) as a standalone model with the image processor of the training
-    resolution `image_size`, its remote-code bundle and hf_mim's model card (`hf_mim.model_cards.training_card`).
+    resolution `image_size`, its remote-code bundle and hf_mim's model card (`hf_mim.hub.model_cards.training_card`).
     With a learning `report`, the same backbone is probed (no second load) and its table goes into the card too.
     Returns the folder and the report's table."""
-    from ..model_cards import resolve_base_model, training_card
+    from ..hub.model_cards import resolve_base_model, training_card
 
     with without_zero3_init():  # rank 0 alone re-loads the saved model: it must not enter a ZeRO-3 collective
         full = recipe.model_class.from_pretrained(output_dir)

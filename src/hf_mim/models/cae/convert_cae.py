@@ -36,7 +36,7 @@ from pathlib import Path
 
 import torch
 
-from ...conversion import (
+from ...hub.conversion import (
     CheckpointMismatchError,
     ConverterArgumentParser,
     account_for_keys,
@@ -53,8 +53,8 @@ from ...conversion import (
     run_converter,
     upcast_check,
 )
-from ...model_cards import conversion_card
-from ...releases import CAE_PAPER, CAEV2_PAPER, Release, architecture_mismatches, release_for_file
+from ...hub.model_cards import conversion_card
+from ...hub.releases import CAE_PAPER, CAEV2_PAPER, Release, architecture_mismatches, release_for_file
 from .configuration_cae import CaeConfig
 from .convert_cae_layouts import (
     ENCODER_ONLY_UNUSED,
@@ -379,7 +379,7 @@ def describe(config: CaeConfig, is_full: bool) -> str:
 
 
 def matches_release(config: CaeConfig, release: str | Release) -> bool:
-    """Whether `config` has the expected architecture of the release (hf_mim.releases)."""
+    """Whether `config` has the expected architecture of the release (hf_mim.hub.releases)."""
     return not architecture_mismatches(RELEASES[release] if isinstance(release, str) else release, config)
 
 
@@ -410,7 +410,7 @@ def model_card(
     remote_code: bool = True,
     source_file: str | None = None,
 ):
-    """The folder's `huggingface_hub.ModelCard` (layout: hf_mim.model_cards). `release`: a release of the table (or
+    """The folder's `huggingface_hub.ModelCard` (layout: hf_mim.hub.model_cards). `release`: a release of the table (or
     its key, e.g. `cae_base_1600ep`) whose facts and reported numbers the card carries, or None."""
     if isinstance(release, str):
         release = RELEASES[release]
@@ -470,7 +470,7 @@ def default_model_name(checkpoint_path: Path) -> str:
 
 def convert(checkpoint_path, output_dir, model_name=None, push_to_hub=None, num_heads=None, decoder_num_heads=None,
             remote_code=True, repo_id=None, release: Release | None = None):  # fmt: skip
-    """Convert one file into `output_dir`. `release` (a `hf_mim.releases.Release`) overrides the identification
+    """Convert one file into `output_dir`. `release` (a `hf_mim.hub.releases.Release`) overrides the identification
     from the file / model name; a release whose architecture the weights do not have gets no release facts in the
     card. `remote_code` also writes the code bundle; `repo_id` is the Hub id the card's snippets use."""
     checkpoint_path = Path(checkpoint_path)

@@ -10,10 +10,10 @@ import re
 
 import torch
 
-from ...conversion import CheckpointMismatchError, raise_on_mismatch
-from ...releases import releases_for
+from ...hub.conversion import CheckpointMismatchError, raise_on_mismatch
+from ...hub.releases import releases_for
 
-# hf_mim.releases: file names, data, reported numbers (A4V README table for v1, the CAE v2 abstract for v2 ViT-L) and
+# hf_mim.hub.releases: file names, data, reported numbers (A4V README table for v1, the CAE v2 abstract for v2 ViT-L) and
 # the expected architecture of every release, keyed by this converter's release names (`cae_base_1600ep`, ...).
 RELEASES = {release.key: release for release in releases_for("cae")}
 

@@ -35,7 +35,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ...conversion import (
+from ...hub.conversion import (
     CheckpointMismatchError,
     ConverterArgumentParser,
     account_for_keys,
@@ -51,11 +51,11 @@ from ...conversion import (
     raise_on_mismatch,
     run_converter,
 )
-from ...model_cards import conversion_card
-from ...releases import Release, release_for_file, release_named, releases_for
+from ...hub.model_cards import conversion_card
+from ...hub.releases import Release, release_for_file, release_named, releases_for
 from .tokenizer_dalle import DalleEncoderBlock, DalleTokenizer, DalleTokenizerConfig, map_pixels
 
-RELEASES = {release.name: release for release in releases_for("dalle_tokenizer")}  # hf_mim.releases
+RELEASES = {release.name: release for release in releases_for("dalle_tokenizer")}  # hf_mim.hub.releases
 
 
 # ----------------------------------------------------------------------------------------- restricted unpickler
@@ -406,7 +406,7 @@ def conversion_checks(report: dict) -> list[str]:
 
 def model_card(model_name: str, config: DalleTokenizerConfig, release: Release | None = None,
                report: dict | None = None, repo_id=None, remote_code: bool = True, source_file: str | None = None):  # fmt: skip
-    """The folder's `huggingface_hub.ModelCard` (layout: hf_mim.model_cards)."""
+    """The folder's `huggingface_hub.ModelCard` (layout: hf_mim.hub.model_cards)."""
     grid = config.image_size // config.downsampling
     summary = (
         "The encoder of OpenAI's DALL-E discrete VAE, converted with hf_mim. It is the frozen tokenizer of CAE v1 and "
@@ -435,7 +435,7 @@ def model_card(model_name: str, config: DalleTokenizerConfig, release: Release |
 
 def convert(checkpoint_path, output_dir, image_size=112, model_name=None, push_to_hub=None, remote_code=True,
             repo_id=None, release: Release | None = None) -> dict:  # fmt: skip
-    """Convert one file into `output_dir`. `release` (a `hf_mim.releases.Release`) overrides the identification
+    """Convert one file into `output_dir`. `release` (a `hf_mim.hub.releases.Release`) overrides the identification
     from the file / model name; `remote_code` also writes the code bundle; `repo_id` is the Hub id the card's
     snippets use."""
     checkpoint_path = Path(checkpoint_path)

@@ -1,8 +1,8 @@
 """Convert a released CAPI checkpoint (capi_vitl14_{p205,lvd,i22k,in1k}.pth) into a Hub-ready folder.
 
 The library side of `scripts/convert/convert_capi_to_hf.py` (its flags: `main`). Writes model.safetensors,
-config.json, preprocessor_config.json, a model card (hf_mim.model_cards; release facts and the authors' numbers from
-hf_mim.releases) and the remote-code bundle (`remote_code=False` leaves it out). Architecture hyper-parameters are
+config.json, preprocessor_config.json, a model card (hf_mim.hub.model_cards; release facts and the authors' numbers from
+hf_mim.hub.releases) and the remote-code bundle (`remote_code=False` leaves it out). Architecture hyper-parameters are
 read off the tensor shapes, so the same code converts the real ViT-L/14 and tiny test checkpoints. The training
 resolution is not in a checkpoint (RoPE works at any size): `image_size` gives it (default 224, the releases'), and
 both `config.image_size` and the image processor (center crop `image_size`, shorter side resized to
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from ...conversion import (
+from ...hub.conversion import (
     CheckpointMismatchError,
     ConverterArgumentParser,
     account_for_keys,
@@ -35,14 +35,14 @@ from ...conversion import (
     run_converter,
     upcast_check,
 )
+from ...hub.model_cards import conversion_card
+from ...hub.releases import Release, release_for_file, release_named, releases_for
 from ...layers import CapiRope2D
-from ...model_cards import conversion_card
-from ...releases import Release, release_for_file, release_named, releases_for
 from .configuration_capi import CapiConfig
 from .image_processing_capi import CapiImageProcessor
 from .modeling_capi import CapiForPreTraining, CapiModel
 
-RELEASES = {release.name: release for release in releases_for("capi")}  # hf_mim.releases: files, data, numbers
+RELEASES = {release.name: release for release in releases_for("capi")}  # hf_mim.hub.releases: files, data, numbers
 RELEASE_IMAGE_SIZE = 224  # the four releases were pretrained at 224 px
 
 _BLOCK = {
@@ -260,7 +260,7 @@ def conversion_checks(report: dict) -> list[str]:
 
 def model_card(model_name: str, config: CapiConfig, release: Release | None, report: dict, repo_id=None,
                remote_code: bool = True, source_file: str | None = None):  # fmt: skip
-    """The folder's `huggingface_hub.ModelCard` (layout: hf_mim.model_cards)."""
+    """The folder's `huggingface_hub.ModelCard` (layout: hf_mim.hub.model_cards)."""
     data = f"on **{release.pretraining_data}**" if release is not None else "(data not identified)"
     summary = (
         f"CAPI ViT (width {config.hidden_size}, {config.num_hidden_layers} blocks, patch {config.patch_size}, "
@@ -315,7 +315,7 @@ def convert(
     repo_id=None,
     release: Release | None = None,
 ) -> dict:
-    """Convert one file into `output_dir`. `release` (a `hf_mim.releases.Release`) overrides the identification
+    """Convert one file into `output_dir`. `release` (a `hf_mim.hub.releases.Release`) overrides the identification
     from the file name / model name; a named release whose architecture the weights do not have gets no release
     facts in its card. `remote_code` also writes the code bundle (the folder then loads without hf_mim);
     `repo_id` is the Hub id the card's snippets use (default: `push_to_hub`, else the release's suggested id)."""

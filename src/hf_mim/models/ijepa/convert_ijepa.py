@@ -10,8 +10,8 @@ original's ViT of the same width (192: 3, 384: 6, 768: 12, 1024 / 1280 / 1408: 1
 and must be given for any other width (the predictor has the encoder's count, as in the original). Half-precision files
 are up-cast to float32 (reported); NaN / inf or integer weights are refused by name. Every key is converted or
 explicitly ignored (optimizer / scaler state and bookkeeping); anything else is an error listing missing and unexpected
-keys. The folder also gets the image processor, a model card (hf_mim.model_cards, with the release facts of
-hf_mim.releases) and the remote-code bundle (`remote_code=False` leaves it out).
+keys. The folder also gets the image processor, a model card (hf_mim.hub.model_cards, with the release facts of
+hf_mim.hub.releases) and the remote-code bundle (`remote_code=False` leaves it out).
 """
 
 import math
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from ...conversion import (
+from ...hub.conversion import (
     CheckpointMismatchError,
     ConverterArgumentParser,
     add_remote_code_flag,
@@ -37,14 +37,14 @@ from ...conversion import (
     run_converter,
     upcast_check,
 )
+from ...hub.model_cards import conversion_card
+from ...hub.releases import Release, release_for_file, release_named, releases_for
 from ...layers import sincos_2d_position_embedding
-from ...model_cards import conversion_card
-from ...releases import Release, release_for_file, release_named, releases_for
 from .configuration_ijepa import IJepaConfig
 from .image_processing_ijepa import IJepaImageProcessor
 from .modeling_ijepa import IJepaForPreTraining
 
-RELEASES = {release.name: release for release in releases_for("ijepa")}  # hf_mim.releases
+RELEASES = {release.name: release for release in releases_for("ijepa")}  # hf_mim.hub.releases
 PARTS = ("encoder", "predictor", "target_encoder")
 IGNORED_TOP_LEVEL = ("opt", "scaler", "epoch", "loss", "batch_size", "world_size", "lr")
 _BLOCK = {
@@ -230,7 +230,7 @@ def conversion_checks(report: dict) -> list[str]:
 
 def model_card(model_name: str, config: IJepaConfig, encoder: str, release: Release | None, report: dict,
                repo_id=None, remote_code: bool = True, source_file: str | None = None):  # fmt: skip
-    """The folder's `huggingface_hub.ModelCard` (layout: hf_mim.model_cards)."""
+    """The folder's `huggingface_hub.ModelCard` (layout: hf_mim.hub.model_cards)."""
     data = f"on **{release.pretraining_data}**" if release is not None else ""
     summary = (
         f"I-JEPA ViT ({config.hidden_size} wide, {config.num_hidden_layers} blocks, patch {config.patch_size}, "
@@ -266,7 +266,7 @@ def identify_release(checkpoint_path: Path, model_name: str | None) -> Release |
 
 def convert(checkpoint_path, output_dir, encoder="context", model_name=None, push_to_hub=None, num_heads=None,
             remote_code=True, repo_id=None, release: Release | None = None) -> dict:  # fmt: skip
-    """Convert one file into `output_dir`. `release` (a `hf_mim.releases.Release`) overrides the identification
+    """Convert one file into `output_dir`. `release` (a `hf_mim.hub.releases.Release`) overrides the identification
     from the file name / model name; a release whose architecture the weights do not have gets no release facts
     in the card. `remote_code` also writes the code bundle; `repo_id` is the Hub id the card's snippets use."""
     checkpoint_path = Path(checkpoint_path)

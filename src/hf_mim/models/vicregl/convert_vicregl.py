@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ...conversion import (
+from ...hub.conversion import (
     CheckpointMismatchError,
     ConverterArgumentParser,
     account_for_keys,
@@ -38,13 +38,13 @@ from ...conversion import (
     run_converter,
     upcast_check,
 )
-from ...model_cards import conversion_card
-from ...releases import Release, architecture_mismatches, releases_for
+from ...hub.model_cards import conversion_card
+from ...hub.releases import Release, architecture_mismatches, releases_for
 from .configuration_vicregl import VicreglConfig
 from .image_processing_vicregl import VicreglImageProcessor
 from .modeling_vicregl import VicreglForPreTraining, VicreglModel
 
-# hf_mim.releases: the seven releases (files, data, reported numbers, expected architecture), keyed by the original
+# hf_mim.hub.releases: the seven releases (files, data, reported numbers, expected architecture), keyed by the original
 # names (`convnext_small_alpha0.9`, ...).
 RELEASES = {release.key: release for release in releases_for("vicregl")}
 RELEASE_IMAGE_SIZE = 224  # every release was pretrained with 224 px global crops
@@ -325,7 +325,7 @@ def release_of(model_name: str | None, *more_names) -> str | None:
 
 
 def matches_release(config: VicreglConfig, release: str | Release) -> bool:
-    """Whether `config` has the expected backbone of the release (hf_mim.releases)."""
+    """Whether `config` has the expected backbone of the release (hf_mim.hub.releases)."""
     return not architecture_mismatches(RELEASES[release] if isinstance(release, str) else release, config)
 
 
@@ -480,7 +480,7 @@ def conversion_checks(report: dict) -> list[str]:
 def model_card(model_name: str, config: VicreglConfig, release: str | Release | None, is_full: bool,
                report: dict | None = None, repo_id: str | None = None, remote_code: bool = True,
                source_file: str | None = None):  # fmt: skip
-    """The folder's `huggingface_hub.ModelCard` (layout: hf_mim.model_cards). `release`: a release of the table (or
+    """The folder's `huggingface_hub.ModelCard` (layout: hf_mim.hub.model_cards). `release`: a release of the table (or
     its key, e.g. `convnext_small_alpha0.9`) whose facts and reported numbers the card carries, or None."""
     if isinstance(release, str):
         release = RELEASES[release]
@@ -535,7 +535,7 @@ def default_model_name(checkpoint_path: Path) -> str:
 
 def convert(checkpoint_path, output_dir, model_name=None, push_to_hub=None, remote_code=True, repo_id=None,
             release: Release | None = None) -> dict:  # fmt: skip
-    """Convert one file into `output_dir`. `release` (a `hf_mim.releases.Release`) overrides the identification
+    """Convert one file into `output_dir`. `release` (a `hf_mim.hub.releases.Release`) overrides the identification
     from the model / file name; a release whose backbone the weights do not have gets no release facts in the card.
     `remote_code` also writes the code bundle; `repo_id` is the Hub id the card's snippets use."""
     checkpoint_path = Path(checkpoint_path)

@@ -1,11 +1,11 @@
 """The released checkpoints hf_mim converts: one table read by every converter (`scripts/convert/`), the model cards
-(`hf_mim.model_cards`) and the publishing script (`scripts/convert/publish_releases.py`).
+(`hf_mim.hub.model_cards`) and the publishing script (`scripts/convert/publish_releases.py`).
 
 Every fact here comes from the notes on the original releases (the projects' READMEs, hub entry points and code;
 see each `Metric.source`). Numbers the notes mark as recalled from a paper rather than read from a release are
 `Metric.verified = False`: the cards print them with that caveat and keep them out of the `model-index` metadata.
 
-    >>> from hf_mim.releases import release_for_file, releases_for
+    >>> from hf_mim.hub.releases import release_for_file, releases_for
     >>> release_for_file("downloads/capi_vitl14_i22k.pth").name
     'capi-vitl14-in22k'
     >>> [r.name for r in releases_for("ijepa")][:2]

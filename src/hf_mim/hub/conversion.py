@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from .image_processing_utils import image_processor_at  # noqa: F401  (the converters' import)
+from ..image_processing_utils import image_processor_at  # noqa: F401  (the converters' import)
 from .releases import Release, architecture_mismatches
 
 
@@ -166,7 +166,7 @@ def model_from_state(model_class: type, config, state: dict[str, torch.Tensor]):
 def credited_release(release: Release | None, config, name_field: str = "name") -> tuple[Release | None, str]:
     """The release a converted folder's card may credit (its facts and reported numbers), and the report's
     `release` line. A release that was named - by the file, the model name or the caller - but whose expected
-    architecture (hf_mim.releases) the converted `config` does not have is credited to nobody, and the line says
+    architecture (hf_mim.hub.releases) the converted `config` does not have is credited to nobody, and the line says
     what differs. `name_field`: the release's field the line names it by (`name`, or a converter's own `key`)."""
     if release is None:
         return None, "none identified"
@@ -297,7 +297,7 @@ def finish_conversion(report: dict, output_dir: str | Path, model, image_process
 def save_converted_folder(output_dir: str | Path, model, image_processor, card, remote_code: bool = True) -> list[str]:
     """Write a converted model's Hub folder: weights and config, the image processor (if any), the remote-code bundle
     with `auto_map` (`remote_code=True`: the folder then loads in plain transformers with `trust_remote_code=True`)
-    and the model card (a `huggingface_hub.ModelCard`, see hf_mim.model_cards) as README.md. Returns the names of
+    and the model card (a `huggingface_hub.ModelCard`, see hf_mim.hub.model_cards) as README.md. Returns the names of
     the remote-code files written."""
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)

@@ -26,7 +26,7 @@ import json
 import sys
 from pathlib import Path
 
-from ._version import __version__
+from .._version import __version__
 
 PACKAGE = __name__.split(".")[0]  # "hf_mim"
 CONFIG_FILE, PROCESSOR_FILE = "config.json", "preprocessor_config.json"

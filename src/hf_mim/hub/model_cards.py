@@ -15,7 +15,7 @@ from pathlib import Path
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from ._version import __version__
+from .._version import __version__
 from .releases import METHODS, Method, Metric, Release, release_named
 
 LIBRARY_TAG = "hf_mim"
@@ -175,7 +175,7 @@ outputs = model(**processor(images=image, return_tensors="pt"))
     parts += ["### Without hf_mim (plain transformers, remote code)", ""]
     if remote_code:
         parts += [
-            "The folder carries the model's code (generated from hf_mim's source by `hf_mim.remote_code`), so "
+            "The folder carries the model's code (generated from hf_mim's source by `hf_mim.hub.remote_code`), so "
             "transformers loads it with `trust_remote_code=True`; read the `.py` files before trusting them.",
             "",
             remote,
@@ -266,7 +266,7 @@ def conversion_card(
     identification: str | None = None,
     extra_tags: Sequence[str] = (),
 ) -> ModelCard:
-    """The card of a converted checkpoint. `release` (from `hf_mim.releases`) adds the release's facts, datasets
+    """The card of a converted checkpoint. `release` (from `hf_mim.hub.releases`) adds the release's facts, datasets
     and reported numbers; without it (a checkpoint that is not a known release) those are left out. `checks` are
     what was measured while converting this file (from the converter's report); `summary` / `contents` / `notes`
     are the converter's sentences about the architecture, what the folder holds and the method's quirks;
