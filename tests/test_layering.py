@@ -12,7 +12,7 @@ SOURCE = Path(__file__).resolve().parents[1] / "src" / "hf_mim"
 FLOORS = {
     0: {"_version", "layers", "masking", "optim", "losses", "image_processing_utils", "allocator", "zero3",
         "training_defaults"},
-    1: {"data", "teacher", "hub", "releases", "model_cards", "remote_code", "conversion"},
+    1: {"data", "teacher", "hub"},
     2: {"models", "modeling_utils", "backbone_utils", "auto_registration", "presets"},
     3: {"trainers", "evaluation", "finetuning"},
     4: {"__init__"},  # the package root re-exports everything
