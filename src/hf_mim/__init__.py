@@ -16,6 +16,7 @@ from .models.cae import (
     CaeModel,
     CaePreTrainedModel,
 )
+from .models.cae.card_cae import CAE_CARD
 from .models.capi import (
     CapiBackbone,
     CapiConfig,
@@ -27,6 +28,7 @@ from .models.capi import (
     CapiModelOutput,
     CapiPreTrainedModel,
 )
+from .models.capi.card_capi import CAPI_CARD
 from .models.ijepa import (
     IJepaBackbone,
     IJepaConfig,
@@ -37,6 +39,7 @@ from .models.ijepa import (
     IJepaModel,
     IJepaPreTrainedModel,
 )
+from .models.ijepa.card_ijepa import IJEPA_CARD
 from .models.vicregl import (
     VicreglBackbone,
     VicreglConfig,
@@ -47,6 +50,7 @@ from .models.vicregl import (
     VicreglModel,
     VicreglPreTrainedModel,
 )
+from .models.vicregl.card_vicregl import VICREGL_CARD
 
 register_model(
     CapiConfig,
@@ -55,6 +59,7 @@ register_model(
     pretraining=CapiForPreTraining,
     image_processor=CapiImageProcessor,
     backbone=CapiBackbone,
+    card=CAPI_CARD,
 )
 
 register_model(
@@ -64,6 +69,7 @@ register_model(
     pretraining=IJepaForPreTraining,
     image_processor=IJepaImageProcessor,
     backbone=IJepaBackbone,
+    card=IJEPA_CARD,
 )
 
 register_model(
@@ -73,6 +79,7 @@ register_model(
     pretraining=CaeForPreTraining,
     image_processor=CaeImageProcessor,
     backbone=CaeBackbone,
+    card=CAE_CARD,
 )
 
 register_model(
@@ -82,6 +89,7 @@ register_model(
     pretraining=VicreglForPreTraining,
     image_processor=VicreglImageProcessor,
     backbone=VicreglBackbone,
+    card=VICREGL_CARD,
 )
 
 

@@ -1,6 +1,8 @@
 """Register every hf_mim model with transformers' Auto classes (runs on `import hf_mim`).
 
-The same classes are recorded for the remote-code export (`hf_mim.hub.remote_code`). `exist_ok=True` keeps re-imports (notebook reloads, spawned workers) from raising.
+The same classes are recorded for the remote-code export (`hf_mim.hub.remote_code`), and the method's card text
+(`models/<m>/card_<m>.py`) for the model cards (`hf_mim.hub.model_cards`). `exist_ok=True` keeps re-imports (notebook
+reloads, spawned workers) from raising.
 
 Every model type is also registered with `AutoVideoProcessor` as having no video processor (an empty backend map).
 Without it, each `pipeline(...)` on an exported folder stopped at transformers' "Do you wish to run the custom code?
@@ -25,13 +27,22 @@ from transformers import (
     AutoVideoProcessor,
 )
 
+from .hub.model_cards import CardText, register_card_text
 from .hub.remote_code import register_remote_code_classes
 
 
 def register_model(
-    config_class, model=None, classification=None, pretraining=None, image_processor=None, backbone=None
+    config_class,
+    model=None,
+    classification=None,
+    pretraining=None,
+    image_processor=None,
+    backbone=None,
+    card: CardText | None = None,
 ) -> None:
     AutoConfig.register(config_class.model_type, config_class, exist_ok=True)
+    if card is not None:
+        register_card_text(config_class.model_type, card)
     exported = {
         "AutoConfig": config_class,
         "AutoModel": model,

@@ -1,5 +1,5 @@
 """Model cards for hf_mim folders, built with `huggingface_hub` (`ModelCard`, `ModelCardData`, `EvalResult`): one
-layout for converted releases (`conversion_card`, used by every converter in `scripts/convert/`) and for models
+layout for converted releases (`conversion_card`, used by every converter, `models/<m>/convert_<m>.py`) and for models
 trained with hf_mim (`training_card`, written by `MimPretrainingTrainer.create_model_card`, which `Trainer.push_to_hub`
 calls, so `run_<method>.py --push_to_hub` uploads it).
 
@@ -7,23 +7,63 @@ A card holds: metadata (license, `library_name`, `pipeline_tag`, tags, datasets,
 authors' reported numbers as `model-index` / `eval_results`), a facts table, usage for both loading paths (with hf_mim
 installed: `import hf_mim` + the Auto classes; without it: `trust_remote_code=True` on the bundled code), what was
 measured about the conversion, the license and the paper's BibTeX.
+
+Nothing here names a method: what only a method knows (its usage snippet, the paper a card without a release cites)
+is a `CardText` beside its model (`models/<m>/card_<m>.py`), registered for its config's `model_type` by
+`auto_registration.register_model(..., card=...)` on `import hf_mim`; the method's facts (license, tags, parity) come
+from the release table (`hub.releases.METHODS`).
 """
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from .._version import __version__
-from .releases import METHODS, Method, Metric, Release, release_named
+from .releases import METHODS, Method, Metric, Paper, Release, release_named, releases_for
 
 LIBRARY_TAG = "hf_mim"
 UNVERIFIED_MARK = "†"
 _REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
-# model_type of a config -> the method whose usage, tags and license a card of that model uses
-MODEL_TYPES = {"capi": "capi", "hf_mim_ijepa": "ijepa", "cae": "cae", "vicregl": "vicregl",
-               "hf_mim_dalle_tokenizer": "dalle_tokenizer"}  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------------- card texts
+@dataclass(frozen=True)
+class CardText:
+    """What a card says that only its method knows, kept beside the model (`models/<m>/card_<m>.py`) and registered
+    for the config's `model_type` by `auto_registration.register_model(..., card=...)`. Everything else on a card
+    (layout, metadata, facts, license, citation) is built here from the release table (`METHODS[method]`)."""
+
+    method: str  # key of hub.releases.METHODS
+    usage: Callable[[str, Any, bool], str]  # (repo_id, config or None, remote) -> the ```python block that loads it
+    # (config or None) -> the paper a card cites when no release names one; default: the method's first release's
+    paper: Callable[[Any], Paper | None] | None = None
+
+    def paper_for(self, config=None) -> Paper | None:
+        if self.paper is not None:
+            return self.paper(config)
+        releases = releases_for(self.method)
+        return releases[0].paper if releases else None
+
+
+CARD_TEXTS: dict[str, CardText] = {}  # model_type -> its card text; filled by `auto_registration.register_model`
+
+
+def register_card_text(model_type: str, card: CardText) -> None:
+    if card.method not in METHODS:
+        raise ValueError(f"Unknown method {card.method!r}; known: {', '.join(METHODS)}.")
+    CARD_TEXTS[model_type] = card
+
+
+def card_text(method: str) -> CardText:
+    """The registered card text of `method` (a key of METHODS)."""
+    for card in CARD_TEXTS.values():
+        if card.method == method:
+            return card
+    raise ValueError(f"No usage snippet for {method!r}.")
 
 
 def is_repo_id(name: str | None) -> bool:
@@ -86,85 +126,40 @@ def card_data(
 
 
 # ---------------------------------------------------------------------------------------------------- usage
-def _config_value(config, name: str, default):
+def config_value(config, name: str, default):
+    """`config.name`, or `default` (a placeholder for the snippet) when there is no config."""
     return getattr(config, name, default) if config is not None else default
 
 
-def _feature_lines(method: str, config) -> list[str]:
-    """What to do with `outputs` (comments give shapes for this config)."""
-    if method == "capi":
-        width = _config_value(config, "hidden_size", "D")
-        patch = _config_value(config, "patch_size", 14)
-        registers = _config_value(config, "num_register_tokens", "R")
-        return [
-            f"global_repr = outputs.pooler_output  # (1, {width}) CAPI's global representation",
-            f"feature_map = outputs.feature_map  # (1, H/{patch}, W/{patch}, {width}) patch features",
-            f"registers = outputs.register_tokens  # (1, {registers}, {width})",
-        ]
-    if method == "ijepa":
-        return ["embedding = outputs.pooler_output  # average-pooled patch tokens, I-JEPA's representation"]
-    if method == "cae":
-        return [
-            "linear_probe_feature = outputs.pooler_output  # cls token after the final LayerNorm (CAE's linear probe)",
-            "tokens = outputs.last_hidden_state  # [cls, patches row-major] after the final LayerNorm",
-        ]
-    if method == "vicregl":
-        width = config.representation_size if config is not None else "C"
-        return [
-            f"representation = outputs.pooler_output  # (1, {width}) VICRegL's global representation",
-            f"dense = outputs.feature_map  # (1, h, w, {width}) VICRegL's dense (local) features",
-        ]
-    raise ValueError(f"No usage snippet for {method!r}.")
-
-
-def usage_section(method: str, repo_id: str, config=None, remote_code: bool = True, pretraining: bool = False) -> str:
-    """'## Usage' with both loading paths: hf_mim installed, and plain transformers with `trust_remote_code=True`
-    (only if the folder carries the remote-code bundle)."""
-    if method == "dalle_tokenizer":
-        size = _config_value(config, "image_size", 112)
-        native = f"""```python
-import torch
-import hf_mim  # registers the tokenizer with AutoModel
-from hf_mim.models.cae.tokenizer_dalle import map_pixels
-from transformers import AutoModel
-
-tokenizer = AutoModel.from_pretrained("{repo_id}").eval()
-images = torch.rand(1, 3, {size}, {size})  # RGB in [0, 1], no mean / std
-ids = tokenizer.get_codebook_indices(map_pixels(images))  # (1, {(size // 8) ** 2}) int64, row-major
-```"""
-        remote = f"""```python
-import torch
-from transformers import AutoModel
-
-tokenizer = AutoModel.from_pretrained("{repo_id}", trust_remote_code=True).eval()
-images = torch.rand(1, 3, {size}, {size})
-ids = tokenizer.get_codebook_indices(0.8 * images + 0.1)  # map_pixels: the logit-Laplace input mapping
-```"""
-    else:
-        features = "\n".join(_feature_lines(method, config))
-        native = f"""```python
+def image_feature_usage(repo_id: str, output_lines: Sequence[str], remote: bool) -> str:
+    """The snippet of an image feature extractor: image processor + `AutoModel`, then `output_lines` (what to do with
+    `outputs`), loaded with hf_mim installed or, with `remote`, as remote code."""
+    lines = "\n".join(output_lines)
+    if not remote:
+        return f"""```python
 import hf_mim  # registers hf_mim's models with the Auto classes
 from transformers import AutoImageProcessor, AutoModel
 
 processor = AutoImageProcessor.from_pretrained("{repo_id}")
 model = AutoModel.from_pretrained("{repo_id}").eval()
 outputs = model(**processor(images=image, return_tensors="pt"))  # image: a PIL image
-{features}
+{lines}
 ```"""
-        if method == "cae":
-            native = native.removesuffix("```") + (
-                f'\nmodel = AutoModel.from_pretrained("{repo_id}", pooling="mean").eval()  # or config.pooling = "mean"\n'
-                'finetune_feature = model(**processor(images=image, return_tensors="pt")).pooler_output'
-                "  # final LayerNorm of the mean patch token\n```"
-            )
-        remote = f"""```python
+    return f"""```python
 from transformers import AutoImageProcessor, AutoModel
 
 processor = AutoImageProcessor.from_pretrained("{repo_id}", trust_remote_code=True)
 model = AutoModel.from_pretrained("{repo_id}", trust_remote_code=True).eval()
 outputs = model(**processor(images=image, return_tensors="pt"))
-{features}
+{lines}
 ```"""
+
+
+def usage_section(method: str, repo_id: str, config=None, remote_code: bool = True, pretraining: bool = False) -> str:
+    """'## Usage' with both loading paths: hf_mim installed, and plain transformers with `trust_remote_code=True`
+    (only if the folder carries the remote-code bundle); the snippets are the method's (`CardText.usage`)."""
+    usage = card_text(method).usage
+    native = usage(repo_id, config, False)
     parts = ["## Usage", "", "### With hf_mim installed (`pip install hf_mim`)", "", native, ""]
     if pretraining:
         parts += [
@@ -178,7 +173,7 @@ outputs = model(**processor(images=image, return_tensors="pt"))
             "The folder carries the model's code (generated from hf_mim's source by `hf_mim.hub.remote_code`), so "
             "transformers loads it with `trust_remote_code=True`; read the `.py` files before trusting them.",
             "",
-            remote,
+            usage(repo_id, config, True),
         ]
     else:
         parts += ["This folder was saved without the remote-code bundle: install hf_mim to load it."]
@@ -273,7 +268,7 @@ def conversion_card(
     `identification` says why no release was identified (e.g. a named release whose architecture differs)."""
     info = METHODS[method]
     repo_id = repo_id or (release.repo_id if release is not None else model_name)
-    paper = paper or (release.paper if release is not None else _method_paper(method, config))
+    paper = paper or (release.paper if release is not None else card_text(method).paper_for(config))
     data = card_data(
         info,
         repo_id=repo_id,
@@ -394,9 +389,10 @@ def training_card(
     run started from, found from `model.config._name_or_path` unless given), license (the base model's, else the
     method's as the example scripts state it), training data, steps and final loss from the trainer state, usage."""
     config = model.config
-    method = MODEL_TYPES.get(config.model_type)
-    if method is None:
+    card = CARD_TEXTS.get(config.model_type)
+    if card is None:
         raise ValueError(f"No hf_mim card layout for model_type {config.model_type!r}.")
+    method = card.method
     info = METHODS[method]
     base_release = None
     if base_model is None:
@@ -445,7 +441,7 @@ def training_card(
             ("Trained with", f"hf_mim {__version__} (`{type(model).__name__}`, `MimPretrainingTrainer`)"),
         ]
     )
-    paper = base_release.paper if base_release is not None else _method_paper(method, config)
+    paper = base_release.paper if base_release is not None else card.paper_for(config)
     summary = (
         f"{info.display_name} model pretrained with hf_mim"
         + (f", continuing from `{base_model}`." if base_model else ".")
@@ -464,20 +460,17 @@ def training_card(
     )
 
 
-def _method_paper(method: str, config=None):
-    from .releases import CAEV2_PAPER, releases_for
-
-    if method == "cae" and getattr(config, "cae_version", 1) == 2:
-        return CAEV2_PAPER
-    releases = releases_for(method)
-    return releases[0].paper if releases else None
-
-
 __all__ = [
+    "CARD_TEXTS",
+    "CardText",
     "card_data",
+    "card_text",
     "conversion_card",
+    "config_value",
     "eval_results",
+    "image_feature_usage",
     "is_repo_id",
+    "register_card_text",
     "resolve_base_model",
     "training_card",
     "usage_section",

@@ -36,10 +36,10 @@ class ModelCardMixin:
         `tasks` and `dataset_args` do not apply to these vision models and are ignored."""
         if not self.is_world_process_zero():
             return
-        from ..hub.model_cards import MODEL_TYPES, training_card
+        from ..hub.model_cards import CARD_TEXTS, training_card
 
         model = self.accelerator.unwrap_model(self.model) if hasattr(self, "accelerator") else self.model
-        if getattr(model.config, "model_type", None) not in MODEL_TYPES:  # not an hf_mim model: transformers' card
+        if getattr(model.config, "model_type", None) not in CARD_TEXTS:  # not an hf_mim model: transformers' card
             return super().create_model_card(language=language, license=license, tags=tags, model_name=model_name,
                                              finetuned_from=finetuned_from, tasks=tasks, dataset_tags=dataset_tags,
                                              dataset=dataset, dataset_args=dataset_args)  # fmt: skip

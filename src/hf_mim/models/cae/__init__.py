@@ -15,12 +15,14 @@ from .tokenizer_dalle import DalleTokenizer, DalleTokenizerConfig
 
 
 def register_dalle_tokenizer() -> None:
-    """Register `DalleTokenizerConfig` / `DalleTokenizer` with `AutoConfig` / `AutoModel` (and the remote-code export).
+    """Register `DalleTokenizerConfig` / `DalleTokenizer` with `AutoConfig` / `AutoModel` (and the remote-code export
+    and the model cards).
 
     Kept out of tokenizer_dalle.py so that the tokenizer's remote-code bundle does not pull in the registration."""
     from ...auto_registration import register_model
+    from .card_dalle_tokenizer import DALLE_TOKENIZER_CARD
 
-    register_model(DalleTokenizerConfig, model=DalleTokenizer)
+    register_model(DalleTokenizerConfig, model=DalleTokenizer, card=DALLE_TOKENIZER_CARD)
 
 
 register_dalle_tokenizer()  # AutoModel / AutoConfig load tokenizer folders on `import hf_mim`
