@@ -1,9 +1,10 @@
-"""What the benchmark scripts share: loading a sibling script or converter by path, the timing flags of the
-side-by-side benchmarks and their checks, `--workloads`, torch's thread counts, "k=v" config overrides, and the memory
-probe (heap trim, process peak RSS and its reset).
+"""What the benchmark scripts share: loading a Python file by path (the examples' run_*.py, an original tree's
+files) and putting modules into sys.modules for a while (stand-ins while an original tree imports), the timing flags
+of the side-by-side benchmarks and their checks, `--workloads`, torch's thread counts, "k=v" config overrides, and
+the memory probe (heap trim, process peak RSS and its reset). The side-by-side timing harness is `_harness.py`.
 
-The scripts import it by name (`from _common import ...`): run as `python benchmarks/<script>.py`, the benchmarks
-folder is first on sys.path, also for a script that another one loads with `load_module`.
+The scripts import it by name (`import _common as common`): run as `python benchmarks/<script>.py`, the benchmarks
+folder is first on sys.path.
 """
 
 import argparse
@@ -15,6 +16,7 @@ import importlib.util
 import re
 import resource
 import sys
+import types
 from pathlib import Path
 
 import torch
@@ -26,6 +28,19 @@ def load_module(path: Path, name: str):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+@contextlib.contextmanager
+def installed(modules: dict[str, types.ModuleType]):
+    """Temporarily put `modules` into sys.modules, setting aside same-named ones."""
+    stashed = {name: sys.modules.pop(name) for name in modules if name in sys.modules}
+    sys.modules.update(modules)
+    try:
+        yield
+    finally:
+        for name in modules:
+            sys.modules.pop(name, None)
+        sys.modules.update(stashed)
 
 
 # ------------------------------------------------------------------------------------------------------- arguments

@@ -38,6 +38,7 @@ from functools import partial
 from pathlib import Path
 
 import _common as common
+import _harness as harness
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -46,8 +47,6 @@ from hf_mim import CaeConfig, CaeForPreTraining
 from hf_mim.models.cae.convert_cae import convert_checkpoint
 from hf_mim.trainers.pretraining_trainer import bias_and_vector_groups
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-VICREGL_BENCHMARK = REPO_ROOT / "benchmarks" / "benchmark_vicregl.py"  # installed(), profile()
 # The original tree's top-level packages: generic names, so same-named modules already imported are set aside while
 # the original's are in sys.modules.
 ORIGINAL_PACKAGES = ("models", "furnace", "timm")
@@ -78,10 +77,6 @@ WORKLOADS = {
     "v1_small": Workload(version=1, regressor_depth=2, decoder_depth=2, decoder_width=192),
     "v2_small": Workload(version=2, regressor_depth=1, decoder_depth=0, decoder_width=96),
 }
-
-
-vb = common.load_module(VICREGL_BENCHMARK, "_benchmark_vicregl")
-bench = vb.bench  # benchmark_ijepa.py: Impl, measure, print_table, print_round_medians
 
 
 # ------------------------------------------------------------------------------------------------ the original code
@@ -132,7 +127,7 @@ def import_original(src: Path) -> tuple[types.SimpleNamespace, list[str]]:
     extra, notes = _stand_ins(src)
     sys.path.insert(0, str(src))
     try:
-        with vb.installed(extra):
+        with common.installed(extra):
             modeling = importlib.import_module("models.modeling_cae")
             masking = importlib.import_module("furnace.masking_generator")
         for module in (modeling, masking):
@@ -419,13 +414,13 @@ def build_workload(name: str, original, args, notes: list[str], checks: list[str
         f"{trainable / 1e6:.3f}M (original optimizer: {original_trainable / 1e6:.3f}M)"
     )
     impls = [
-        bench.Impl(name, "hf_mim", args.batch_size, True, hf_step.step),
-        bench.Impl(name, "original", args.batch_size, True, original_step.step),
+        harness.Impl(name, "hf_mim", args.batch_size, True, hf_step.step),
+        harness.Impl(name, "original", args.batch_size, True, original_step.step),
     ]
     if compiled_model is not None:  # the same weights and inputs, its own fused AdamW, the model under torch.compile
         compiled_step = HfStep(compiled_model, inputs)
         compiled_step.model = torch.compile(compiled_step.model)
-        impls.append(bench.Impl(name, bench.COMPILED, args.batch_size, True, compiled_step.step))
+        impls.append(harness.Impl(name, harness.COMPILED, args.batch_size, True, compiled_step.step))
     return impls
 
 
@@ -454,7 +449,7 @@ def main(argv=None) -> int:
     original, notes = import_original(args.original_src)
     checks: list[str] = []
     groups = {name: build_workload(name, original, args, notes, checks) for name in names}
-    bench.warm_up_compiled(groups, MASK_DRAWS, checks, notes)  # with --compiled: untimed, over every mask draw
+    harness.warm_up_compiled(groups, MASK_DRAWS, checks, notes)  # with --compiled: untimed, over every mask draw
     print(
         f"CAE pretraining step, hf_mim vs original ({args.original_src}) | batch {args.batch_size} | hf_mim attention "
         f"{args.attn_implementation} | threads {torch.get_num_threads()} | torch {torch.__version__}"
@@ -464,31 +459,31 @@ def main(argv=None) -> int:
 
     # ---- FLOPs (doubles as warm-up), interleaved rounds (A B, B A, ...; with --compiled A B C, B C A, C A B, ...; a
     # matmul yardstick between rounds), RSS
-    graphs = bench.dynamo_graphs()
-    matmul_rounds, elapsed = bench.measure(groups, args, MASK_DRAWS)
+    graphs = harness.dynamo_graphs()
+    matmul_rounds, elapsed = harness.measure(groups, args, MASK_DRAWS)
     if args.compiled:
-        notes.append(bench.compiled_after_warm_up(graphs))
+        notes.append(harness.compiled_after_warm_up(graphs))
     peak_wall, peak = max(w for w, _ in matmul_rounds), max(c for _, c in matmul_rounds)
 
     print()
-    bench.print_table(groups, peak)
+    harness.print_table(groups, peak)
     print()
     print(
         f"fp32 matmul peak: {peak:.1f} GFLOP/s by CPU time ({peak_wall:.1f} by wall clock), {args.matmul_size}^2 "
         f"torch.mm, best call of the run. {args.rounds} rounds x {args.steps} timed steps per implementation "
         f"({elapsed:.0f} s); median ms over all timed steps; CPU ms = process CPU time; speed-up = median over rounds "
         f"of (original's round median / hf_mim's), wall / CPU, > 1 means hf_mim is faster"
-        f"{bench.COMPILED_SPEEDUP if args.compiled else ''}; GFLOP/step from "
+        f"{harness.COMPILED_SPEEDUP if args.compiled else ''}; GFLOP/step from "
         f"FlopCounterMode (matmul, conv, attention; forward + backward; mean over the {MASK_DRAWS} mask draws); peak "
         "RSS +MiB = growth of the process peak RSS over one step after malloc_trim."
     )
     for note in notes:
         print("note: " + note)
     if args.verbose:
-        bench.print_round_medians(groups, 10, 9)
+        harness.print_round_medians(groups, 10, 9)
     if args.profile:
         for group in groups.values():
-            vb.profile(group, args.profile_steps, args.profile)
+            harness.profile(group, args.profile_steps, args.profile)
     return 0
 
 

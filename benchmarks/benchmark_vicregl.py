@@ -23,7 +23,6 @@ The original tree is put on sys.path and its modules are imported (`main_vicregl
 """
 
 import argparse
-import contextlib
 import copy
 import importlib
 import importlib.util
@@ -34,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import _common as common
+import _harness as harness
 import torch
 import torch.distributed as dist
 
@@ -41,8 +41,6 @@ from hf_mim import VicreglConfig, VicreglForPreTraining
 from hf_mim.data import crop_location_grid
 from hf_mim.models.vicregl.convert_vicregl import convert_checkpoint
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-IJEPA_BENCHMARK = REPO_ROOT / "benchmarks" / "benchmark_ijepa.py"  # measurement and table helpers
 # The original tree's top-level modules: generic names (utils, datasets, ...), so any same-named module already
 # imported (e.g. Hugging Face `datasets`) is set aside while the original's are in sys.modules.
 ORIGINAL_MODULES = tuple("main_vicregl convnext resnet utils optimizers datasets transforms distributed".split())
@@ -75,9 +73,6 @@ WORKLOADS = {
 TOTAL_STRIDE = 32  # both backbones: one location-grid cell per 32 input pixels
 
 
-bench = common.load_module(IJEPA_BENCHMARK, "_benchmark_ijepa")  # Impl, measure, print_table, print_round_medians
-
-
 # ------------------------------------------------------------------------------------------------ the original code
 def _timm_stand_in() -> dict[str, types.ModuleType]:
     """convnext.py imports `trunc_normal_, DropPath` from timm.models.layers; timm is not an hf_mim dependency. The
@@ -95,19 +90,6 @@ def _timm_stand_in() -> dict[str, types.ModuleType]:
     return {"timm": timm, "timm.models": models, "timm.models.layers": layers}
 
 
-@contextlib.contextmanager
-def installed(modules: dict[str, types.ModuleType]):
-    """Temporarily put `modules` into sys.modules, setting aside same-named ones."""
-    stashed = {name: sys.modules.pop(name) for name in modules if name in sys.modules}
-    sys.modules.update(modules)
-    try:
-        yield
-    finally:
-        for name in modules:
-            sys.modules.pop(name, None)
-        sys.modules.update(stashed)
-
-
 def import_original(src: Path) -> tuple[types.SimpleNamespace, list[str]]:
     """Import the original's modules from an exported facebookresearch/VICRegL tree. Returns (modules, notes)."""
     src = src.expanduser().resolve()
@@ -121,7 +103,7 @@ def import_original(src: Path) -> tuple[types.SimpleNamespace, list[str]]:
     stashed = {name: sys.modules.pop(name) for name in ORIGINAL_MODULES if name in sys.modules}
     sys.path.insert(0, str(src))
     try:
-        with installed(extra):
+        with common.installed(extra):
             modules = {name: importlib.import_module(name) for name in ("main_vicregl", "convnext", "resnet")}
         modules["utils"] = sys.modules["utils"]
         modules["optimizers"] = sys.modules["optimizers"]
@@ -180,7 +162,7 @@ def build_original(original, workload: Workload, batch_size: int):
     args = original_args(original, workload, arch, batch_size)
     setattr(module, arch, factory)
     # VICRegL.__init__ runs `import convnext` / `import resnet`: give it the original modules.
-    with installed({"convnext": original.convnext, "resnet": original.resnet}):
+    with common.installed({"convnext": original.convnext, "resnet": original.resnet}):
         model = original.main_vicregl.VICRegL(args)
     if model.representation_dim != workload.widths[-1]:
         raise SystemExit(f"original backbone is {model.representation_dim} wide, expected {workload.widths[-1]}")
@@ -354,31 +336,16 @@ def build_workload(name: str, original, args, notes: list[str], checks: list[str
         f"(the original also has its {classifier_params / 1e3:.0f}k-parameter online classifier)"
     )
     impls = [
-        bench.Impl(name, "hf_mim", args.batch_size, True, lambda i: hf_step.step(batch["hf"])),
-        bench.Impl(name, "original", args.batch_size, True, lambda i: original_step.step(batch["original"])),
+        harness.Impl(name, "hf_mim", args.batch_size, True, lambda i: hf_step.step(batch["hf"])),
+        harness.Impl(name, "original", args.batch_size, True, lambda i: original_step.step(batch["original"])),
     ]
     if compiled_model is not None:  # the same weights and batch, its own fused AdamW, the model under torch.compile
         compiled_step = HfStep(compiled_model)
         compiled_step.model = torch.compile(compiled_step.model)
         impls.append(
-            bench.Impl(name, bench.COMPILED, args.batch_size, True, lambda i: compiled_step.step(batch["hf"]))
+            harness.Impl(name, harness.COMPILED, args.batch_size, True, lambda i: compiled_step.step(batch["hf"]))
         )
     return impls
-
-
-def profile(impls: list, steps: int, rows: int) -> None:
-    """torch.profiler (CPU, one thread as the timing) over `steps` consecutive steps of each implementation, after
-    one untimed step each; top ops by self CPU time."""
-    from torch.profiler import ProfilerActivity
-    from torch.profiler import profile as torch_profile
-
-    for impl in impls:
-        impl.run(0)
-        with torch_profile(activities=[ProfilerActivity.CPU]) as profiler:
-            for index in range(steps):
-                impl.run(index)
-        print(f"\n### profile: {impl.workload} / {impl.name} ({steps} steps, self CPU time)")
-        print(profiler.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows))
 
 
 def main(argv=None) -> int:
@@ -401,7 +368,7 @@ def main(argv=None) -> int:
     init_process_group()
     checks: list[str] = []
     groups = {name: build_workload(name, original, args, notes, checks) for name in names}
-    bench.warm_up_compiled(groups, 1, checks, notes)  # with --compiled: untimed, on the one batch
+    harness.warm_up_compiled(groups, 1, checks, notes)  # with --compiled: untimed, on the one batch
     print(
         f"VICRegL training step, hf_mim vs original ({args.original_src}) | batch {args.batch_size} | threads "
         f"{torch.get_num_threads()} | torch {torch.__version__}"
@@ -411,21 +378,21 @@ def main(argv=None) -> int:
 
     # ---- FLOPs (doubles as warm-up), interleaved rounds (A B, B A, ...; with --compiled A B C, B C A, C A B, ...; a
     # matmul yardstick between rounds), RSS; the steps run the one batch (they ignore the step index)
-    graphs = bench.dynamo_graphs()
-    matmul_rounds, elapsed = bench.measure(groups, args, 1)
+    graphs = harness.dynamo_graphs()
+    matmul_rounds, elapsed = harness.measure(groups, args, 1)
     if args.compiled:
-        notes.append(bench.compiled_after_warm_up(graphs))
+        notes.append(harness.compiled_after_warm_up(graphs))
     peak_wall, peak = max(w for w, _ in matmul_rounds), max(c for _, c in matmul_rounds)
 
     print()
-    bench.print_table(groups, peak)
+    harness.print_table(groups, peak)
     print()
     print(
         f"fp32 matmul peak: {peak:.1f} GFLOP/s by CPU time ({peak_wall:.1f} by wall clock), {args.matmul_size}^2 "
         f"torch.mm, best call of the run. {args.rounds} rounds x {args.steps} timed steps per implementation "
         f"({elapsed:.0f} s); median ms over all timed steps; CPU ms = process CPU time; img/s = source images "
         "(batch) per second, each with all its views; speed-up = median over rounds of (original's round median / "
-        f"hf_mim's), wall / CPU, > 1 means hf_mim is faster{bench.COMPILED_SPEEDUP if args.compiled else ''}; "
+        f"hf_mim's), wall / CPU, > 1 means hf_mim is faster{harness.COMPILED_SPEEDUP if args.compiled else ''}; "
         "GFLOP/step from FlopCounterMode (conv + matmul, forward + backward); peak RSS +MiB = growth of the process "
         "peak RSS over one step after malloc_trim."
     )
@@ -436,10 +403,10 @@ def main(argv=None) -> int:
     for note in notes:
         print("note: " + note)
     if args.verbose:
-        bench.print_round_medians(groups, 22, 9)
+        harness.print_round_medians(groups, 22, 9)
     if args.profile:
         for group in groups.values():
-            profile(group, args.profile_steps, args.profile)
+            harness.profile(group, args.profile_steps, args.profile)
     dist.destroy_process_group()
     return 0
 
