@@ -73,9 +73,9 @@ class ViTBackboneConfigMixin(HfMimBackboneConfigMixin):
 
 class ViTBackboneMixin(BackboneMixin):
     """The forward of `CapiBackbone` / `IJepaBackbone` / `CaeBackbone`: each holds its base model under
-    `base_model_prefix` and implements `_encode(pixel_values, output_attentions) -> (hidden_states, grid,
-    attentions)` (hidden_states: embedding output then every block's output, prefix tokens included) and sets
-    `num_prefix_tokens` (registers / cls token ahead of the patches).
+    `base_model_prefix`, whose `encode(pixel_values, output_hidden_states=..., output_attentions=...)` returns an
+    `hf_mim.layers.Encoding` (hidden_states: embedding output then every block's output, prefix tokens included), and
+    sets `num_prefix_tokens` (registers / cls token ahead of the patches).
 
     Feature map of stage i: `hidden_states[i]` without the prefix tokens, through the encoder's final norm when
     `config.backbone_apply_layernorm`, reshaped row-major to (B, hidden_size, H / patch, W / patch); with
@@ -110,9 +110,6 @@ class ViTBackboneMixin(BackboneMixin):
     def get_input_embeddings(self) -> torch.nn.Module:
         return getattr(self, self.base_model_prefix).get_input_embeddings()
 
-    def _encode(self, pixel_values: torch.Tensor, output_attentions: bool):
-        raise NotImplementedError
-
     def forward(
         self,
         pixel_values: torch.Tensor | None = None,
@@ -125,8 +122,10 @@ class ViTBackboneMixin(BackboneMixin):
         output_attentions, output_hidden_states, return_dict = output_flags(
             self.config, output_attentions, output_hidden_states, return_dict
         )
-        hidden_states, grid, attentions = self._encode(pixel_values, output_attentions)
-        norm = getattr(self, self.base_model_prefix).layernorm if self.config.backbone_apply_layernorm else None
+        base = getattr(self, self.base_model_prefix)
+        encoding = base.encode(pixel_values, output_hidden_states=True, output_attentions=output_attentions)
+        hidden_states, grid = encoding.hidden_states, encoding.grid
+        norm = base.layernorm if self.config.backbone_apply_layernorm else None
         out_features = self.out_features
         feature_maps = []
         for stage, hidden in zip(self.stage_names, hidden_states, strict=True):
@@ -138,7 +137,7 @@ class ViTBackboneMixin(BackboneMixin):
         output = BackboneOutput(
             feature_maps=tuple(feature_maps),
             hidden_states=hidden_states if output_hidden_states else None,
-            attentions=attentions if output_attentions else None,
+            attentions=encoding.attentions if output_attentions else None,
         )
         return output if return_dict else output.to_tuple()
 

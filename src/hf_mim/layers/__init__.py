@@ -2,6 +2,7 @@
 
 from .attention import Attention, eager_attention_forward
 from .blocks import CrossAttentionBlock, SelfAttentionBlock, ViTLayer
+from .encoding import Encoding, encode_blocks
 from .mlp import Mlp
 from .norms import build_norm
 from .patch_embed import PatchEmbeddings
@@ -21,6 +22,7 @@ __all__ = [
     "CapiRope2D",
     "CrossAttentionBlock",
     "DropPath",
+    "Encoding",
     "LayerScale",
     "Mlp",
     "PatchEmbeddings",
@@ -30,6 +32,7 @@ __all__ = [
     "drop_path",
     "drop_path_schedule",
     "eager_attention_forward",
+    "encode_blocks",
     "edge_register_coordinates",
     "normalized_grid_coordinates",
     "resize_position_embeddings",

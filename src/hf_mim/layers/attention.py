@@ -60,7 +60,8 @@ MATMUL_ATTENTION_MAX_HEAD_DIM = 32
 
 
 class Attention(nn.Module):
-    """Separate q/k/v/o projections; optional rotary embedding applied to q and k; self- or cross-attention.
+    """Separate q/k/v/o projections; optional rotary embedding applied to q and k; self- or cross-attention
+    (`forward`), or queries, keys and values projected from three inputs (`attend`, the public cross-attention API).
 
     `config` is only read for `_attn_implementation` ("eager", "sdpa", or any registered kernel), so every model's
     `attn_implementation=` switch reaches here. Asking for attention probabilities always uses the eager path.
@@ -162,21 +163,43 @@ class Attention(nn.Module):
         attention_mask: torch.Tensor | None = None,
         output_attentions: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Self-attention of `hidden_states` (B, n, D), or cross-attention to `context` (B, m, context_size): keys and
+        values both project the context. Returns ((B, n, D), attention probabilities when asked)."""
         if context is None and self._can_fuse_qkv():
             query, key, value = map(self._heads, self._fused_qkv(hidden_states))
-            context_coords = coords
-        else:
-            if context is None:
-                context, context_coords = hidden_states, coords
-            query = self._heads(self.q_proj(hidden_states))
-            key = self._heads(self.k_proj(context))
-            value = self._heads(self.v_proj(context))
-        if self.rope is not None:
-            if coords is None or context_coords is None:
-                raise ValueError("This attention layer uses rotary positions: pass `coords` (and `context_coords`).")
-            query = self.rope(query, coords.unsqueeze(1))
-            key = self.rope(key, context_coords.unsqueeze(1))
+            return self._attend(query, key, value, coords, coords, attention_mask, output_attentions)
+        if context is None:
+            context, context_coords = hidden_states, coords
+        return self.attend(hidden_states, context, context, coords, context_coords, attention_mask, output_attentions)
 
+    def attend(
+        self,
+        query_states: torch.Tensor,
+        key_states: torch.Tensor,
+        value_states: torch.Tensor,
+        coords: torch.Tensor | None = None,
+        key_coords: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        output_attentions: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Attention whose query, key and value projections each read their own input: (B, n, D) queries and
+        (B, m, context_size) key and value inputs. `forward`'s cross-attention passes the context as both; CAE's
+        regressor gives keys and values their own LayerNorms and adds positions to the keys only. The same kernels as
+        `forward` (`attention_function`); rotary `coords` / `key_coords` when the layer has a `rope`."""
+        query = self._heads(self.q_proj(query_states))
+        key = self._heads(self.k_proj(key_states))
+        value = self._heads(self.v_proj(value_states))
+        return self._attend(query, key, value, coords, key_coords, attention_mask, output_attentions)
+
+    def _attend(self, query, key, value, coords, key_coords, attention_mask, output_attentions):
+        """Rotary positions on the (B, H, n, d) heads, the kernel `attention_function` picks, the output projection."""
+        if self.rope is not None:
+            if coords is None or key_coords is None:
+                raise ValueError(
+                    "This attention layer uses rotary positions: pass `coords` and the keys' coordinates."
+                )
+            query = self.rope(query, coords.unsqueeze(1))
+            key = self.rope(key, key_coords.unsqueeze(1))
         attention_interface = self.attention_function(query, key, value, attention_mask, output_attentions)
         output, weights = attention_interface(
             self,
@@ -188,5 +211,5 @@ class Attention(nn.Module):
             scaling=self.scaling,
             is_causal=False,
         )
-        output = self.o_proj(output.reshape(*hidden_states.shape[:-1], -1))
+        output = self.o_proj(output.reshape(*output.shape[:-2], -1))  # (B, n, H, d) -> (B, n, D)
         return output, (weights if output_attentions else None)

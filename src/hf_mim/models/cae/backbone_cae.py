@@ -1,7 +1,5 @@
 """`CaeBackbone`: CAE's encoder as a transformers backbone (`AutoBackbone`, UperNet, ...)."""
 
-import torch
-
 from ...backbone_utils import ViTBackboneMixin
 from .configuration_cae import CaeConfig
 from .modeling_cae import CaeModel, CaePreTrainedModel
@@ -28,10 +26,6 @@ class CaeBackbone(ViTBackboneMixin, CaePreTrainedModel):
         self.num_prefix_tokens = 1
         self._init_dense_features()
         self.post_init()
-
-    def _encode(self, pixel_values: torch.Tensor, output_attentions: bool):
-        _, grid, hidden_states, attentions = self.cae.encode(pixel_values, None, False, True, output_attentions)
-        return hidden_states, grid, attentions
 
 
 __all__ = ["CaeBackbone"]

@@ -16,11 +16,13 @@ from transformers.utils import ModelOutput
 
 from ...layers import (
     Attention,
+    Encoding,
     LayerScale,
     Mlp,
     PatchEmbeddings,
     SelfAttentionBlock,
     drop_path_schedule,
+    encode_blocks,
     residual_with_drop_path,
     resize_position_embeddings,
     sincos_2d_position_embedding,
@@ -45,15 +47,38 @@ def cae_position_table(width: int, grid: int) -> torch.Tensor:
 MATMUL_ATTENTION_MAX_KV_TOKENS = 40
 
 
-def _block(config: CaeConfig, width: int, heads: int, intermediate: int, layer_scale: float, drop_path: float):
+def _block_kwargs(config: CaeConfig, width: int, heads: int, intermediate: int, layer_scale: float, drop_path: float):
     """The BEiT-style pre-norm block of the encoder and the v1 decoder: q and v biases, none on k; layer scale."""
-    block = SelfAttentionBlock(
-        config, width, heads, intermediate, norm_eps=config.layer_norm_eps, qkv_bias=True, key_bias=False,
-        hidden_act=config.hidden_act, layer_scale_init=layer_scale, drop_path_rate=drop_path,
+    return dict(
+        hidden_size=width, num_heads=heads, intermediate_size=intermediate, norm_eps=config.layer_norm_eps,
+        qkv_bias=True, key_bias=False, hidden_act=config.hidden_act, layer_scale_init=layer_scale,
+        drop_path_rate=drop_path,
     )  # fmt: skip
-    block.attention.matmul_max_kv_tokens = MATMUL_ATTENTION_MAX_KV_TOKENS
-    block.attention.fuse_qkv = True  # one qkv matmul, as the original's Linear(dim, 3 * dim)
-    return block
+
+
+def _set_layer_scale_init(blocks, value: float) -> None:
+    """Record each block's layer-scale init value on its `LayerScale`s: `_init_weights` restores it from there (the
+    encoder's and the decoder's differ)."""
+    for block in blocks:
+        for name in ("layer_scale1", "layer_scale2"):
+            scale = getattr(block, name)
+            if isinstance(scale, LayerScale):
+                scale._init_value = value
+
+
+def _blocks(config: CaeConfig, width: int, heads: int, intermediate: int, layer_scale: float, depth: int):
+    """`depth` such blocks on CAE's drop-path schedule, with CAE's CPU speed paths: one qkv matmul (as the
+    original's Linear(dim, 3 * dim)) and `matmul_attention` at short lengths."""
+    rates = drop_path_schedule(config.drop_path_rate, depth)
+    blocks = nn.ModuleList(
+        SelfAttentionBlock(config, **_block_kwargs(config, width, heads, intermediate, layer_scale, rate))
+        for rate in rates
+    )
+    for block in blocks:
+        block.attention.matmul_max_kv_tokens = MATMUL_ATTENTION_MAX_KV_TOKENS
+        block.attention.fuse_qkv = True
+    _set_layer_scale_init(blocks, layer_scale)
+    return blocks
 
 
 def _masked_count(bool_masked_pos: torch.Tensor, expected: int | None = None) -> int:
@@ -76,15 +101,19 @@ def _masked_count(bool_masked_pos: torch.Tensor, expected: int | None = None) ->
     return expected
 
 
-def _split_visible(
-    tokens: torch.Tensor, bool_masked_pos: torch.Tensor, num_masked: int, keep_masked: bool = False
-) -> torch.Tensor:
-    """(B, N, D) tokens -> (B, K, D) at the visible (or the `num_masked` masked) positions, row-major.
+def _patch_order(bool_masked_pos: torch.Tensor) -> torch.Tensor:
+    """(B, N) each image's patch positions, its visible ones first, then its masked ones, each in row-major order:
+    a stable sort of the mask. Sorted once per mask; every split of that batch (`_split_visible`) reuses it."""
+    return torch.argsort(bool_masked_pos, dim=1, stable=True)
 
-    A stable sort of the mask lists each image's visible positions, then its masked ones, each in order: a gather of
-    a size known in advance, where boolean indexing would wait for the device and give torch.compile / torch.export
-    a data-dependent shape. The same tokens as `tokens[~bool_masked_pos]` (or `[bool_masked_pos]`)."""
-    order = torch.argsort(bool_masked_pos, dim=1, stable=True)
+
+def _split_visible(
+    tokens: torch.Tensor, order: torch.Tensor, num_masked: int, keep_masked: bool = False
+) -> torch.Tensor:
+    """(B, N, D) tokens -> (B, K, D) at the visible (or the `num_masked` masked) positions, row-major, by the mask's
+    `_patch_order`: a gather of a size known in advance, where boolean indexing would wait for the device and give
+    torch.compile / torch.export a data-dependent shape. The same tokens as `tokens[~bool_masked_pos]` (or
+    `[bool_masked_pos]`)."""
     num_visible = tokens.shape[1] - num_masked
     index = order[:, num_visible:] if keep_masked else order[:, :num_visible]
     return torch.gather(tokens, 1, index[..., None].expand(-1, -1, tokens.shape[-1]))
@@ -115,6 +144,7 @@ class CaeEmbeddings(nn.Module):
         bool_masked_pos: torch.Tensor | None,
         keep_masked: bool = False,
         num_masked: int | None = None,
+        patch_order: torch.Tensor | None = None,
     ):
         patches, grid = self.patch_embeddings(pixel_values)
         table = self.position_embeddings.to(patches.dtype)
@@ -130,7 +160,8 @@ class CaeEmbeddings(nn.Module):
             if num_masked is None:  # any count in eager mode; traced, the config's (a count read would be a sync)
                 traced = torch.compiler.is_compiling()
                 num_masked = _masked_count(mask, self.config.num_masking_patches if traced else None)
-            patches = _split_visible(patches, mask, num_masked, keep_masked)
+            order = _patch_order(mask) if patch_order is None else patch_order
+            patches = _split_visible(patches, order, num_masked, keep_masked)
         cls = (self.cls_token + table[:, :1]).expand(patches.shape[0], -1, -1)
         return torch.cat([cls, patches], dim=1), grid
 
@@ -189,14 +220,6 @@ class CaePreTrainedModel(RemoteCodeExportMixin, PreTrainedModel):
             init.zeros_(module.query_token)
 
 
-def _set_layer_scale_init(blocks, value: float) -> None:
-    for block in blocks:
-        for name in ("layer_scale1", "layer_scale2"):
-            scale = getattr(block, name)
-            if isinstance(scale, LayerScale):
-                scale._init_value = value
-
-
 @dataclass
 class CaeModelOutput(BaseModelOutputWithPooling):
     """BaseModelOutputWithPooling plus `feature_map` (B, h, w, D): the normed patch tokens as a spatial map (only
@@ -217,13 +240,8 @@ class CaeModel(CaePreTrainedModel):
     def __init__(self, config: CaeConfig):
         super().__init__(config)
         self.embeddings = CaeEmbeddings(config)
-        rates = drop_path_schedule(config.drop_path_rate, config.num_hidden_layers)
-        self.layers = nn.ModuleList(
-            _block(config, config.hidden_size, config.num_attention_heads, config.intermediate_size,
-                   config.layer_scale_init_value, rate)
-            for rate in rates
-        )  # fmt: skip
-        _set_layer_scale_init(self.layers, config.layer_scale_init_value)
+        self.layers = _blocks(config, config.hidden_size, config.num_attention_heads, config.intermediate_size,
+                              config.layer_scale_init_value, config.num_hidden_layers)  # fmt: skip
         self.layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.post_init()
 
@@ -231,19 +249,16 @@ class CaeModel(CaePreTrainedModel):
         return self.embeddings.patch_embeddings
 
     def encode(self, pixel_values, bool_masked_pos=None, keep_masked=False, output_hidden_states=False,
-               output_attentions=False, num_masked=None):  # fmt: skip
-        """Un-normed block outputs (B, 1 + K, D), the grid, and the recorded hidden states / attentions. `num_masked`:
-        the masked patches per image when the caller knows it (else read from the mask, see `_masked_count`)."""
-        hidden, grid = self.embeddings(pixel_values, bool_masked_pos, keep_masked, num_masked)
-        all_hidden = (hidden,) if output_hidden_states else None
-        all_attentions = () if output_attentions else None
-        for layer in self.layers:
-            hidden, weights = layer(hidden, output_attentions=output_attentions)
-            if output_hidden_states:
-                all_hidden += (hidden,)
-            if output_attentions:
-                all_attentions += (weights,)
-        return hidden, grid, all_hidden, all_attentions
+               output_attentions=False, num_masked=None, patch_order=None) -> Encoding:  # fmt: skip
+        """Encoder pass on [cls, patches] (with `bool_masked_pos`: the visible patches, or the masked ones with
+        `keep_masked`); the result's `last_hidden_state` is the un-normed block output (B, 1 + K, D), `tokens` the
+        same after the final LayerNorm. `num_masked`: the masked patches per image when the caller knows it (else read
+        from the mask, see `_masked_count`); `patch_order`: the mask's `_patch_order` when the caller has it."""
+        hidden, grid = self.embeddings(pixel_values, bool_masked_pos, keep_masked, num_masked, patch_order)
+        return encode_blocks(
+            self.layers, self.layernorm, hidden, grid,
+            output_hidden_states=output_hidden_states, output_attentions=output_attentions,
+        )  # fmt: skip
 
     def forward(
         self,
@@ -259,22 +274,25 @@ class CaeModel(CaePreTrainedModel):
         output_attentions, output_hidden_states, return_dict = output_flags(
             self.config, output_attentions, output_hidden_states, return_dict
         )
-        hidden, grid, hidden_states, attentions = self.encode(
-            pixel_values, bool_masked_pos, False, output_hidden_states, output_attentions
+        encoding = self.encode(
+            pixel_values,
+            bool_masked_pos,
+            output_hidden_states=output_hidden_states,
+            output_attentions=output_attentions,
         )
-        normed = self.layernorm(hidden)
+        normed = encoding.tokens
         if self.config.pooling == "cls":
             pooled = normed[:, 0]
         else:  # the fine-tuning feature: the final norm of the mean of the un-normed patch tokens
-            pooled = self.layernorm(hidden[:, 1:].mean(dim=1))
+            pooled = self.layernorm(encoding.last_hidden_state[:, 1:].mean(dim=1))
         feature_map = None
         if bool_masked_pos is None:
-            feature_map = normed[:, 1:].reshape(normed.shape[0], *grid, normed.shape[-1])
+            feature_map = normed[:, 1:].reshape(normed.shape[0], *encoding.grid, normed.shape[-1])
         output = CaeModelOutput(
             last_hidden_state=normed,
             pooler_output=pooled,
-            hidden_states=hidden_states,
-            attentions=attentions,
+            hidden_states=encoding.hidden_states,
+            attentions=encoding.attentions,
             feature_map=feature_map,
         )
         return output if return_dict else output.to_tuple()
@@ -295,17 +313,9 @@ class CaeCrossAttention(nn.Module):
     def forward(self, queries, context, query_positions=None, context_positions=None, output_attentions=False):
         q = queries if query_positions is None else queries + query_positions
         k = context if context_positions is None else context + context_positions
-        attention = self.cross_attention
-        query = attention._heads(attention.q_proj(self.norm1_q(q)))
-        key = attention._heads(attention.k_proj(self.norm1_k(k)))
-        value = attention._heads(attention.v_proj(self.norm1_v(context)))
-        out, weights = _attend(attention, query, key, value, output_attentions)
-        return attention.o_proj(out.reshape(*queries.shape[:-1], -1)), weights
-
-
-def _attend(attention: Attention, query, key, value, output_attentions: bool):
-    interface = attention.attention_function(query, key, value, None, output_attentions)
-    return interface(attention, query, key, value, None, dropout=0.0, scaling=attention.scaling, is_causal=False)
+        return self.cross_attention.attend(
+            self.norm1_q(q), self.norm1_k(k), self.norm1_v(context), output_attentions=output_attentions
+        )
 
 
 class CaeRegressorBlock(GradientCheckpointingLayer):
@@ -376,13 +386,8 @@ class CaeDecoder(nn.Module):
     def __init__(self, config: CaeConfig):
         super().__init__()
         width = config.decoder_hidden_size
-        rates = drop_path_schedule(config.drop_path_rate, config.decoder_num_layers)
-        self.layers = nn.ModuleList(
-            _block(config, width, config.decoder_num_attention_heads, config.decoder_intermediate_size,
-                   config.decoder_layer_scale_init_value, rate)
-            for rate in rates
-        )  # fmt: skip
-        _set_layer_scale_init(self.layers, config.decoder_layer_scale_init_value)
+        self.layers = _blocks(config, width, config.decoder_num_attention_heads, config.decoder_intermediate_size,
+                              config.decoder_layer_scale_init_value, config.decoder_num_layers)  # fmt: skip
         self.layernorm = nn.LayerNorm(width, eps=config.layer_norm_eps)
         out = config.vocab_size if config.cae_version == 1 else config.target_hidden_size
         self.head = nn.Linear(width, out)
@@ -498,17 +503,18 @@ class CaeForPreTraining(CaePreTrainedModel):
             bool_masked_pos = self.mask_generator(batch, grid).bool_masked_pos.to(pixel_values.device)
         mask = bool_masked_pos.bool()
         num_masked = _masked_count(mask, config.num_masking_patches)  # from the config: no host sync
+        order = _patch_order(mask)  # sorted once: both encoder passes, the positions and the targets split by it
 
-        hidden, grid, hidden_states, attentions = self.cae.encode(
-            pixel_values, mask, False, output_hidden_states, output_attentions, num_masked
+        encoding = self.cae.encode(
+            pixel_values, mask, False, output_hidden_states, output_attentions, num_masked, patch_order=order
         )
-        latents = self._project(self.cae.layernorm(hidden))  # (B, 1 + V, D_dec)
+        latents = self._project(encoding.tokens)  # (B, 1 + V, D_dec)
         visible = latents[:, 1:]
         positions = resize_position_embeddings(
-            self.regressor_position_embeddings[:, 1:].to(latents.dtype), (config.grid_size,) * 2, grid
+            self.regressor_position_embeddings[:, 1:].to(latents.dtype), (config.grid_size,) * 2, encoding.grid
         ).expand(batch, -1, -1)
-        masked_positions = _split_visible(positions, mask, num_masked, keep_masked=True)
-        visible_positions = _split_visible(positions, mask, num_masked)
+        masked_positions = _split_visible(positions, order, num_masked, keep_masked=True)
+        visible_positions = _split_visible(positions, order, num_masked)
         queries = self.mask_token.to(latents.dtype).expand(batch, masked_positions.shape[1], -1)
         for block in self.regressor:
             queries, _ = block(queries, visible, masked_positions, visible_positions)
@@ -521,8 +527,10 @@ class CaeForPreTraining(CaePreTrainedModel):
                 decoded, _ = layer(decoded)
             logits = self.decoder.head(self.decoder.layernorm(decoded)).flatten(0, 1)
             with torch.no_grad():  # the same encoder on the masked patches: the alignment target
-                target_hidden, *_ = self.cae.encode(pixel_values, mask, keep_masked=True, num_masked=num_masked)
-                latent_targets = self._project(self.cae.layernorm(target_hidden))[:, 1:]
+                target_encoding = self.cae.encode(
+                    pixel_values, mask, keep_masked=True, num_masked=num_masked, patch_order=order
+                )
+                latent_targets = self._project(target_encoding.tokens)[:, 1:]
         else:
             norm = self.decoder.layernorm
             predictions = norm(queries)
@@ -536,15 +544,15 @@ class CaeForPreTraining(CaePreTrainedModel):
         if config.cae_version == 1 and labels is not None:
             token_ids = labels.reshape(-1)
             if labels.shape[:2] == mask.shape:  # every patch's id: keep the masked ones, batch-major, row-major
-                token_ids = _split_visible(labels.reshape(batch, -1, 1), mask, num_masked, keep_masked=True).flatten()
+                token_ids = _split_visible(labels.reshape(batch, -1, 1), order, num_masked, keep_masked=True).flatten()
             prediction_loss, alignment_loss = v1_losses(
                 logits, token_ids, predictions, latent_targets, config.alignment_loss_weight
             )
             loss = prediction_loss + alignment_loss
         elif config.cae_version == 2 and target_features is not None:
             targets = torch.cat(
-                [target_features[:, :1], _split_visible(target_features[:, 1:], mask, num_masked),
-                 _split_visible(target_features[:, 1:], mask, num_masked, keep_masked=True)], dim=1,
+                [target_features[:, :1], _split_visible(target_features[:, 1:], order, num_masked),
+                 _split_visible(target_features[:, 1:], order, num_masked, keep_masked=True)], dim=1,
             )  # fmt: skip
             prediction_loss = v2_cosine_loss(logits, targets)
             loss = prediction_loss
@@ -556,9 +564,10 @@ class CaeForPreTraining(CaePreTrainedModel):
             logits=logits,
             latent_predictions=predictions,
             latent_targets=latent_targets,
-            pooled_features=self.cae.layernorm(hidden[:, 0]),
-            hidden_states=hidden_states,
-            attentions=attentions,
+            # the cls token normed on its own, the logged value bit for bit (a row of `tokens` can differ in the last bit)
+            pooled_features=self.cae.layernorm(encoding.last_hidden_state[:, 0]),
+            hidden_states=encoding.hidden_states,
+            attentions=encoding.attentions,
         )
         return output if return_dict else output.to_tuple()
 
@@ -613,18 +622,17 @@ class CaeForImageClassification(CaePreTrainedModel):
         output_attentions, output_hidden_states, return_dict = output_flags(
             self.config, output_attentions, output_hidden_states, return_dict
         )
-        hidden, _, hidden_states, attentions = self.cae.encode(
-            pixel_values, None, False, output_hidden_states, output_attentions
+        encoding = self.cae.encode(
+            pixel_values, output_hidden_states=output_hidden_states, output_attentions=output_attentions
         )
         kind = self.config.classifier_type
         if kind == "finetune":  # the final norm of the mean of the un-normed patch tokens, whatever `pooling` says
-            features = self.cae.layernorm(hidden[:, 1:].mean(dim=1))
-        elif kind == "linear":
-            features = self.pooler(self.cae.layernorm(hidden[:, 0]))
+            features = self.cae.layernorm(encoding.last_hidden_state[:, 1:].mean(dim=1))
+        elif kind == "linear":  # the cls token normed on its own: `tokens[:, 0]` can differ in the last bit
+            features = self.pooler(self.cae.layernorm(encoding.last_hidden_state[:, 0]))
         else:
-            features = self.pooler(self.cae.layernorm(hidden))
-        outputs = CaeModelOutput(hidden_states=hidden_states, attentions=attentions)
-        return classification_output(self, features, labels, outputs, hidden_states, return_dict)
+            features = self.pooler(encoding.tokens)
+        return classification_output(self, features, labels, encoding, encoding.hidden_states, return_dict)
 
 
 __all__ = [

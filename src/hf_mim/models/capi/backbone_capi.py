@@ -1,7 +1,5 @@
 """`CapiBackbone`: CAPI's encoder as a transformers backbone (`AutoBackbone`, UperNet, ...)."""
 
-import torch
-
 from ...backbone_utils import ViTBackboneMixin
 from .configuration_capi import CapiConfig
 from .modeling_capi import CapiModel, CapiPreTrainedModel
@@ -27,10 +25,6 @@ class CapiBackbone(ViTBackboneMixin, CapiPreTrainedModel):
         self.num_prefix_tokens = config.num_register_tokens
         self._init_dense_features()
         self.post_init()
-
-    def _encode(self, pixel_values: torch.Tensor, output_attentions: bool):
-        encoding = self.capi.encode(pixel_values, None, output_hidden_states=True, output_attentions=output_attentions)
-        return encoding.hidden_states, encoding.grid, encoding.attentions
 
 
 __all__ = ["CapiBackbone"]

@@ -17,10 +17,12 @@ from ...layers import (
     AttentivePooler,
     CapiRope2D,
     CrossAttentionBlock,
+    Encoding,
     PatchEmbeddings,
     SelfAttentionBlock,
     build_norm,
     edge_register_coordinates,
+    encode_blocks,
     normalized_grid_coordinates,
 )
 from ...masking import InverseBlockMasking, to_absolute
@@ -56,18 +58,6 @@ class CapiModelOutput(ModelOutput):
     register_tokens: torch.FloatTensor | None = None
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
     attentions: tuple[torch.FloatTensor, ...] | None = None
-
-
-@dataclass
-class CapiEncoding(ModelOutput):
-    """Internal result of the encoder pass, shared by inference and pretraining."""
-
-    tokens: torch.Tensor | None = None  # normalised encoder output, registers first
-    coords: torch.Tensor | None = None  # (B, R + n_visible, 2) RoPE coordinates of those tokens
-    patch_coords: torch.Tensor | None = None  # (B, N, 2) coordinates of every patch position
-    grid: tuple[int, int] | None = None
-    hidden_states: tuple[torch.Tensor, ...] | None = None
-    attentions: tuple[torch.Tensor, ...] | None = None
 
 
 def gather_tokens(tokens: torch.Tensor, absolute_indices: torch.Tensor) -> torch.Tensor:
@@ -250,27 +240,23 @@ class CapiModel(CapiPreTrainedModel):
         visible_indices: torch.Tensor | None = None,
         output_hidden_states: bool = False,
         output_attentions: bool = False,
-    ) -> CapiEncoding:
-        """Encoder pass on registers + (visible) patches; `visible_indices` index the flattened (B * N) patches."""
+    ) -> Encoding:
+        """Encoder pass on registers + (visible) patches; `visible_indices` index the flattened (B * N) patches. The
+        result's `tokens` are normalised, registers first; `coords` are their RoPE coordinates (the predictor's
+        context positions) and `patch_coords` those of every patch position (where it places its queries)."""
         hidden, coords, patch_coords, grid = self.embeddings(pixel_values, visible_indices)
-        all_hidden = (hidden,) if output_hidden_states else None
-        all_attentions = () if output_attentions else None
-        for block in self.encoder.layer:
-            hidden, weights = block(hidden, coords, None, None, output_attentions)
-            if output_hidden_states:
-                all_hidden += (hidden,)
-            if output_attentions:
-                all_attentions += (weights,)
-        return CapiEncoding(
-            tokens=self.layernorm(hidden),
-            coords=coords,
-            patch_coords=patch_coords,
-            grid=grid,
-            hidden_states=all_hidden,
-            attentions=all_attentions,
+        return encode_blocks(
+            self.encoder.layer,
+            self.layernorm,
+            hidden,
+            grid,
+            coords,
+            patch_coords,
+            output_hidden_states,
+            output_attentions,
         )
 
-    def predict(self, encoding: CapiEncoding, query_coords: torch.Tensor, num_layers: int | None = None):
+    def predict(self, encoding: Encoding, query_coords: torch.Tensor, num_layers: int | None = None):
         """Predictor queries at `query_coords` (B, n_q, 2) cross-attending to the encoder output."""
         return self.predictor(encoding.tokens, encoding.coords, query_coords, num_layers)
 

@@ -1,7 +1,5 @@
 """`IJepaBackbone`: I-JEPA's encoder as a transformers backbone (`AutoBackbone`, UperNet, ...)."""
 
-import torch
-
 from ...backbone_utils import ViTBackboneMixin
 from .configuration_ijepa import IJepaConfig
 from .modeling_ijepa import IJepaModel, IJepaPreTrainedModel
@@ -26,10 +24,6 @@ class IJepaBackbone(ViTBackboneMixin, IJepaPreTrainedModel):
         self.num_prefix_tokens = 0
         self._init_dense_features()
         self.post_init()
-
-    def _encode(self, pixel_values: torch.Tensor, output_attentions: bool):
-        _, grid, hidden_states, attentions = self.ijepa.encode(pixel_values, None, True, output_attentions)
-        return hidden_states, grid, attentions
 
 
 __all__ = ["IJepaBackbone"]

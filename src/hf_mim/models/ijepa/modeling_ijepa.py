@@ -12,9 +12,11 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling, ImageClass
 from transformers.utils import ModelOutput, logging
 
 from ...layers import (
+    Encoding,
     PatchEmbeddings,
     ViTLayer,
     drop_path_schedule,
+    encode_blocks,
     resize_position_embeddings,
     sincos_2d_position_embedding,
 )
@@ -62,7 +64,7 @@ def _grid(config: IJepaConfig) -> tuple[int, int]:
     return side, side
 
 
-def _layer_kwargs(config: IJepaConfig, width: int, heads: int, intermediate: int, drop_path: float = 0.0) -> dict:
+def _block_kwargs(config: IJepaConfig, width: int, heads: int, intermediate: int, drop_path: float = 0.0) -> dict:
     return dict(
         hidden_size=width,
         num_heads=heads,
@@ -193,7 +195,7 @@ class IJepaModel(IJepaPreTrainedModel):
             [
                 ViTLayer(
                     config,
-                    **_layer_kwargs(
+                    **_block_kwargs(
                         config, config.hidden_size, config.num_attention_heads, config.intermediate_size, rate
                     ),
                 )  # fmt: skip
@@ -212,21 +214,21 @@ class IJepaModel(IJepaPreTrainedModel):
         masks: torch.Tensor | None = None,
         output_hidden_states: bool = False,
         output_attentions: bool = False,
-    ):
-        """Encoder pass. With batch-first `masks` (B, n_masks, K) only those tokens are kept (after the positions are
-        added); each mask is its own sequence, image-major: row b * n_masks + m of the (B * n_masks, K, D) output."""
+    ) -> Encoding:
+        """Encoder pass; the result's `tokens` are after the final LayerNorm. With batch-first `masks` (B, n_masks, K)
+        only those tokens are kept (after the positions are added); each mask is its own sequence, image-major: row
+        b * n_masks + m of the (B * n_masks, K, D) tokens."""
         hidden, grid = self.embeddings(pixel_values)
         if masks is not None:
             hidden = apply_masks(hidden, masks).flatten(0, 1)
-        all_hidden = (hidden,) if output_hidden_states else None
-        all_attentions = () if output_attentions else None
-        for layer in self.layers:
-            hidden, weights = layer(hidden, None, None, None, output_attentions)
-            if output_hidden_states:
-                all_hidden += (hidden,)
-            if output_attentions:
-                all_attentions += (weights,)
-        return self.layernorm(hidden), grid, all_hidden, all_attentions
+        return encode_blocks(
+            self.layers,
+            self.layernorm,
+            hidden,
+            grid,
+            output_hidden_states=output_hidden_states,
+            output_attentions=output_attentions,
+        )
 
     def forward(
         self,
@@ -241,15 +243,14 @@ class IJepaModel(IJepaPreTrainedModel):
         output_attentions, output_hidden_states, return_dict = output_flags(
             self.config, output_attentions, output_hidden_states, return_dict
         )
-        tokens, grid, hidden_states, attentions = self.encode(
-            pixel_values, None, output_hidden_states, output_attentions
-        )
+        encoding = self.encode(pixel_values, None, output_hidden_states, output_attentions)
+        tokens = encoding.tokens
         output = IJepaModelOutput(
             last_hidden_state=tokens,
             pooler_output=tokens.mean(dim=1),
-            hidden_states=hidden_states,
-            attentions=attentions,
-            feature_map=tokens.reshape(tokens.shape[0], *grid, tokens.shape[-1]),
+            hidden_states=encoding.hidden_states,
+            attentions=encoding.attentions,
+            feature_map=tokens.reshape(tokens.shape[0], *encoding.grid, tokens.shape[-1]),
         )
         return output if return_dict else output.to_tuple()
 
@@ -278,7 +279,7 @@ class IJepaPredictor(nn.Module):
             [
                 ViTLayer(
                     config,
-                    **_layer_kwargs(
+                    **_block_kwargs(
                         config, width, config.predictor_num_attention_heads, config.predictor_intermediate_size
                     ),
                 )  # fmt: skip
@@ -408,13 +409,12 @@ class IJepaForPreTraining(EmaTeacherMixin, IJepaPreTrainedModel):
         num_context = context_indices.shape[1]
 
         with torch.no_grad():
-            target_tokens = self.target_encoder.encode(pixel_values)[0]
+            target_tokens = self.target_encoder.encode(pixel_values).tokens
             normed = target_norm(target_tokens)
             targets = apply_masks(normed, target_indices)  # (B, n_tgt, K, D), each repeated per context block
             targets = targets[:, :, None].expand(-1, -1, num_context, -1, -1).flatten(1, 2)
-        context_tokens, _, hidden_states, attentions = self.ijepa.encode(
-            pixel_values, context_indices, output_hidden_states, output_attentions
-        )
+        context = self.ijepa.encode(pixel_values, context_indices, output_hidden_states, output_attentions)
+        context_tokens = context.tokens
         predictions = self.predictor(context_tokens, context_indices, target_indices, grid)
         # A mean over every element, so over flat views it is the same number; inductor's backward would otherwise
         # specialise on the target length (a 4-D elementwise op's channels-last check guards on it): one compilation
@@ -427,8 +427,8 @@ class IJepaForPreTraining(EmaTeacherMixin, IJepaPreTrainedModel):
             targets=targets,
             context_tokens=context_tokens.reshape(batch, num_context, *context_tokens.shape[1:]),
             pooled_features=target_tokens.mean(dim=1),
-            hidden_states=hidden_states,
-            attentions=attentions,
+            hidden_states=context.hidden_states,
+            attentions=context.attentions,
         )
         return output if return_dict else output.to_tuple()
 
