@@ -340,3 +340,19 @@ def test_run_vicregl_smoke(tmp_path):
     assert processor.crop_size == {"height": 64, "width": 64}
     # The embedded default runs the CPU recipe (hf_mim.presets.CPU_RECIPES), which trains the tiny ResNet.
     assert "resnet backbone" in (output / "backbone" / "README.md").read_text()
+
+
+def test_run_vicregl_fast_vc_reg(tmp_path):
+    """`--config_overrides fast_vc_reg=true` reaches the saved config and the trained loss (the tiny ConvNeXt with its
+    local crops, so the local loss runs over views of two sizes)."""
+    output = tmp_path / "run"
+    result = run_script(
+        "examples/pytorch/pretraining/run_vicregl.py", "--output_dir", str(output), "--max_steps", "2",
+        "--config_name", "vicregl-tiny", "--config_overrides", "fast_vc_reg=true", "--learning_report", "false",
+        "--per_device_train_batch_size", "4", "--report_to", "none", "--logging_steps", "1", "--disable_tqdm", "true",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert json.loads((output / "config.json").read_text())["fast_vc_reg"] is True
+    logged = json.loads((output / "trainer_state.json").read_text())["log_history"][0]
+    for key in ("local_invariance_loss", "local_variance_loss", "local_covariance_loss"):
+        assert key in logged and logged[key] == logged[key] and logged[key] >= 0, logged

@@ -17,6 +17,7 @@ from hf_mim import VicreglConfig, VicreglForPreTraining
 from hf_mim.models.vicregl.loss_vicregl import (
     VicregCoefficients,
     local_pair_loss,
+    map_variance_covariance,
     matched_vicreg_loss,
     nearest_neighbour_matches,
     vicreg_global_loss,
@@ -487,3 +488,137 @@ def test_pretraining_forward_matches_reference(alpha):
     else:
         assert out.local_loss is None and out.local_invariance_loss is None
     assert math.isclose(float(out.loss), expected_loss, rel_tol=1e-9)
+
+
+# ====================================================================================== fast_vc_reg
+def ref_fast_local_loss(maps, locations, coeffs, num_matches=(20, 4), l2_all_matches=True):
+    """`local_loss` / `_local_loss` under `--fast-vc-reg 1`: per ordered pair, the four matched sets give only the
+    raw MSE (halves per matching, both matchings summed); `inv_coeff * sum / pairs`. Variance and covariance: per
+    view v, on the whole map gathered and centred over the batch: mean over (position, channel) of
+    ReLU(1 - sqrt(Var_batch + 1e-4)); for each position the squared off-diagonal sum of its batch covariance / C,
+    averaged over positions (the original overwrites its accumulator here, see `map_variance_covariance`: this is
+    the sum over views it evidently means); both times their coefficient / number of views."""
+    unit = VicregCoefficients(1.0, 0.0, 0.0)
+    pairs = ref_pairs(len(maps))
+    invariance = 0.0
+    for i, j in pairs:
+        invariance += ref_local_pair(maps[i], maps[j], locations[i], locations[j], unit, num_matches, l2_all_matches)[
+            0
+        ]
+    variance = covariance = 0.0
+    for view in maps:
+        size, positions = view.shape[0], view.shape[1]
+        columns = [[view[b, n].tolist() for b in range(size)] for n in range(positions)]  # per position: B rows
+        channels = len(columns[0][0])
+        variance += sum(ref_variance_term(column) for column in columns) / positions
+        covariance += sum(ref_covariance_term(column) for column in columns) / positions
+        assert channels == view.shape[2]
+    return (
+        coeffs.invariance * invariance / len(pairs),
+        coeffs.variance * variance / len(maps),
+        coeffs.covariance * covariance / len(maps),
+    )
+
+
+def original_fast_local_loss_literal(maps, coeffs):
+    """The original's fast branch copied verbatim (variable names kept), to show what it computes: `cov_loss` is
+    overwritten in the loop and ends as a (N,) tensor of the last view (not a scalar unless N = 1)."""
+    var_loss = 0.0
+    cov_loss = 0.0
+    iter_ = 0
+    for i in range(len(maps)):
+        x = maps[i] - maps[i].mean(dim=0)
+        std_x = torch.sqrt(x.var(dim=0) + 0.0001)
+        var_loss = var_loss + torch.mean(torch.relu(1.0 - std_x))
+        x = x.permute(1, 0, 2)
+        *_, sample_size, num_channels = x.shape
+        non_diag_mask = ~torch.eye(num_channels, device=x.device, dtype=torch.bool)
+        x = x - x.mean(dim=-2, keepdim=True)
+        cov_x = torch.einsum("...nc,...nd->...cd", x, x) / (sample_size - 1)
+        cov_loss = cov_x[..., non_diag_mask].pow(2).sum(-1) / num_channels
+        cov_loss = cov_loss + cov_loss.mean()
+        iter_ = iter_ + 1
+    return coeffs.variance * var_loss / iter_, coeffs.covariance * cov_loss / iter_
+
+
+@pytest.mark.parametrize("l2_all_matches", [True, False])
+def test_fast_vc_reg_matches_reference(l2_all_matches):
+    """2 large views (3x3) + 3 small (2x2), 8 ordered pairs; variance / covariance over all 5 views."""
+    gen = torch.Generator().manual_seed(71)
+    batch, channels = 5, 6
+    sizes = [3, 3, 2, 2, 2]
+    maps = [random_maps(gen, batch, n * n, channels) for n in sizes]
+    locations = [random_grids(gen, batch, n) for n in sizes]
+    actual = vicregl_local_loss(maps, locations, COEFFS, (5, 2), l2_all_matches, fast_vc_reg=True)
+    expected = ref_fast_local_loss(maps, locations, COEFFS, (5, 2), l2_all_matches)
+    assert_parts(actual, expected)
+    # the invariance is that of the default loss; variance and covariance are not
+    default = vicregl_local_loss(maps, locations, COEFFS, (5, 2), l2_all_matches)
+    assert math.isclose(float(actual[0]), float(default[0]), rel_tol=REL)
+    assert not math.isclose(float(actual[1]), float(default[1]), rel_tol=1e-3)
+    assert not math.isclose(float(actual[2]), float(default[2]), rel_tol=1e-3)
+    # the original's code, verbatim: its variance agrees; its covariance is the last view's (N,) vector plus its mean
+    var_literal, cov_literal = original_fast_local_loss_literal(maps, COEFFS)
+    assert math.isclose(float(var_literal), float(actual[1]), rel_tol=REL)
+    assert cov_literal.shape == (sizes[-1] ** 2,)
+    last = maps[-1]
+    per_position = [ref_covariance_term([last[b, n].tolist() for b in range(batch)]) for n in range(last.shape[1])]
+    mean = sum(per_position) / len(per_position)
+    for got, term in zip(cov_literal.tolist(), per_position):
+        assert math.isclose(got, COEFFS.covariance * (term + mean) / len(maps), rel_tol=REL)
+
+
+def test_fast_vc_reg_per_position_not_flattened():
+    """The fast regularisers are statistics over the batch for each map position: per-position offsets change
+    nothing (centred away), while statistics over the flattened (B*N) rows would see them."""
+    gen = torch.Generator().manual_seed(72)
+    maps = [random_maps(gen, 4, 4, 3) for _ in range(2)]
+    shifted = [m + 3.0 * torch.arange(4, dtype=DTYPE)[None, :, None] for m in maps]
+    var, cov = map_variance_covariance(maps, COEFFS)
+    var_shifted, cov_shifted = map_variance_covariance(shifted, COEFFS)
+    assert math.isclose(float(var), float(var_shifted), rel_tol=1e-9)
+    assert math.isclose(float(cov), float(cov_shifted), rel_tol=1e-9)
+    flat_var = sum(ref_variance_term(m.flatten(0, 1).tolist()) for m in shifted) / 2
+    assert not math.isclose(float(var) / COEFFS.variance, flat_var, rel_tol=1e-3)
+
+
+def test_gradcheck_fast_vc_reg():
+    gen = torch.Generator().manual_seed(73)
+    m0 = (0.3 * torch.randn(3, 4, 3, generator=gen, dtype=DTYPE)).requires_grad_()
+    m1 = (0.3 * torch.randn(3, 4, 3, generator=gen, dtype=DTYPE)).requires_grad_()
+    grids = [random_grids(gen, 3, 2), random_grids(gen, 3, 2)]
+    assert torch.autograd.gradcheck(
+        lambda u, v: vicregl_local_loss([u, v], grids, COEFFS, (2, 1), fast_vc_reg=True), (m0, m1)
+    )
+
+
+def test_pretraining_forward_fast_vc_reg():
+    """config.fast_vc_reg reaches the loss: the model's local parts equal the transcription on its own maps; the
+    global loss and the default config are untouched; a backward pass runs."""
+    torch.manual_seed(0)
+    config = VicreglConfig.tiny(alpha=0.75, fast_vc_reg=True)
+    assert VicreglConfig.tiny().fast_vc_reg is False
+    assert VicreglConfig.from_dict(config.to_dict()).fast_vc_reg is True
+    with pytest.raises(ValueError, match="fast_vc_reg"):
+        VicreglConfig.tiny(fast_vc_reg="yes")
+    model = VicreglForPreTraining(config).double().eval()
+    gen = torch.Generator().manual_seed(74)
+    pixel_values, locations, local_pixel_values, local_locations = _model_inputs(gen)
+    out = model(
+        pixel_values=pixel_values,
+        locations=locations,
+        local_pixel_values=local_pixel_values,
+        local_locations=local_locations,
+    )
+    with torch.no_grad():
+        views = [pixel_values[:, v] for v in range(2)] + [local_pixel_values[:, v] for v in range(3)]
+        grids = [locations[:, v].reshape(4, -1, 2) for v in range(2)]
+        grids += [local_locations[:, v].reshape(4, -1, 2) for v in range(3)]
+        maps = []
+        for view in views:
+            feature_map = model.vicregl(view, return_dict=True).feature_map
+            maps.append(model.maps_projector(feature_map.reshape(view.shape[0], -1, feature_map.shape[-1])))
+    coeffs = VicregCoefficients(config.invariance_coeff, config.variance_coeff, config.covariance_coeff)
+    expected = ref_fast_local_loss(maps, grids, coeffs, tuple(config.num_matches), config.l2_all_matches)
+    assert_parts((out.local_invariance_loss, out.local_variance_loss, out.local_covariance_loss), expected, rel=1e-9)
+    out.loss.backward()

@@ -15,6 +15,8 @@ Multi-crop follows the original per backbone: ConvNeXt 2 global crops (scale 0.4
 the global size (scale 0.08-0.4); ResNet 2 global crops (scale 0.08-1), no local crops (README commands); every
 setting can be changed (MultiCropArguments). Optimizer, lr scaling and schedules: VicreglTrainingArguments. The output
 folder holds the full model (backbone + projectors) and `backbone/` the `VicreglModel` alone.
+Loss options are config fields, set with --config_overrides, e.g. "alpha=0.9,fast_vc_reg=true" (fast_vc_reg: the
+original's --fast-vc-reg 1, local variance / covariance on each view's whole map instead of the matched pairs).
 """
 
 import sys

@@ -69,6 +69,10 @@ class VicreglConfig(HfMimBackboneConfigMixin, PreTrainedConfig):
         l2_all_matches (`bool`, *optional*, defaults to `True`): Feature-space matching keeps every position (False:
             the `num_matches` nearest, like the location matching).
         num_global_views (`int`, *optional*, defaults to 2): Views that are compared with every other view.
+        fast_vc_reg (`bool`, *optional*, defaults to `False`): The original's `--fast-vc-reg 1`: the local loss's
+            variance and covariance are computed once per view on its whole expanded map (per position over the
+            batch, averaged over positions and views) instead of on every matched set of every view pair; the
+            invariance is unchanged. False: the paper's loss (the original's default).
         out_features (`list[str]`, *optional*): Backbone use (`VicreglBackbone`, `AutoBackbone`): the stages whose
             maps are returned, among `stage_names` = `["stem", "stage1", ..., "stage<num_stages>"]` (strides 4, 4, 8,
             16, 32 for both backbones), as transformers' ResNet / ConvNeXt backbones. Default: the last stage.
@@ -104,6 +108,7 @@ class VicreglConfig(HfMimBackboneConfigMixin, PreTrainedConfig):
         num_matches=(20, 4),
         l2_all_matches: bool = True,
         num_global_views: int = 2,
+        fast_vc_reg: bool = False,
         **kwargs,
     ):
         # A transformers ResNet / ConvNeXt config.json names its architecture in model_type: take the backbone type
@@ -139,6 +144,7 @@ class VicreglConfig(HfMimBackboneConfigMixin, PreTrainedConfig):
         self.num_matches = tuple(num_matches)
         self.l2_all_matches = l2_all_matches
         self.num_global_views = num_global_views
+        self.fast_vc_reg = fast_vc_reg
         self._store_backbone_outputs(out_features, out_indices)
         self._check_fields()
 
@@ -208,6 +214,8 @@ class VicreglConfig(HfMimBackboneConfigMixin, PreTrainedConfig):
                 fail(f"{name} must be non-negative, got {getattr(self, name)!r}.")
         if len(self.num_matches) != 2 or any(not _is_int(v) or v < 1 for v in self.num_matches):
             fail(f"num_matches must be two positive integers, got {self.num_matches!r}.")
+        if not isinstance(self.fast_vc_reg, bool):
+            fail(f"fast_vc_reg must be True or False, got {self.fast_vc_reg!r}.")
         if not 0 <= self.drop_path_rate < 1:
             fail(f"drop_path_rate must lie in [0, 1), got {self.drop_path_rate!r}.")
         if not self.layer_norm_eps > 0:

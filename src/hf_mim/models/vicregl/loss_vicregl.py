@@ -155,10 +155,12 @@ def local_pair_loss(
     coefficients: VicregCoefficients,
     num_matches: tuple[int, int],
     l2_all_matches: bool = True,
+    fast_vc_reg: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The local loss of one ordered view pair: maps (B, N, C), locations (B, N, 2). Feature-space matching (all
     positions, or `num_matches`) and location matching (`num_matches[0]` of i, `num_matches[1]` of j), each in
-    both directions with halves; the two matchings are summed."""
+    both directions with halves; the two matchings are summed. `fast_vc_reg`: the matched pairs give only the
+    invariance (variance and covariance returned as 0.0; `vicregl_local_loss` takes them from the whole maps)."""
     l2_matches = (None, None) if l2_all_matches else num_matches
     totals = [0.0, 0.0, 0.0]
     # Order of the original: feature matching (i -> j, j -> i), then location matching; each direction computes its own
@@ -172,16 +174,41 @@ def local_pair_loss(
             with torch.no_grad():
                 distances = torch.cdist(key_source.detach(), key_target.detach())
             source_positions, target_positions = nearest_neighbour_matches(distances, k)
-            directions.append(
-                matched_vicreg_loss(
-                    _gather_positions(source, source_positions),
-                    _gather_positions(target, target_positions),
-                    coefficients,
-                )
-            )
+            matched_source = _gather_positions(source, source_positions)
+            matched_target = _gather_positions(target, target_positions)
+            if fast_vc_reg:
+                invariance = coefficients.invariance * F.mse_loss(matched_source, matched_target)
+                directions.append((invariance, 0.0, 0.0))
+            else:
+                directions.append(matched_vicreg_loss(matched_source, matched_target, coefficients))
         for index in range(3):
             totals[index] = totals[index] + (directions[0][index] / 2 + directions[1][index] / 2)
     return tuple(totals)
+
+
+@runs_in_float32
+def map_variance_covariance(
+    maps: list[torch.Tensor], coefficients: VicregCoefficients
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`fast_vc_reg`'s (variance, covariance), coefficients applied: the regularisers on each view's whole map
+    (B, N_v, C) instead of on every matched pair. Per view: the gathered map centred over the batch; variance: mean
+    over (position, channel) of ReLU(1 - std over the batch); covariance: for every position the squared off-diagonal
+    sum of its (C, C) batch covariance / (B - 1), divided by C, averaged over positions. Both averaged over views.
+
+    The original (`local_loss` under `--fast-vc-reg 1`) writes `cov_loss = <per-position term>` and then
+    `cov_loss = cov_loss + cov_loss.mean()` inside the view loop: the accumulator is overwritten by a (N,) tensor,
+    so only the last view counts and the loss is not a scalar (its `loss.backward()` fails unless N = 1). This is the
+    evident intent, the sum over views of each view's mean over positions (as its variance and its global loss)."""
+    variance = covariance = 0.0
+    for view_maps in maps:
+        x = gather_center(view_maps)  # (B, N, C)
+        variance = variance + _variance_term(x)
+        x = x.transpose(0, 1)  # (N, B, C)
+        samples, channels = x.shape[1], x.shape[2]
+        x = x - x.mean(dim=1, keepdim=True)
+        cov = torch.einsum("nbc,nbd->ncd", x, x) / (samples - 1)
+        covariance = covariance + (_off_diagonal_sq_sum(cov) / channels).mean()
+    return coefficients.variance * variance / len(maps), coefficients.covariance * covariance / len(maps)
 
 
 @runs_in_float32
@@ -192,9 +219,13 @@ def vicregl_local_loss(
     num_matches: tuple[int, int] = (20, 4),
     l2_all_matches: bool = True,
     num_global_views: int = 2,
+    fast_vc_reg: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(invariance, variance, covariance) of the local branch: `local_pair_loss` averaged over the ordered pairs
-    (i < num_global_views, j != i). maps[v]: (B, N_v, C); locations[v]: (B, N_v, 2) in image pixels."""
+    (i < num_global_views, j != i). maps[v]: (B, N_v, C); locations[v]: (B, N_v, 2) in image pixels.
+
+    `fast_vc_reg` (the original's `--fast-vc-reg 1`): the invariance as above, variance and covariance once per view
+    on its whole map (`map_variance_covariance`) instead of on each of the pairs' four matched sets."""
     if len(maps) != len(locations):
         raise ValueError(f"{len(maps)} maps but {len(locations)} location grids.")
     pairs = [(i, j) for i in range(min(num_global_views, len(maps))) for j in range(len(maps)) if j != i]
@@ -208,9 +239,11 @@ def vicregl_local_loss(
                 f"{locations[i].shape[1]}/{locations[j].shape[1]} grid locations; the grid must match the feature map."
             )
         parts = local_pair_loss(
-            maps[i], maps[j], locations[i], locations[j], coefficients, num_matches, l2_all_matches
+            maps[i], maps[j], locations[i], locations[j], coefficients, num_matches, l2_all_matches, fast_vc_reg
         )
         totals = [t + p for t, p in zip(totals, parts)]
+    if fast_vc_reg:
+        return (totals[0] / len(pairs), *map_variance_covariance(maps, coefficients))
     return tuple(t / len(pairs) for t in totals)
 
 
@@ -219,6 +252,7 @@ __all__ = [
     "gather_center",
     "gather_with_grad",
     "local_pair_loss",
+    "map_variance_covariance",
     "matched_vicreg_loss",
     "nearest_neighbour_matches",
     "vicreg_global_loss",

@@ -323,7 +323,13 @@ class VicreglForPreTraining(VicreglPreTrainedModel):
             loss = loss + config.alpha * parts["global_loss"]
         if maps:
             inv, var, cov = vicregl_local_loss(
-                maps, grids, coefficients, config.num_matches, config.l2_all_matches, config.num_global_views
+                maps,
+                grids,
+                coefficients,
+                config.num_matches,
+                config.l2_all_matches,
+                config.num_global_views,
+                config.fast_vc_reg,
             )
             parts.update(local_invariance_loss=inv, local_variance_loss=var, local_covariance_loss=cov)
             parts["local_loss"] = inv + var + cov
