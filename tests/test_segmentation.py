@@ -3,6 +3,7 @@ paired transforms, and smoke runs of examples/pytorch/semantic-segmentation/run_
 
 import json
 import math
+import re
 
 import numpy as np
 import PIL.Image
@@ -492,3 +493,120 @@ def test_script_on_image_and_mask_folders(script, tmp_path):
     results = json.loads((output / "eval_results.json").read_text())
     classes = sorted(int(key[len("eval_iou_") :]) for key in results if key.startswith("eval_iou_"))
     assert classes == list(range(len(classes))) and 1 <= len(classes) <= 10
+
+
+# ------------------------------------------------------------------------------------- UperNet layer-wise lr decay
+def _original_layer_decay(name: str, param: torch.nn.Parameter, num_layers: int, rate: float):
+    """(lr scale, decays) of CAE / BEiT's mmseg `LayerDecayOptimizerConstructor` (downstream_tasks/
+    semantic_segmentation/mmcv_custom/layer_decay_optimizer_constructor.py), transcribed, after renaming hf_mim's
+    parameters to the original backbone's (`blocks.<i>`, `patch_embed`, `cls_token`, `pos_embed`)."""
+    parts = name.split(".")
+    if parts[0] == "backbone" and len(parts) > 3 and parts[2] == "embeddings":
+        rest = ".".join(parts[3:])
+        renamed = {"cls_token": "cls_token", "position_embeddings": "pos_embed"}.get(rest)
+        name = f"backbone.{renamed}" if renamed else "backbone.patch_embed." + rest.split(".", 1)[-1]
+    elif parts[0] == "backbone" and "layers" in parts[:3] or parts[2:4] == ["encoder", "layer"]:
+        index = parts.index("layers") if "layers" in parts[:3] else 3
+        name = "backbone.blocks." + ".".join(parts[index + 1 :])
+    max_layers = num_layers + 2  # `num_layers = paramwise_cfg['num_layers'] + 2`
+    if name in ("backbone.cls_token", "backbone.mask_token", "backbone.pos_embed"):
+        layer_id = 0
+    elif name.startswith("backbone.patch_embed"):
+        layer_id = 0
+    elif name.startswith("backbone.blocks"):
+        layer_id = int(name.split(".")[2]) + 1
+    else:
+        layer_id = max_layers - 1
+    no_decay = len(param.shape) == 1 or name.endswith(".bias") or name in ("pos_embed", "cls_token")
+    return rate ** (max_layers - layer_id - 1), not no_decay
+
+
+def _upernet(script, preset, overrides):
+    from transformers import UperNetConfig, UperNetForSemanticSegmentation
+
+    model_args = script.ModelArguments(config_name=preset, config_overrides=overrides)
+    backbone, config = script.build_backbone(model_args, "upernet", 0)
+    model = UperNetForSemanticSegmentation(UperNetConfig(backbone_config=config, num_labels=3, hidden_size=16))
+    model.backbone = backbone
+    return model
+
+
+@pytest.mark.parametrize(
+    "preset, overrides, rate",
+    [("cae-tiny", "num_hidden_layers=4", 0.65), ("cae-tiny", "num_hidden_layers=12", 0.65),
+     ("capi-tiny", "num_hidden_layers=4", 0.95)],
+)  # fmt: skip
+def test_upernet_layer_decay_groups_follow_the_original(script, preset, overrides, rate):
+    model = _upernet(script, preset, overrides)
+    num_layers = model.backbone.config.num_hidden_layers
+    groups = script.upernet_layer_decay_groups(model, 2e-4, 0.05, rate)
+    params = dict(model.named_parameters())
+    trainable = {name for name, p in params.items() if p.requires_grad}
+    grouped = [name for group in groups for name in group["param_names"]]
+    assert sorted(grouped) == sorted(trainable)  # every trainable parameter once (frozen position table left out)
+    seen_ids = set()
+    for group in groups:
+        layer_id = group["layer_id"]
+        seen_ids.add(layer_id)
+        assert group["lr_scale"] == rate ** (num_layers + 1 - layer_id)
+        assert group["lr"] == 2e-4 * group["lr_scale"]
+        for name in group["param_names"]:
+            scale, decays = _original_layer_decay(name, params[name], num_layers, rate)
+            assert group["lr_scale"] == scale, name
+            assert group["weight_decay"] == (0.05 if decays else 0.0), name
+            if name.startswith(("decode_head.", "auxiliary_head.")) or ".multiscale." in name:
+                assert layer_id == num_layers + 1 and group["lr_scale"] == 1.0, name
+            match = re.search(r"\.(?:layers|layer)\.(\d+)\.", name)
+            if match:
+                assert layer_id == int(match.group(1)) + 1, name
+            if ".embeddings." in name:
+                assert layer_id == 0 and group["lr_scale"] == rate ** (num_layers + 1), name
+    assert seen_ids == set(range(num_layers + 2))
+    if num_layers == 12:  # BEiT / CAE-B UperNet: block 0 at 0.65^12, block 11 at 0.65, embeddings at 0.65^13
+        block = {g["layer_id"]: g["lr_scale"] for g in groups}
+        assert block[1] == pytest.approx(5.6880e-3, rel=1e-4) and block[12] == 0.65
+        assert block[0] == pytest.approx(3.6972e-3, rel=1e-4) and block[13] == 1.0
+
+
+def test_upernet_layer_decay_rejects_what_it_cannot_apply(script):
+    with pytest.raises(ValueError, match="--protocol upernet"):
+        script.parse_arguments(["--protocol", "linear", "--layer_decay", "0.65"])
+    with pytest.raises(ValueError, match=r"\(0, 1\]"):
+        script.parse_arguments(["--protocol", "upernet", "--layer_decay", "1.5"])
+    assert script.parse_arguments(["--protocol", "upernet"])[2].layer_decay is None  # default: off
+    with pytest.raises(ValueError, match="ViT backbone"):  # ConvNeXt stages are not one indexed block sequence
+        script.upernet_layer_decay_groups(_upernet(script, "vicregl-tiny", None), 1e-4, 0.05, 0.65)
+
+
+@pytest.mark.parametrize("layer_decay", [None, 0.65])
+def test_script_upernet_with_layer_decay(script, tmp_path, monkeypatch, layer_decay):
+    """A short UperNet run: with --layer_decay the Trainer's optimizer holds the decayed groups and the poly schedule
+    scales them alike; without it, transformers' two groups at one lr (the previous behaviour)."""
+    optimizers = []
+    create = script.SegmentationTrainer.create_optimizer
+
+    def recording(self, model=None):
+        optimizers.append(create(self, model))
+        return optimizers[-1]
+
+    monkeypatch.setattr(script.SegmentationTrainer, "create_optimizer", recording)
+    extra = [] if layer_decay is None else ["--layer_decay", str(layer_decay)]
+    result = script.main(
+        ["--protocol", "upernet", "--config_name", "capi-tiny", "--config_overrides", "num_hidden_layers=4",
+         "--max_steps", "2", "--upernet_hidden_size", "16", "--warmup_steps", "1", *extra, *SMALL,
+         "--output_dir", str(tmp_path)]
+    )  # fmt: skip
+    assert result["protocol"] == "upernet" and math.isfinite(result["train_loss"])
+    _check_outputs(tmp_path, SYNTHETIC_NAMES)
+    groups = optimizers[-1].param_groups
+    if layer_decay is None:
+        assert len(groups) == 2 and {g["initial_lr"] for g in groups} == {1e-4}
+        return
+    assert len(groups) == 2 * (4 + 2)  # layer ids 0..5, each with decayed and not decayed parameters
+    factors = set()
+    for group in groups:
+        assert group["initial_lr"] == pytest.approx(1e-4 * layer_decay ** (4 + 1 - group["layer_id"]), rel=1e-12)
+        factors.add(round(group["lr"] / group["initial_lr"], 12))
+        if any(name.startswith("decode_head.") for name in group["param_names"]):
+            assert group["lr_scale"] == 1.0
+    assert len(factors) == 1  # one schedule factor for every group

@@ -22,7 +22,11 @@ Protocols (`--protocol`):
   heads only). ViTs return four blocks (`--out_indices`, default the blocks at 1/3, 1/2, 2/3 and all of the depth:
   4 6 8 12 for a 12-block ViT, CAE-B's; every stage below four blocks) through the 4x / 2x / 1x / 0.5x multi-scale
   adapters (`backbone_multiscale`, CAE / BEiT), with the FCN auxiliary head (weight 0.4) on the third map. CAE's
-  schedule: AdamW lr 1e-4, wd 0.05, layer decay 0.65 (not applied here), poly decay, 1500 warmup steps, 160k steps.
+  schedule: AdamW lr 1e-4, wd 0.05, layer decay 0.65, poly decay, 1500 warmup steps, 160k steps (CAE-L: lr 4e-5,
+  layer decay 0.95; BEiT-B: lr 4e-4, layer decay 0.65). `--layer_decay D` (default off: one lr for every parameter)
+  builds the originals' parameter groups (mmseg `LayerDecayOptimizerConstructor`): patch / position embeddings and
+  tokens at lr * D^(L + 1), block i at lr * D^(L - i) (L blocks), everything else (final norm, multi-scale
+  adapters, UperNet and auxiliary heads) at lr; no weight decay on 1-D parameters and biases (the originals' rule).
 * `knn` (CAPI): patch features of the training images (eval transform, `--out_indices` maps resize-concatenated;
   default the last stage), standardised (`--standardize_features`), labelled by their modal pixel label (ignored
   patches dropped); each validation patch takes the weighted vote of its `--k` nearest (cosine) training patches,
@@ -115,6 +119,7 @@ from hf_mim.evaluation.segmentation import (
     prediction_grid,
     upsample_patch_scores,
 )
+from hf_mim.finetuning import layer_decay_parameter_groups, num_backbone_layers
 from hf_mim.image_processing_utils import input_statistics
 from hf_mim.presets import CONFIG_PRESETS
 from hf_mim.training_defaults import PinMemoryOnlyWithAccelerator
@@ -208,6 +213,13 @@ class ProtocolArguments:
     upernet_hidden_size: int = field(default=512, metadata={"help": "upernet: channels of the UperNet head."})
     upernet_auxiliary_head: bool = field(default=True, metadata={"help": "upernet: FCN head on the third map."})
     freeze_backbone: bool = field(default=False, metadata={"help": "upernet: train the heads only."})
+    layer_decay: float | None = field(
+        default=None,
+        metadata={
+            "help": "upernet: layer-wise lr decay (CAE / BEiT-B 0.65, CAE-L 0.95): block i of L trains at "
+            "lr * decay^(L - i), the embeddings at lr * decay^(L + 1), the heads at lr. Default: off."
+        },
+    )
     k: int = field(default=10, metadata={"help": "knn: neighbours (CAPI's grid: 1, 3, 10, 30)."})
     temperature: float | None = field(
         default=0.07, metadata={"help": "knn: vote weight exp(cos / T); pass --temperature none for a plain vote."}
@@ -239,6 +251,11 @@ def parse_arguments(argv=None):
         raise ValueError(f"--protocol must be one of {PROTOCOLS}, got {protocol_args.protocol!r}.")
     if protocol_args.upsample not in ("nearest", "bilinear"):
         raise ValueError(f"--upsample must be nearest or bilinear, got {protocol_args.upsample!r}.")
+    if protocol_args.layer_decay is not None:
+        if protocol_args.protocol != "upernet":
+            raise ValueError(f"--layer_decay applies to --protocol upernet, not {protocol_args.protocol!r}.")
+        if not 0.0 < protocol_args.layer_decay <= 1.0:
+            raise ValueError(f"--layer_decay must lie in (0, 1], got {protocol_args.layer_decay}.")
     return model_args, data_args, protocol_args, training_args
 
 
@@ -426,9 +443,61 @@ def image_statistics(model_args: ModelArguments, data_args: DataArguments, confi
 # ------------------------------------------------------------------------------------------------------- protocols
 
 
+def original_no_weight_decay(name: str, param: torch.nn.Parameter) -> bool:
+    """The weight-decay exclusions of CAE / BEiT's mmseg `LayerDecayOptimizerConstructor`: 1-D parameters (norms,
+    BatchNorm, layer scale) and biases. (Its `name in ('pos_embed', 'cls_token')` never matches the prefixed names
+    `backbone.pos_embed` / `backbone.cls_token`, so position embeddings and tokens are decayed there too.)"""
+    return param.ndim == 1 or name.endswith(".bias")
+
+
+def upernet_layer_decay_groups(
+    model: UperNetForSemanticSegmentation, learning_rate: float, weight_decay: float, layer_decay: float
+) -> list[dict]:
+    """Optimizer groups of the UperNet protocol with layer-wise lr decay
+    (`hf_mim.finetuning.layer_decay_parameter_groups` on the whole model, the depth counted in the backbone): layer
+    id 0 for the embeddings, i + 1 for block i,
+    L + 1 for the rest, lr scale layer_decay^(L + 1 - layer id), as mmseg's `LayerDecayOptimizerConstructor` of the
+    CAE / BEiT segmentation code (`num_layers` + 2 ids, scale rate^(num_layers + 2 - id - 1)). ViT backbones only: a
+    convolutional backbone's blocks are not one indexed sequence."""
+    num_layers = num_backbone_layers(model.backbone)
+    expected = getattr(model.backbone.config, "num_hidden_layers", None)
+    if not num_layers or num_layers != expected:
+        raise ValueError(
+            f"--layer_decay needs a ViT backbone whose blocks are numbered 0..num_hidden_layers - 1; "
+            f"{type(model.backbone).__name__} has {num_layers} indexed blocks, num_hidden_layers {expected}."
+        )
+    return layer_decay_parameter_groups(
+        model, learning_rate, weight_decay, layer_decay, no_weight_decay_fn=original_no_weight_decay,
+        num_layers=num_layers,
+    )  # fmt: skip
+
+
 class SegmentationTrainer(SkippedFilesTrainerMixin, Trainer):
     """The Trainer, skipping unreadable pairs: placeholders dropped in training (an all-failed batch is refilled),
-    ignored in evaluation; each file recorded once in `skipped_files`."""
+    ignored in evaluation; each file recorded once in `skipped_files`. With `layer_decay` (UperNet), the optimizer
+    runs on `upernet_layer_decay_groups`; the lr schedule scales every group's initial lr, so the ratios hold."""
+
+    def __init__(self, *args, layer_decay: float | None = None, **kwargs):
+        self.layer_decay = layer_decay
+        super().__init__(*args, **kwargs)
+
+    def create_optimizer(self, model=None):
+        if self.layer_decay is None or self.optimizer is not None:
+            return super().create_optimizer(model)
+        opt_model = self.model if model is None else model
+        optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
+        optimizer_kwargs = dict(optimizer_kwargs)
+        if not isinstance(optimizer_cls, type) or any(k in optimizer_kwargs for k in ("params", "model")):
+            raise ValueError(
+                f"--layer_decay builds its own parameter groups; --optim {self.args.optim} cannot take them."
+            )
+        groups = upernet_layer_decay_groups(
+            opt_model, self.args.learning_rate, self.args.weight_decay, self.layer_decay
+        )
+        logger.info("Layer decay %.3g: %d parameter groups", self.layer_decay, len(groups))
+        optimizer_kwargs.pop("lr", None)
+        self.optimizer = optimizer_cls(groups, lr=self.args.learning_rate, **optimizer_kwargs)
+        return self.optimizer
 
 
 def save_metrics(output_dir: str, split: str, metrics: dict) -> None:
@@ -493,6 +562,7 @@ def run_trained_protocol(
         skipped_files=skipped,
         compute_metrics=SegmentationComputeMetrics(num_labels, names),
         preprocess_logits_for_metrics=argmax_logits,
+        layer_decay=protocol_args.layer_decay if protocol_args.protocol == "upernet" else None,
     )
     start = time.perf_counter()
     train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
