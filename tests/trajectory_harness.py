@@ -63,13 +63,14 @@ def replay(trainer_class, arguments, model, num_steps: int, batch_size: int, bat
     """Train `model` with `trainer_class(args=arguments)` on the recorded batches; returns what it did."""
     trajectory = Trajectory()
     model.register_forward_hook(lambda module, args, output: trajectory.losses.append(float(output.loss)))
-    update_teacher = model.update_teacher
+    update_teacher = getattr(model, "update_teacher", None)  # None: no teacher (VICRegL)
 
     def recording_update(momentum):
         trajectory.momenta.append(float(momentum))
         update_teacher(momentum)
 
-    model.update_teacher = recording_update
+    if update_teacher is not None:
+        model.update_teacher = recording_update
     trainer = trainer_class(
         model=model,
         args=arguments,
