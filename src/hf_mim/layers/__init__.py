@@ -15,6 +15,7 @@ from .positions import (
     sincos_2d_position_embedding,
 )
 from .regularization import DropPath, LayerScale, drop_path, drop_path_schedule, residual_with_drop_path
+from .relative_position import RelativePositionBias, num_relative_distances, relative_position_index
 
 __all__ = [
     "Attention",
@@ -26,6 +27,7 @@ __all__ = [
     "LayerScale",
     "Mlp",
     "PatchEmbeddings",
+    "RelativePositionBias",
     "SelfAttentionBlock",
     "ViTLayer",
     "build_norm",
@@ -35,6 +37,8 @@ __all__ = [
     "encode_blocks",
     "edge_register_coordinates",
     "normalized_grid_coordinates",
+    "num_relative_distances",
+    "relative_position_index",
     "resize_position_embeddings",
     "residual_with_drop_path",
     "sincos_2d_position_embedding",

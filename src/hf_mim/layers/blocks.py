@@ -60,13 +60,18 @@ class _PreNormBlock(GradientCheckpointingLayer):
         context: torch.Tensor | None = None,
         context_coords: torch.Tensor | None = None,
         output_attentions: bool = False,
+        attention_mask: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """`attention_mask`: an additive bias on the attention scores, broadcast to (B, heads, n, m) (e.g. CAE's
+        relative position bias, `hf_mim.layers.relative_position`)."""
         attention = getattr(self, self.attention_name)
         norm1, norm2 = (getattr(self, name) for name in self.norm_names)
         captured = []
 
         def attention_branch(x, coords=None, context=None, context_coords=None):
-            out, weights = attention(norm1(x), coords, context, context_coords, output_attentions=output_attentions)
+            out, weights = attention(
+                norm1(x), coords, context, context_coords, attention_mask, output_attentions=output_attentions
+            )
             captured.append(weights)
             return self.layer_scale1(out)
 

@@ -45,14 +45,21 @@ def encode_blocks(
     patch_coords: torch.Tensor | None = None,
     output_hidden_states: bool = False,
     output_attentions: bool = False,
+    attention_masks: list[torch.Tensor | None] | None = None,
 ) -> Encoding:
     """Run `blocks` (pre-norm self-attention blocks, `hf_mim.layers.blocks`) over the embedded tokens, at rotary
     `coords` when the blocks use them, then `final_norm`. Records the input and every block's output when
-    `output_hidden_states`, every block's attention probabilities when `output_attentions` (the eager kernel)."""
+    `output_hidden_states`, every block's attention probabilities when `output_attentions` (the eager kernel).
+    `attention_masks`: one additive attention bias (or None) per block (CAE's relative position bias)."""
     all_hidden = (hidden_states,) if output_hidden_states else None
     all_attentions = () if output_attentions else None
-    for block in blocks:
-        hidden_states, weights = block(hidden_states, coords, output_attentions=output_attentions)
+    for i, block in enumerate(blocks):
+        if attention_masks is None or attention_masks[i] is None:
+            hidden_states, weights = block(hidden_states, coords, output_attentions=output_attentions)
+        else:
+            hidden_states, weights = block(
+                hidden_states, coords, output_attentions=output_attentions, attention_mask=attention_masks[i]
+            )
         if output_hidden_states:
             all_hidden += (hidden_states,)
         if output_attentions:

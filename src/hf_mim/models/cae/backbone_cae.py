@@ -13,8 +13,8 @@ class CaeBackbone(ViTBackboneMixin, CaePreTrainedModel):
     `config.backbone_multiscale`.
 
     CAE's UperNet protocol (the paper's ADE20K setup): `backbone_apply_layernorm=False, backbone_multiscale=True,
-    out_indices=[4, 6, 8, 12]` (ViT-B; the original's 0-based blocks 3, 5, 7, 11). Its relative position bias (zero at
-    the start) is not part of this encoder.
+    out_indices=[4, 6, 8, 12]` (ViT-B; the original's 0-based blocks 3, 5, 7, 11), with its per-block relative
+    position bias (zeros at the start, trainable): `use_relative_position_bias=True` and `image_size` the crop (512).
 
     The encoder is `self.cae`, a `CaeModel`: it loads from a `CaeModel` folder, a classifier folder or a pretraining
     folder, the heads' weights being expected and not reported.

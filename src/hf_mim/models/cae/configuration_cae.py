@@ -51,6 +51,13 @@ class CaeConfig(ViTBackboneConfigMixin, PreTrainedConfig):
         classifier_type (`str`, *optional*, defaults to `"finetune"`): `CaeForImageClassification` head: `"finetune"`
             (mean pooling + Linear), `"linear"` (cls + BatchNorm without affine + Linear: the linear probe) or
             `"attentive"` (a learned query cross-attending to the normed tokens, no residual / MLP; BatchNorm + Linear).
+        use_relative_position_bias (`bool`, *optional*, defaults to `False`): A BEiT-style relative position bias of
+            its own in every encoder block (the original's `use_rel_pos_bias`, on in its fine-tuning and segmentation
+            recipes): a table of (2h - 1)(2w - 1) + 3 rows per head (h x w the patch grid of `image_size`; the last
+            three rows are cls-to-token, token-to-cls and cls-to-cls), zeros at init, trainable, added to the
+            attention scores (`hf_mim.layers.relative_position`). The input must have the configured grid.
+        use_shared_relative_position_bias (`bool`, *optional*, defaults to `False`): One such table shared by every
+            encoder block (the original's `use_shared_rel_pos_bias`); with both on, both are added, as in the original.
         out_features (`list[str]`, *optional*):
             Backbone use (`CaeBackbone`, `AutoBackbone`): the stages whose feature maps are returned, among
             `stage_names` = `["stem", "stage1", ..., "stage<num_hidden_layers>"]` ("stem": the embedding output,
@@ -99,6 +106,8 @@ class CaeConfig(ViTBackboneConfigMixin, PreTrainedConfig):
         classifier_type: str = "finetune",
         backbone_apply_layernorm: bool = True,
         backbone_multiscale: bool = False,
+        use_relative_position_bias: bool = False,
+        use_shared_relative_position_bias: bool = False,
         **kwargs,
     ):
         out_features, out_indices = pop_backbone_kwargs(kwargs)
@@ -133,6 +142,8 @@ class CaeConfig(ViTBackboneConfigMixin, PreTrainedConfig):
         self.classifier_type = classifier_type
         self.backbone_apply_layernorm = backbone_apply_layernorm
         self.backbone_multiscale = backbone_multiscale
+        self.use_relative_position_bias = use_relative_position_bias
+        self.use_shared_relative_position_bias = use_shared_relative_position_bias
         self._store_backbone_outputs(out_features, out_indices)
         self._check_fields()
 
@@ -177,6 +188,9 @@ class CaeConfig(ViTBackboneConfigMixin, PreTrainedConfig):
         for name, choices in _CHOICES.items():
             if getattr(self, name) not in choices:
                 fail(f"{name} must be one of {', '.join(map(repr, choices))}; got {getattr(self, name)!r}.")
+        for name in ("use_relative_position_bias", "use_shared_relative_position_bias"):
+            if not isinstance(getattr(self, name), bool):
+                fail(f"{name} must be True or False, got {getattr(self, name)!r}.")
         if not 0 <= self.drop_path_rate < 1:
             fail(f"drop_path_rate must lie in [0, 1), got {self.drop_path_rate!r}.")
         if not self.layer_norm_eps > 0:

@@ -55,12 +55,15 @@ from ...hub.conversion import (
 )
 from ...hub.model_cards import conversion_card
 from ...hub.releases import CAE_PAPER, CAEV2_PAPER, Release, architecture_mismatches, release_for_file
+from ...layers import relative_position_index
 from .configuration_cae import CaeConfig
 from .convert_cae_layouts import (
     ENCODER_ONLY_UNUSED,
     IGNORED_PREFIXES,
     IGNORED_TOP_LEVEL,
     LAYOUT_NAMES,
+    RELATIVE_POSITION_INDEX,
+    RELATIVE_POSITION_INDEX_REASON,
     RELEASES,
     V2_UNUSED,
     detect_layout,
@@ -140,7 +143,13 @@ def infer_config(tensors, version: int, is_full: bool, num_heads, decoder_num_he
         raise CheckpointMismatchError(
             f"Position table {tuple(table.shape)} is not (1, 1 + n^2, D) (a cls row and a square grid)."
         )
-    heads, heads_source = choose_heads(hidden, num_heads, "Encoder", "--num_attention_heads")
+    shared_table = tensors.get("cae.relative_position_bias.relative_position_bias_table")
+    block_table = tensors.get("cae.layers.0.relative_position_bias.relative_position_bias_table")
+    table_heads = next((t.shape[-1] for t in (block_table, shared_table) if t is not None and t.ndim == 2), None)
+    if num_heads is None and table_heads is not None:  # a relative position table has one column per head
+        heads, heads_source = choose_heads(hidden, table_heads, "Encoder", "the relative position table's columns")
+    else:
+        heads, heads_source = choose_heads(hidden, num_heads, "Encoder", "--num_attention_heads")
     has_gamma = "cae.layers.0.layer_scale1.lambda1" in tensors
     layer_scale = _recipe_layer_scale(hidden) if has_gamma else 0.0
     if has_gamma and _positive_number(getattr(args, "layer_scale_init_value", None)):
@@ -155,6 +164,10 @@ def infer_config(tensors, version: int, is_full: bool, num_heads, decoder_num_he
         num_attention_heads=heads,
         intermediate_size=_get(tensors, "cae.layers.0.mlp.fc1.weight").shape[0],
         layer_scale_init_value=layer_scale,
+        use_relative_position_bias=any(
+            re.match(r"^cae\.layers\.\d+\.relative_position_bias\.", name) for name in tensors
+        ),
+        use_shared_relative_position_bias=shared_table is not None,
     )
     if is_full:
         decoder = _get(tensors, "mask_token").shape[-1]
@@ -264,6 +277,19 @@ def sincos_deviation(tensors: dict[str, torch.Tensor], grid: int) -> dict[str, f
     return out
 
 
+def check_relative_position_index(state: dict[str, torch.Tensor], grid: int) -> None:
+    """The stored index buffers (ignored: the model recomputes them) must be the index of this grid."""
+    expected = relative_position_index((grid, grid))
+    for key, stored in state.items():
+        if key.endswith(RELATIVE_POSITION_INDEX) and not (
+            stored.shape == expected.shape and torch.equal(stored.long(), expected)
+        ):
+            raise CheckpointMismatchError(
+                f"{key} {tuple(stored.shape)} is not the BEiT-style index of the {grid}x{grid} patch grid that "
+                "hf_mim recomputes."
+            )
+
+
 def twin_report(state: dict[str, torch.Tensor], layout: str) -> str | None:
     """How far the ignored twin (`alignment_encoder.*` / `teacher.*`) is from the encoder it copies."""
     encoder_prefix = "backbone." if layout == "mmpretrain" else "encoder."
@@ -298,7 +324,11 @@ def convert_checkpoint(checkpoint, checkpoint_path="<checkpoint>", num_heads=Non
     if not is_full:
         reasons.update(ENCODER_ONLY_UNUSED)
 
+    reasons[RELATIVE_POSITION_INDEX] = RELATIVE_POSITION_INDEX_REASON
+
     def ignored_by(key: str) -> str | None:
+        if key == RELATIVE_POSITION_INDEX or key.endswith("." + RELATIVE_POSITION_INDEX):
+            return RELATIVE_POSITION_INDEX
         return next((e for e in reasons if key == e or (e.endswith(".") and key.startswith(e))), None)
 
     mapping, ignored, unexpected = account_for_keys(
@@ -314,6 +344,9 @@ def convert_checkpoint(checkpoint, checkpoint_path="<checkpoint>", num_heads=Non
         tensors, version, is_full, num_heads, decoder_num_heads, args, state.get("mask_token")
     )
     grid = config.grid_size
+    if layout == "a4v_finetune" and any(key.startswith("fc_norm.") for key in state):
+        config.pooling = "mean"  # the fine-tuned model's feature: fc_norm of the mean of the patch tokens
+    check_relative_position_index(state, grid)
     regressor_table = add_regressor_table(tensors, origin, layout, grid) if is_full else None
     deviation = sincos_deviation(tensors, grid)
     if not is_full:  # CaeModel names: the encoder's without `cae.`
@@ -353,6 +386,16 @@ def convert_checkpoint(checkpoint, checkpoint_path="<checkpoint>", num_heads=Non
         report["twin_check"] = twin
     if heads["notes"]:
         report["notes"] = "; ".join(heads["notes"])
+    if config.use_relative_position_bias or config.use_shared_relative_position_bias:
+        kinds = [
+            ("per block", config.use_relative_position_bias),
+            ("shared", config.use_shared_relative_position_bias),
+        ]
+        report["relative_position_bias"] = (
+            " and ".join(k for k, on in kinds if on) + " (tables kept, index recomputed)"
+        )
+    if config.pooling == "mean":
+        report["pooling"] = "mean (fc_norm of the mean patch token, the fine-tuned model's feature)"
     if upcast:
         report["upcast"] = describe_upcast(upcast)
     return config, converted, is_full, report
@@ -482,7 +525,13 @@ def convert(checkpoint_path, output_dir, model_name=None, push_to_hub=None, num_
     config, state, is_full, report = convert_checkpoint(checkpoint, checkpoint_path, num_heads, decoder_num_heads,
                                                         names=names)  # fmt: skip
     model_class = CaeForPreTraining if is_full else CaeModel
-    model = model_from_state(model_class, config, state)
+    if config.use_relative_position_bias or config.use_shared_relative_position_bias:
+        # the tables' index buffers are computed, not stored: built normally, then given every stored tensor
+        model = model_class(config)
+        model.load_state_dict(state, strict=True)
+        model.eval()
+    else:
+        model = model_from_state(model_class, config, state)
     encoder = model.cae if is_full else model
     with torch.no_grad():
         pixels = torch.zeros(1, config.num_channels, config.image_size, config.image_size, dtype=encoder.dtype)

@@ -37,13 +37,22 @@ IGNORED_PREFIXES = {
         "target_generator.": "DALL-E tokenizer (the frozen target network, not CAE's weights)",
         "data_preprocessor.": "normalisation constants of the data preprocessor",
     },
+    "a4v_finetune": {"head.": "classification head of the fine-tuned model (the encoder is converted, as CaeModel)"},
 }
+# The relative position tables' index buffers (`rel_pos_bias.relative_position_index`,
+# `blocks.<i>.attn.relative_position_index`): ignored by this suffix, after a check against the recomputed index.
+RELATIVE_POSITION_INDEX = "relative_position_index"
+RELATIVE_POSITION_INDEX_REASON = (
+    "index buffers of the relative position tables: recomputed from the grid (hf_mim.layers.relative_position_index), "
+    "checked equal"
+)
 V2_UNUSED = {"regresser.norm.": "CAE v2 regressor norm: built by the original class but not used by v2's forward"}
 ENCODER_ONLY_UNUSED = {"mask_token": "regressor query token: the file holds no regressor, so the encoder is saved"}
 LAYOUT_NAMES = {
     "a4v": "Atten4Vis/CAE",
     "lxt": "lxtGH/CAE (pretext_neck)",
     "mmpretrain": "MMPretrain / MMSelfSup (backbone / neck)",
+    "a4v_finetune": "Atten4Vis/CAE fine-tuned model (modeling_finetune.py VisionTransformer)",
 }
 
 # ------------------------------------------------------------------------------------------ key renaming
@@ -56,6 +65,8 @@ _EMBEDDINGS = {
     "patch_embed.proj.bias": "embeddings.patch_embeddings.projection.bias",
     "norm.weight": "layernorm.weight",
     "norm.bias": "layernorm.bias",
+    # the fine-tuning / segmentation recipes' shared relative position table (`use_shared_rel_pos_bias`)
+    "rel_pos_bias.relative_position_bias_table": "relative_position_bias.relative_position_bias_table",
 }
 _BLOCK = {  # encoder blocks and v1 decoder blocks (BEiT-style pre-norm block)
     "norm1.weight": "norm1.weight", "norm1.bias": "norm1.bias",
@@ -66,6 +77,8 @@ _BLOCK = {  # encoder blocks and v1 decoder blocks (BEiT-style pre-norm block)
     "mlp.fc1.weight": "mlp.fc1.weight", "mlp.fc1.bias": "mlp.fc1.bias",
     "mlp.fc2.weight": "mlp.fc2.weight", "mlp.fc2.bias": "mlp.fc2.bias",
     "gamma_1": "layer_scale1.lambda1", "gamma_2": "layer_scale2.lambda1",
+    # a block's own relative position table (`use_rel_pos_bias`); CaeModel keeps it on the block
+    "attn.relative_position_bias_table": "relative_position_bias.relative_position_bias_table",
 }  # fmt: skip
 _CROSS = "attention.cross_attention."
 _REGRESSOR_BLOCK = {
@@ -172,7 +185,24 @@ def mmpretrain_to_a4v(key: str) -> str | None:
     return None
 
 
+# A4V fine-tuned models (`VisionTransformer` of models/modeling_finetune.py) hold the encoder at the top level; with
+# mean pooling (the fine-tuning recipe) `norm` is an Identity and `fc_norm`, the norm of the pooled tokens, is the
+# encoder's final norm (CaeModel's `layernorm`, which `pooling="mean"` applies to the mean of the patch tokens).
+_FINETUNE_ENCODER = ("cls_token", "pos_embed", "patch_embed.", "blocks.", "norm.", "rel_pos_bias.")
+
+
+def finetune_to_a4v(key: str) -> str | None:
+    """A4V fine-tuned model key -> A4V pretraining key; None if unknown (`head.*` is ignored by the caller)."""
+    if key.startswith("fc_norm."):
+        return "encoder.norm." + key[len("fc_norm.") :]
+    if key.startswith(_FINETUNE_ENCODER):
+        return "encoder." + key
+    return None
+
+
 def to_a4v(key: str, layout: str) -> str | None:
+    if layout == "a4v_finetune":
+        return finetune_to_a4v(key)
     if layout == "lxt":
         return lxt_to_a4v(key)
     if layout == "mmpretrain":
@@ -252,8 +282,11 @@ def detect_layout(state: dict[str, torch.Tensor]) -> str:
         return "lxt"
     if any(k.startswith("encoder.") for k in state):
         return "a4v"
+    if any(k.startswith("blocks.") for k in state) and any(k.startswith("patch_embed.") for k in state):
+        return "a4v_finetune"
     raise CheckpointMismatchError(
-        "Not a CAE checkpoint: no `encoder.*` (Atten4Vis / lxtGH CAE) and no `backbone.*` (MMPretrain) keys; "
+        "Not a CAE checkpoint: no `encoder.*` (Atten4Vis / lxtGH CAE), no `backbone.*` (MMPretrain) and no "
+        "`blocks.*` + `patch_embed.*` (Atten4Vis fine-tuned model) keys; "
         "first keys: " + ", ".join(list(state)[:8]) + "."
     )
 
@@ -305,6 +338,14 @@ def infer_version(state, layout: str, is_full: bool, args, names) -> tuple[int, 
     blocks; the lxtGH and MMPretrain codebases are v1 only), else the name, `args.model_type`, and for encoder-only
     files the released layouts (v1 files keep `mask_token`, v2 files hold the encoder only)."""
     structural = source = None
+    if layout == "a4v_finetune":  # the encoder alone, alike in v1 and v2: the name / args decide, else v1
+        named, name = version_from_name(*names)
+        if named is not None:
+            return named, f"name {name!r}"
+        from_args = {"cae": 1, "caev2": 2}.get(getattr(args, "model_type", None))
+        if from_args is not None:
+            return from_args, f"args.model_type={args.model_type!r}"
+        return 1, "fine-tuned encoder (v1 and v2 encoders are alike; v1 assumed)"
     if layout != "a4v":
         structural, source = 1, f"{LAYOUT_NAMES[layout]} layout (CAE v1 only)"
     elif is_full:

@@ -20,9 +20,11 @@ from ...layers import (
     LayerScale,
     Mlp,
     PatchEmbeddings,
+    RelativePositionBias,
     SelfAttentionBlock,
     drop_path_schedule,
     encode_blocks,
+    relative_position_index,
     residual_with_drop_path,
     resize_position_embeddings,
     sincos_2d_position_embedding,
@@ -218,6 +220,9 @@ class CaePreTrainedModel(RemoteCodeExportMixin, PreTrainedModel):
             )
         elif isinstance(module, CaeAttentiveHead):
             init.zeros_(module.query_token)
+        elif isinstance(module, RelativePositionBias):  # zeros, as the original's; the index from the grid
+            init.zeros_(module.relative_position_bias_table)
+            init.copy_(module.relative_position_index, relative_position_index(module.grid))
 
 
 @dataclass
@@ -243,10 +248,39 @@ class CaeModel(CaePreTrainedModel):
         self.layers = _blocks(config, config.hidden_size, config.num_attention_heads, config.intermediate_size,
                               config.layer_scale_init_value, config.num_hidden_layers)  # fmt: skip
         self.layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        # BEiT-style relative position bias of the fine-tuning / segmentation recipes (off by default): one table
+        # shared by every block (`relative_position_bias`) and / or one per block (`layers.<i>.relative_position_bias`,
+        # so layer-wise lr decay gives it its block's depth, as the original's `blocks.<i>.attn.` table)
+        grid, heads = (config.grid_size, config.grid_size), config.num_attention_heads
+        self.relative_position_bias = (
+            RelativePositionBias(grid, heads) if config.use_shared_relative_position_bias else None
+        )
+        if config.use_relative_position_bias:
+            for block in self.layers:
+                block.relative_position_bias = RelativePositionBias(grid, heads)
         self.post_init()
 
     def get_input_embeddings(self) -> nn.Module:
         return self.embeddings.patch_embeddings
+
+    def _attention_biases(self, grid: tuple[int, int], dtype: torch.dtype, masked: bool) -> list | None:
+        """Each block's additive attention bias (1, heads, 1 + hw, 1 + hw): its own table's plus the shared one's
+        (the original adds both when both are on); None without relative position bias."""
+        shared = self.relative_position_bias
+        if shared is None and not self.config.use_relative_position_bias:
+            return None
+        if masked:
+            raise ValueError(
+                "The relative position bias (config.use_relative_position_bias / use_shared_relative_position_bias, "
+                "of CAE's fine-tuning and segmentation recipes) covers the full grid: no bool_masked_pos with it."
+            )
+        shared_bias = None if shared is None else shared(grid)
+        biases = []
+        for block in self.layers:
+            own = getattr(block, "relative_position_bias", None)
+            bias = shared_bias if own is None else own(grid) if shared_bias is None else own(grid) + shared_bias
+            biases.append(bias[None].to(dtype))
+        return biases
 
     def encode(self, pixel_values, bool_masked_pos=None, keep_masked=False, output_hidden_states=False,
                output_attentions=False, num_masked=None, patch_order=None) -> Encoding:  # fmt: skip
@@ -255,9 +289,10 @@ class CaeModel(CaePreTrainedModel):
         same after the final LayerNorm. `num_masked`: the masked patches per image when the caller knows it (else read
         from the mask, see `_masked_count`); `patch_order`: the mask's `_patch_order` when the caller has it."""
         hidden, grid = self.embeddings(pixel_values, bool_masked_pos, keep_masked, num_masked, patch_order)
+        biases = self._attention_biases(grid, hidden.dtype, bool_masked_pos is not None)
         return encode_blocks(
             self.layers, self.layernorm, hidden, grid,
-            output_hidden_states=output_hidden_states, output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states, output_attentions=output_attentions, attention_masks=biases,
         )  # fmt: skip
 
     def forward(
@@ -591,8 +626,8 @@ class CaeAttentiveHead(nn.Module):
 class CaeForImageClassification(CaePreTrainedModel):
     """Heads of CAE's three protocols (`config.classifier_type`): "finetune" (Linear on the mean-pooled feature),
     "linear" (cls feature -> BatchNorm without affine -> Linear, the linear probe) and "attentive" (`CaeAttentiveHead`
-    -> Linear; the released script raises, this one works). Relative position bias of the fine-tuning recipe is not
-    used (it starts at zero)."""
+    -> Linear; the released script raises, this one works). The fine-tuning recipe's relative position bias (zeros at
+    init, trainable): `config.use_relative_position_bias` / `use_shared_relative_position_bias`."""
 
     _keys_to_ignore_on_load_unexpected = [r"^mask_token$", r"^regressor", r"^encoder_to_regressor", r"^decoder\."]
 
