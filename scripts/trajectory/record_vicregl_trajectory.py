@@ -162,7 +162,7 @@ def run(original, a, model, batches, dtype):
         if step + 1 == a.early_steps:
             early = {k: v.detach().clone() for k, v in model.state_dict().items()}
         entry = {"loss": float((loss - logs["cls_l"]).detach()), "groups": groups}
-        entry.update({k: float(logs[k]) for k in LOSS_PARTS})
+        entry.update({k: float(logs[k]) for k in LOSS_PARTS if k in logs})
         log.append(entry)
     return log, model, optimizer, early
 
