@@ -33,6 +33,7 @@ from hf_mim.trainers import CapiTrainer, CapiTrainingArguments
 
 from .helpers import FIXTURES
 from .trajectory_harness import (
+    REPLAY_ARGUMENTS,
     ema_before_optimizer_step,
     record_output_fields,
     relative_gap,
@@ -141,13 +142,7 @@ def training_arguments(record, output_dir, **overrides) -> CapiTrainingArguments
         teacher_momentum_warmup_steps=momentum["warmup_iters"],
         teacher_momentum_truncate_cos=momentum["truncate_cos"],
         max_grad_norm=0.0,
-        use_cpu=True,
-        report_to=[],
-        save_strategy="no",
-        logging_steps=10_000,
-        dataloader_num_workers=0,
-        disable_tqdm=True,
-        remove_unused_columns=False,
+        **REPLAY_ARGUMENTS,
     )
     settings.update(overrides)
     return CapiTrainingArguments(**settings)

@@ -22,7 +22,13 @@ from hf_mim.models.ijepa import convert_ijepa
 from hf_mim.trainers import IJepaTrainer, IJepaTrainingArguments
 
 from .helpers import FIXTURES
-from .trajectory_harness import ema_before_optimizer_step, relative_gap, replay, schedule_off_by_one
+from .trajectory_harness import (
+    REPLAY_ARGUMENTS,
+    ema_before_optimizer_step,
+    relative_gap,
+    replay,
+    schedule_off_by_one,
+)
 
 FIXTURE = FIXTURES / "trajectory_ijepa"
 DRIFT_FACTOR = 20  # hf_mim may round differently from the original (fused AdamW, gather order), not more
@@ -79,13 +85,7 @@ def run_hf(recorded, tmp_path):
         weight_decay_end=a["final_wd"],
         teacher_momentum=a["ema"][0],
         teacher_momentum_end=a["ema"][1],
-        use_cpu=True,
-        report_to=[],
-        save_strategy="no",
-        logging_steps=10_000,
-        dataloader_num_workers=0,
-        disable_tqdm=True,
-        remove_unused_columns=False,
+        **REPLAY_ARGUMENTS,
     )
 
     def batch_for(step):

@@ -25,7 +25,7 @@ from hf_mim.models.vicregl.convert_vicregl import convert_checkpoint
 from hf_mim.trainers import VicreglTrainer, VicreglTrainingArguments
 
 from .helpers import FIXTURES
-from .trajectory_harness import record_output_fields, relative_gap, replay, schedule_off_by_one
+from .trajectory_harness import REPLAY_ARGUMENTS, record_output_fields, relative_gap, replay, schedule_off_by_one
 
 FIXTURE = FIXTURES / "trajectory_vicregl"
 DRIFT_FACTOR = 20
@@ -80,13 +80,7 @@ def run_hf(recorded, backbone: str, tmp_path):
         min_lr_ratio=run["end_lr_ratio"],
         warmup_steps=run["warmup_steps"],
         weight_decay=a["adamw_weight_decay"],
-        use_cpu=True,
-        report_to=[],
-        save_strategy="no",
-        logging_steps=10_000,
-        dataloader_num_workers=0,
-        disable_tqdm=True,
-        remove_unused_columns=False,
+        **REPLAY_ARGUMENTS,
     )
     views = record["views"]
     num_global = views["global"]

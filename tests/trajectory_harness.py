@@ -59,6 +59,19 @@ class _HyperParameterRecorder(TrainerCallback):
         )
 
 
+# TrainingArguments every replay shares: CPU, no reporting, saving, logging or workers (the batches come in order
+# from the recording), the recorded fields kept.
+REPLAY_ARGUMENTS = dict(
+    use_cpu=True,
+    report_to=[],
+    save_strategy="no",
+    logging_steps=10_000,
+    dataloader_num_workers=0,
+    disable_tqdm=True,
+    remove_unused_columns=False,
+)
+
+
 def replay(trainer_class, arguments, model, num_steps: int, batch_size: int, batch_for) -> tuple[Trajectory, object]:
     """Train `model` with `trainer_class(args=arguments)` on the recorded batches; returns what it did."""
     trajectory = Trajectory()
