@@ -191,11 +191,18 @@ class VicreglTrainingArguments(MimPretrainingArguments):
 @dataclass
 class CaeTrainingArguments(MimPretrainingArguments):
     """CAE's recipe (the CAE pretraining scripts) as defaults, v1 and v2 alike: AdamW (0.9, 0.999), lr 1.5e-3 (absolute, not
-    batch-scaled), linear warmup from 0 over 10 of 300 epochs then cosine to 1e-5, constant weight decay 0.05 (none on
-    biases and 1-D parameters), gradient clipping at 3.0."""
+    batch-scaled), linear warmup from 0 over 10 of 300 epochs (np.linspace, as the original's cosine_scheduler) then
+    cosine to 1e-5, constant weight decay 0.05 (none on biases and 1-D parameters), gradient clipping at 3.0."""
 
     learning_rate: float = field(default=1.5e-3)
     weight_decay: float = field(default=0.05)
     min_lr_ratio: float = field(default=1e-5 / 1.5e-3, metadata={"help": "Final lr / peak lr (min_lr 1e-5)."})
     warmup_steps: float = field(default=10 / 300, metadata={"help": "Warmup steps, or a fraction if < 1."})
     max_grad_norm: float = field(default=3.0)
+    linspace_warmup: bool = field(
+        default=True,
+        metadata={
+            "help": "Warm up as the original's furnace/utils.py cosine_scheduler, np.linspace(0, peak, warmup_steps): "
+            "the last warmup step reaches the peak. False: peak * step / warmup_steps, the peak one step later."
+        },
+    )

@@ -12,3 +12,7 @@ class CaeTrainer(MimPretrainingTrainer):
 
     def parameter_groups(self, model: nn.Module) -> list[dict]:
         return bias_and_vector_groups(model)
+
+    def schedule_options(self) -> dict:
+        # the original's cosine_scheduler warms up as np.linspace(0, peak, warmup): the peak comes one step earlier
+        return {"linspace_warmup": getattr(self.args, "linspace_warmup", True)}
