@@ -19,7 +19,7 @@ from hf_mim.models.cae.convert_cae import convert_checkpoint
 from hf_mim.trainers import CaeTrainer, CaeTrainingArguments
 
 from .helpers import FIXTURES
-from .trajectory_harness import record_output_fields, relative_gap, replay, schedule_off_by_one
+from .trajectory_harness import REPLAY_ARGUMENTS, record_output_fields, relative_gap, replay, schedule_off_by_one
 
 FIXTURE = FIXTURES / "trajectory_cae"
 DRIFT_FACTOR = 20
@@ -77,13 +77,7 @@ def run_hf(recorded, name: str, tmp_path):
         weight_decay=a["weight_decay"],
         weight_decay_end=a["weight_decay_end"],
         max_grad_norm=a["clip_grad"],
-        use_cpu=True,
-        report_to=[],
-        save_strategy="no",
-        logging_steps=10_000,
-        dataloader_num_workers=0,
-        disable_tqdm=True,
-        remove_unused_columns=False,
+        **REPLAY_ARGUMENTS,
     )
     target_key = "labels" if w["version"] == 1 else "target_features"
 
