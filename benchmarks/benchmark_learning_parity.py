@@ -28,7 +28,7 @@ Variants (`--variants`, per method and seed; "random" init is always evaluated, 
   CAE (v1, `--methods cae --original_cae_src TREE`) is driven in-process instead (`train_original_cae`): the
   original Atten4Vis/CAE model, parameter groups, cosine schedule and loop body, reused by name from
   benchmarks/benchmark_cae.py and scripts/trajectory/record_cae_trajectory.py, at `cae-tiny` (64 px, 16 px patches)
-  and hf_mim's CPU recipe (lr 3e-4, crops >= 40 %); both sides tokenize with the same seeded random stand-in DALL-E
+  and hf_mim's CPU recipe (lr 3e-4, crops >= 40 %; drop path 0 on both sides); both sides tokenize with the same seeded random stand-in DALL-E
   tokenizer (`run_cae.py`'s `random_target_model`) and use hf_mim's two-view crops; converted with
   `benchmark_cae.copy_weights`. Probed at 64 px.
 
@@ -81,7 +81,8 @@ ORIGINAL_CHOICES = {
 # Methods whose original is driven in-process here (not by a tool in --tools_dir), reusing the trajectory recorder's
 # original-code loop body (scripts/trajectory/record_<method>_trajectory.py) and the benchmark's importer.
 IN_PROCESS = {"cae"}
-CAE_HF_ARGUMENTS = ["--learning_rate", "3e-4", "--crop_scale_min", "0.4"]
+# run_cae.py defaults to drop path 0.1; benchmark_cae.build_original (the original side) builds with 0.0
+CAE_HF_ARGUMENTS = ["--learning_rate", "3e-4", "--crop_scale_min", "0.4", "--drop_path_rate", "0.0"]
 ORIGINAL_TOOL = {"ijepa": "train_original_ijepa.py", "capi": "train_original_capi.py"}
 ORIGINAL_OUT = {"ijepa": "original.pth.tar", "capi": "original.pth"}
 
