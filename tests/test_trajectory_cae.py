@@ -19,7 +19,14 @@ from hf_mim.models.cae.convert_cae import convert_checkpoint
 from hf_mim.trainers import CaeTrainer, CaeTrainingArguments
 
 from .helpers import FIXTURES
-from .trajectory_harness import REPLAY_ARGUMENTS, record_output_fields, relative_gap, replay, schedule_off_by_one
+from .trajectory_harness import (
+    REPLAY_ARGUMENTS,
+    assert_fault_caught,
+    record_output_fields,
+    relative_gap,
+    replay,
+    schedule_off_by_one,
+)
 
 FIXTURE = FIXTURES / "trajectory_cae"
 DRIFT_FACTOR = 20
@@ -210,9 +217,4 @@ def _clipping_off(monkeypatch):
 def test_trajectory_test_catches_faults(recorded, tmp_path, monkeypatch, fault, name):
     fault(monkeypatch)
     replayed = run_hf(recorded, name, tmp_path)
-    with pytest.raises(AssertionError) as caught:
-        compare(recorded, name, *replayed)
-    print(fault.__name__, name, "caught:", str(caught.value).splitlines()[0])
-    with pytest.raises(AssertionError) as caught:  # the trajectory alone, without the schedule values
-        compare(recorded, name, *replayed, schedules=False)
-    print(fault.__name__, name, "caught by the trajectory:", str(caught.value).splitlines()[0])
+    assert_fault_caught(compare, f"{fault.__name__} {name}", recorded, name, *replayed)

@@ -25,7 +25,14 @@ from hf_mim.models.vicregl.convert_vicregl import convert_checkpoint
 from hf_mim.trainers import VicreglTrainer, VicreglTrainingArguments
 
 from .helpers import FIXTURES
-from .trajectory_harness import REPLAY_ARGUMENTS, record_output_fields, relative_gap, replay, schedule_off_by_one
+from .trajectory_harness import (
+    REPLAY_ARGUMENTS,
+    assert_fault_caught,
+    record_output_fields,
+    relative_gap,
+    replay,
+    schedule_off_by_one,
+)
 
 FIXTURE = FIXTURES / "trajectory_vicregl"
 DRIFT_FACTOR = 20
@@ -235,12 +242,7 @@ def _lars_adaptation_on_vectors(monkeypatch):
 def test_trajectory_test_catches_faults(recorded, tmp_path, monkeypatch, fault, backbone):
     fault(monkeypatch)
     replayed = run_hf(recorded, backbone, tmp_path)
-    with pytest.raises(AssertionError) as caught:
-        compare(recorded, backbone, *replayed)
-    print(fault.__name__, backbone, "caught:", str(caught.value).splitlines()[0])
-    with pytest.raises(AssertionError) as caught:  # the trajectory alone, without the schedule values
-        compare(recorded, backbone, *replayed, schedules=False)
-    print(fault.__name__, backbone, "caught by the trajectory:", str(caught.value).splitlines()[0])
+    assert_fault_caught(compare, f"{fault.__name__} {backbone}", recorded, backbone, *replayed)
 
 
 def test_location_grids_match_the_original(recorded):

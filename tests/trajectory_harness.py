@@ -8,6 +8,7 @@ was stepped with, and the EMA momentum passed to `update_teacher`.
 
 from dataclasses import dataclass, field
 
+import pytest
 import torch
 from torch.utils.data import IterableDataset
 from transformers import TrainerCallback
@@ -136,3 +137,14 @@ def ema_before_optimizer_step(monkeypatch):
         self.trainer.update_teacher(state.global_step)
 
     monkeypatch.setattr(callback, "on_pre_optimizer_step", before, raising=False)
+
+
+def assert_fault_caught(compare, fault_name: str, *compared) -> None:
+    """An injected fault must fail `compare(*compared)` twice: with the schedule values checked, and on the
+    trajectory alone (`schedules=False`), so a fault that leaves the logged schedule intact is still caught."""
+    with pytest.raises(AssertionError) as caught:
+        compare(*compared)
+    print(fault_name, "caught:", str(caught.value).splitlines()[0])
+    with pytest.raises(AssertionError) as caught:
+        compare(*compared, schedules=False)
+    print(fault_name, "caught by the trajectory:", str(caught.value).splitlines()[0])
