@@ -2,12 +2,13 @@
 index against a transcription of the original's construction, the biased encoder against an eager transcription of
 the original's attention, zero-init = no bias, eager = SDPA, and the original checkpoint keys through the converter."""
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
 from hf_mim import CaeConfig, CaeForImageClassification, CaeModel
-from hf_mim.layers import RelativePositionBias, relative_position_index
+from hf_mim.layers import RelativePositionBias, num_relative_distances, relative_position_index
 from hf_mim.models.cae import convert_cae
 
 
@@ -101,8 +102,115 @@ def test_module_bias_is_the_original_lookup():
     randomize_tables(module)
     expected = original_bias(module.relative_position_bias_table, original_index((3, 4))[1])
     assert torch.equal(module((3, 4)), expected)
-    with pytest.raises(ValueError, match="built for a 3x4 patch grid"):
-        module((4, 4))
+
+
+def test_other_grid_interpolates_bilinearly_as_transformers_beit():
+    """At another input size the forward resamples the offsets bilinearly, as transformers' BEiT
+    (`BeitRelativePositionBias`, `interpolate_pos_encoding`), keeps the cls rows and indexes the new grid."""
+    from transformers import BeitConfig
+    from transformers.models.beit.modeling_beit import BeitRelativePositionBias
+
+    module = RelativePositionBias((4, 4), num_heads=3)
+    randomize_tables(module)
+    reference = BeitRelativePositionBias(BeitConfig(num_attention_heads=3, image_size=64, patch_size=16))
+    reference.relative_position_bias_table.data.copy_(module.relative_position_bias_table)
+    for grid in [(6, 6), (3, 3), (4, 4)]:
+        torch.testing.assert_close(module(grid), reference(grid)[0], rtol=0, atol=1e-6)
+    bias = module((5, 7))  # rectangular: the offsets as the table lays them out (rows, then columns)
+    assert bias.shape == (3, 36, 36)
+    table = module.relative_position_bias_table
+    assert torch.equal(bias[:, 0, 1:], table[-3][:, None].expand(3, 35))  # cls -> patches keeps its row
+    assert torch.equal(bias[:, 1, 1], bias[:, 20, 20])  # offset (0, 0): one value on the diagonal
+    bias.sum().backward()  # differentiable: the table trains at the new size
+    assert table.grad is not None and table.grad.abs().sum() > 0
+
+
+def original_resize(table: torch.Tensor, source_side: int, target_side: int) -> torch.Tensor:
+    """Atten4Vis CAE tools/run_class_finetuning.py (BEiT's): the load-time rescale of a square grid's table,
+    transcribed, with scipy's named replacement for its removed `interpolate.interp2d(x, y, z, kind='cubic')`
+    (`RectBivariateSpline(y, x, z, s=0)` read at (dy, dx))."""
+    from scipy.interpolate import RectBivariateSpline
+
+    num_extra_tokens = 3
+    src_size, dst_size = 2 * source_side - 1, 2 * target_side - 1
+    extra_tokens = table[-num_extra_tokens:, :]
+    rel_pos_bias = table[:-num_extra_tokens, :]
+
+    def geometric_progression(a, r, n):
+        return a * (1.0 - r**n) / (1.0 - r)
+
+    left, right = 1.01, 1.5
+    while right - left > 1e-6:
+        q = (left + right) / 2.0
+        gp = geometric_progression(1, q, src_size // 2)
+        if gp > dst_size // 2:
+            right = q
+        else:
+            left = q
+    dis = []
+    cur = 1
+    for i in range(src_size // 2):
+        dis.append(cur)
+        cur += q ** (i + 1)
+    r_ids = [-_ for _ in reversed(dis)]
+    x = r_ids + [0] + dis
+    y = r_ids + [0] + dis
+    t = dst_size // 2.0
+    dx = np.arange(-t, t + 0.1, 1.0)
+    dy = np.arange(-t, t + 0.1, 1.0)
+    all_rel_pos_bias = []
+    for i in range(table.shape[1]):
+        z = rel_pos_bias[:, i].view(src_size, src_size).double().numpy()
+        f = RectBivariateSpline(y, x, z, kx=3, ky=3, s=0)
+        all_rel_pos_bias.append(torch.Tensor(f(dy, dx)).contiguous().view(-1, 1))
+    rel_pos_bias = torch.cat(all_rel_pos_bias, dim=-1)
+    return torch.cat((rel_pos_bias, extra_tokens), dim=0)
+
+
+@pytest.mark.parametrize("source, target", [(14, 24), (14, 32), (4, 6), (6, 4)])
+def test_resize_is_the_originals_load_time_rescale(source, target):
+    module = RelativePositionBias((source, source), num_heads=2)
+    randomize_tables(module)
+    table = module.relative_position_bias_table.detach().clone()
+    module.resize_((target, target))
+    resized = module.relative_position_bias_table
+    assert module.grid == (target, target) and resized.shape == (num_relative_distances((target,) * 2), 2)
+    torch.testing.assert_close(resized, original_resize(table, source, target), rtol=0, atol=1e-6)
+    assert torch.equal(module.relative_position_index, original_index((target, target))[1])
+    assert torch.equal(resized[-3:], table[-3:])
+
+    # the short-range offsets (0 and +-1 on each axis) sit at the same positions in both grids: kept
+    def at(t, side, dr, dc):
+        return t[(dr + side - 1) * (2 * side - 1) + (dc + side - 1)]
+
+    for dr, dc in [(0, 0), (1, 0), (0, -1), (1, 1)]:
+        torch.testing.assert_close(at(resized, target, dr, dc), at(table, source, dr, dc), rtol=0, atol=1e-5)
+
+
+def test_resize_to_image_size_round_trips_and_matches_the_interpolated_forward(tmp_path):
+    model = CaeForImageClassification(biased_config(num_labels=3)).eval()
+    randomize_tables(model)
+    pixels = torch.randn(2, 3, 96, 96)
+    with torch.no_grad():
+        before = model.cae(pixels).last_hidden_state  # position table interpolated in the forward
+    shared = model.cae.relative_position_bias.relative_position_bias_table.detach().clone()
+    model.resize_to_image_size(96)
+    assert model.config.image_size == 96 and model.cae.relative_position_bias.grid == (6, 6)
+    expected = original_resize(shared, 4, 6)
+    torch.testing.assert_close(
+        model.cae.relative_position_bias.relative_position_bias_table, expected, atol=1e-6, rtol=0
+    )
+    with torch.no_grad():
+        after = model.cae(pixels).last_hidden_state
+    # the position table now holds what the forward interpolated; only the relative tables' resampling differs
+    differs = (after - before).abs().max().item()
+    assert differs > 1e-4
+    model.save_pretrained(tmp_path)
+    loaded = CaeForImageClassification.from_pretrained(tmp_path).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.cae(pixels).last_hidden_state, after, rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="not a multiple of patch_size"):
+        model.resize_to_image_size(100)
 
 
 @pytest.mark.parametrize("per_block, shared", [(True, False), (False, True), (True, True)])
@@ -173,10 +281,8 @@ def test_attentions_with_the_bias_are_the_original_softmax():
     torch.testing.assert_close(attentions[0].sum(-1), torch.ones(1, 4, 17))
 
 
-def test_other_grid_and_masks_are_refused():
+def test_masks_and_bad_flags_are_refused():
     model = CaeModel(biased_config()).eval()
-    with pytest.raises(ValueError, match="patch grid"):
-        model(torch.randn(1, 3, 80, 48))
     with pytest.raises(ValueError, match="no bool_masked_pos"):
         model(torch.randn(1, 3, 64, 64), bool_masked_pos=torch.zeros(1, 16, dtype=torch.bool))
     with pytest.raises(ValueError, match="use_relative_position_bias must be True or False"):

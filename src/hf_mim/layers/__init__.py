@@ -15,7 +15,13 @@ from .positions import (
     sincos_2d_position_embedding,
 )
 from .regularization import DropPath, LayerScale, drop_path, drop_path_schedule, residual_with_drop_path
-from .relative_position import RelativePositionBias, num_relative_distances, relative_position_index
+from .relative_position import (
+    RelativePositionBias,
+    interpolate_relative_position_table,
+    num_relative_distances,
+    relative_position_index,
+    resize_relative_position_table,
+)
 
 __all__ = [
     "Attention",
@@ -28,6 +34,7 @@ __all__ = [
     "Mlp",
     "PatchEmbeddings",
     "RelativePositionBias",
+    "interpolate_relative_position_table",
     "SelfAttentionBlock",
     "ViTLayer",
     "build_norm",
@@ -39,6 +46,7 @@ __all__ = [
     "normalized_grid_coordinates",
     "num_relative_distances",
     "relative_position_index",
+    "resize_relative_position_table",
     "resize_position_embeddings",
     "residual_with_drop_path",
     "sincos_2d_position_embedding",

@@ -224,6 +224,29 @@ class CaePreTrainedModel(RemoteCodeExportMixin, PreTrainedModel):
             init.zeros_(module.relative_position_bias_table)
             init.copy_(module.relative_position_index, relative_position_index(module.grid))
 
+    @torch.no_grad()
+    def resize_to_image_size(self, image_size: int) -> None:
+        """Adapt the encoder to fine-tune at another resolution, as the original fine-tuning does when it loads a
+        checkpoint: the stored position table bicubically resized (what the forward would interpolate on the fly)
+        and every relative position table rescaled with the original's geometric cubic resampling
+        (`RelativePositionBias.resize_`); `config.image_size` becomes `image_size`, so the model saves and reloads
+        at the new size. Encoder models only (`CaeModel`, `CaeForImageClassification`): a pretraining model's
+        regressor has its own table and the pretraining recipe never changes resolution."""
+        if isinstance(self, CaeForPreTraining):
+            raise ValueError("resize_to_image_size adapts an encoder for fine-tuning, not a CaeForPreTraining model.")
+        config = self.config
+        if image_size % config.patch_size:
+            raise ValueError(f"image_size={image_size} is not a multiple of patch_size={config.patch_size}.")
+        old, new = (config.grid_size,) * 2, (image_size // config.patch_size,) * 2
+        embeddings = self.base_model.embeddings
+        table = embeddings.position_embeddings.data
+        patches = resize_position_embeddings(table[:, 1:], old, new)
+        embeddings.position_embeddings = nn.Parameter(torch.cat([table[:, :1], patches], dim=1), requires_grad=False)
+        for module in self.modules():
+            if isinstance(module, RelativePositionBias):
+                module.resize_(new)
+        config.image_size = image_size
+
 
 @dataclass
 class CaeModelOutput(BaseModelOutputWithPooling):
