@@ -23,6 +23,7 @@ from typing import Any
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from .._version import __version__
+from .install import INSTALL_SENTENCE
 from .releases import METHODS, Method, Metric, Paper, Release, release_named, releases_for
 
 LIBRARY_TAG = "hf_mim"
@@ -160,7 +161,7 @@ def usage_section(method: str, repo_id: str, config=None, remote_code: bool = Tr
     (only if the folder carries the remote-code bundle); the snippets are the method's (`CardText.usage`)."""
     usage = card_text(method).usage
     native = usage(repo_id, config, False)
-    parts = ["## Usage", "", "### With hf_mim installed (`pip install hf_mim`)", "", native, ""]
+    parts = ["## Usage", "", "### With hf_mim installed", "", INSTALL_SENTENCE, "", native, ""]
     if pretraining:
         parts += [
             "`AutoModelForPreTraining.from_pretrained(...)` loads the full pretraining model (to continue "
