@@ -149,14 +149,17 @@ class TwoViewCropTransform:
         mean, std = (CLIP_MEAN, CLIP_STD) if self.second_normalization == "clip" else (IMAGENET_MEAN, IMAGENET_STD)
         return TF.normalize(tensor, mean, std, inplace=True)
 
-    def __call__(self, image) -> dict[str, torch.Tensor]:
+    def __call__(self, image, crop_box: Sequence[int] | None = None) -> dict[str, torch.Tensor]:
+        """`crop_box` (top, left, height, width), in the pixels of the (flipped) image, replaces the drawn box: it
+        replays a box drawn elsewhere, e.g. by the original's Python-`random` sampler (tests/test_transforms_vs_
+        originals.py). The jitter and the flip are still drawn, in the same order; no box is drawn then."""
         if not (isinstance(image, PIL.Image.Image) and image.mode == "RGB"):
             image = decode_image(image)  # grayscale, RGBA, 16-bit, paths, bytes -> RGB PIL
         if self.jitter is not None:
             image = self.jitter(image)
         if self.hflip and bool(torch.rand(1) < 0.5):
             image = image.transpose(PIL.Image.Transpose.FLIP_LEFT_RIGHT)
-        box = self.crop_box(image)
+        box = self.crop_box(image) if crop_box is None else tuple(int(v) for v in crop_box)
         first = TF.resized_crop(image, *box, [self.image_size, self.image_size], self.interpolation)
         second = TF.resized_crop(image, *box, [self.second_size, self.second_size], self.second_interpolation)
         return {
