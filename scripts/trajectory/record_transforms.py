@@ -36,6 +36,7 @@ import importlib
 import importlib.util
 import json
 import random
+import re
 import sys
 import types
 from pathlib import Path
@@ -156,7 +157,7 @@ def record_cae_run(datasets, version: str, images: dict) -> tuple[dict, dict]:
     record = {
         "arguments": vars(arguments),
         "samples": samples,
-        "pipeline": repr(transform),
+        "pipeline": re.sub(r" at 0x[0-9a-f]+", "", repr(transform)),  # no memory address: a reproducible record
         "encoder": {
             "size": list(crop.size),
             "interpolation": int(crop.interpolation),
