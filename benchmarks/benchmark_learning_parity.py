@@ -25,12 +25,20 @@ Variants (`--variants`, per method and seed; "random" init is always evaluated, 
   (I-JEPA: `mask_sampler=original`; CAPI: `--original_weight_decay_groups True`).
 * `original`: the original code, driven by `train_original_<method>.py` from `--tools_dir` (never copied into this
   repository), its checkpoint converted with `scripts/convert/convert_<method>_to_hf.py`.
-  CAE (v1, `--methods cae --original_cae_src TREE`) is driven in-process instead (`train_original_cae`): the
-  original Atten4Vis/CAE model, parameter groups, cosine schedule and loop body, reused by name from
-  benchmarks/benchmark_cae.py and scripts/trajectory/record_cae_trajectory.py, at `cae-tiny` (64 px, 16 px patches)
-  and hf_mim's CPU recipe (lr 3e-4, crops >= 40 %; drop path 0 on both sides); both sides tokenize with the same seeded random stand-in DALL-E
-  tokenizer (`run_cae.py`'s `random_target_model`) and use hf_mim's two-view crops; converted with
-  `benchmark_cae.copy_weights`. Probed at 64 px.
+  CAE v1 / v2 and VICRegL are driven in-process instead (benchmarks/learning_parity_originals.py), the original's
+  model, optimizer rule, schedule and loop body reused by name from the speed benchmarks (benchmark_cae.py,
+  benchmark_vicregl.py) and the trajectory recorders (scripts/trajectory/record_{cae,vicregl}_trajectory.py), on the
+  same crops as hf_mim's side (its transforms, as `run_<method>.py` builds them), converted with the benchmarks'
+  `copy_weights` (hf_mim's converters); probed at 64 px:
+  - `cae` (v1) and `cae_v2` (`--original_cae_src TREE`, Atten4Vis/CAE): `run_cae.py` at `cae-tiny` (64 px, 16 px
+    patches; `--cae_version 2` for its v2 twin) and the CPU recipe (lr 3e-4, crops >= 40 %; drop path 0 on both
+    sides); both sides get their targets from the same seeded random stand-in target network (`run_cae.py`'s
+    `random_target_model`: a DALL-E tokenizer for v1, a CLIP teacher for v2).
+  - `vicregl` (`--original_vicregl_src TREE`, facebookresearch/VICRegL): `run_vicregl.py` at its CPU recipe preset
+    `vicregl-tiny-resnet` (LARS, base lr 0.3 x batch / 256, 2 global 64 px crops) with a stem of 4 instead of 8
+    (`embedding_size=4`: the original ResNet ties the stem width to the first stage's, widths 16..128 need 4); the
+    original's VICRegL with its LARS and `learning_schedule`; its online classifier (10 classes) trains along.
+    Pooled features only (the ResNet's pooler output is the mean of its map).
 
 Every (method, variant, seed) runs as its own subprocess (`--jobs` at a time, `--threads` torch threads each) and
 caches its result as `<output_dir>/results/<method>_<variant>_seed<seed>.json`: an interrupted benchmark resumes
@@ -53,17 +61,26 @@ import time
 from datetime import datetime, timedelta
 from pathlib import Path
 
+import learning_parity_originals as originals
+
 REPO = Path(__file__).resolve().parent.parent
-METHODS = ("ijepa", "capi", "cae")
+METHODS = ("ijepa", "capi", "cae", "cae_v2", "vicregl")
 VARIANTS = ("random", "default", "original_choices", "original")
-DEFAULT_STEPS = {"ijepa": 3000, "capi": 1500, "cae": 1200}
-FEATURES = {"ijepa": ("target", "context"), "capi": ("pooled", "mean_patch"), "cae": ("pooled", "mean_patch")}
+DEFAULT_STEPS = {"ijepa": 3000, "capi": 1500, "cae": 1200, "cae_v2": 1200, "vicregl": 800}  # CAE, VICRegL: CPU recipes
+POOLED = {"pooled": "pooled (pooler_output)"}
+FEATURES = {"ijepa": ("target", "context"), "capi": ("pooled", "mean_patch"), "cae": ("pooled", "mean_patch"),
+            "cae_v2": ("pooled", "mean_patch"), "vicregl": ("pooled",)}  # fmt: skip
 FEATURE_TITLES = {
     "ijepa": {"target": "target encoder", "context": "context encoder"},
-    "capi": {"pooled": "pooled (pooler_output)", "mean_patch": "mean patch token"},
-    "cae": {"pooled": "pooled (pooler_output)", "mean_patch": "mean patch token"},
+    "capi": {**POOLED, "mean_patch": "mean patch token"},
+    "cae": {**POOLED, "mean_patch": "mean patch token"},
+    "cae_v2": {**POOLED, "mean_patch": "mean patch token"},
+    "vicregl": POOLED,
 }
 IMAGE_SIZE, TEST_FRACTION, SPLIT_SEED, K, TEMPERATURE = 56, 0.3, 0, 20, 0.07
+# The probe's image side per method: the training folder's 56 px, or the model's crop size (cae-tiny and
+# vicregl-tiny-resnet: 64 px; the digits upsampled)
+PROBE_SIZE = {"cae": 64, "cae_v2": 64, "vicregl": 64}
 LOG_EVERY = 100
 
 # hf_mim's side: run_<method>.py arguments that mirror the original tools' defaults (see their docstrings).
@@ -71,18 +88,27 @@ HF_CONFIG = {
     "ijepa": ("ijepa-tiny", "patch_size=7,min_keep=4"),
     "capi": ("capi-tiny", "patch_size=7"),
     "cae": ("cae-tiny", ""),  # 64 px, 16 px patches; hf_mim's CPU recipe (lr 3e-4, crops >= 40 %)
+    "cae_v2": ("cae-tiny", ""),  # its v2 twin (--cae_version 2)
+    "vicregl": ("vicregl-tiny-resnet", f"embedding_size={originals.VICREGL_STEM}"),  # the CPU recipe's preset
 }
+HF_SCRIPT = {"cae_v2": "run_cae.py"}  # default: run_<method>.py
 # What "original_choices" changes on top of hf_mim's defaults.
 ORIGINAL_CHOICES = {
     "ijepa": {"config_overrides": "mask_sampler=original", "arguments": []},
     "capi": {"config_overrides": "", "arguments": ["--original_weight_decay_groups", "True"]},
     "cae": {"config_overrides": "", "arguments": []},  # linspace warm-up is already hf_mim's default
+    "cae_v2": {"config_overrides": "", "arguments": []},
+    "vicregl": {"config_overrides": "", "arguments": []},  # both sides get hf_mim's crops (flip_grid the paper's)
 }
-# Methods whose original is driven in-process here (not by a tool in --tools_dir), reusing the trajectory recorder's
-# original-code loop body (scripts/trajectory/record_<method>_trajectory.py) and the benchmark's importer.
-IN_PROCESS = {"cae"}
+# Methods whose original is driven in-process (learning_parity_originals.py), not by a tool in --tools_dir.
+IN_PROCESS = {"cae", "cae_v2", "vicregl"}
+# The flag of each method's original tree (CAE v1 and v2 are the same repository).
+SOURCE_FLAG = {"ijepa": "original_ijepa_src", "capi": "original_capi_src", "cae": "original_cae_src",
+               "cae_v2": "original_cae_src", "vicregl": "original_vicregl_src"}  # fmt: skip
 # run_cae.py defaults to drop path 0.1; benchmark_cae.build_original (the original side) builds with 0.0
-CAE_HF_ARGUMENTS = ["--learning_rate", "3e-4", "--crop_scale_min", "0.4", "--drop_path_rate", "0.0"]
+CAE_HF_ARGUMENTS = ["--learning_rate", str(originals.CAE_LR), "--crop_scale_min", str(originals.CAE_CROP_SCALE_MIN),
+                    "--drop_path_rate", "0.0"]  # fmt: skip
+HF_ARGUMENTS = {"cae": CAE_HF_ARGUMENTS, "cae_v2": [*CAE_HF_ARGUMENTS, "--cae_version", "2"]}
 ORIGINAL_TOOL = {"ijepa": "train_original_ijepa.py", "capi": "train_original_capi.py"}
 ORIGINAL_OUT = {"ijepa": "original.pth.tar", "capi": "original.pth"}
 
@@ -218,10 +244,10 @@ def hf_command(args, method: str, variant: str, seed: int, data_dir: Path, out: 
         if ORIGINAL_CHOICES[method]["config_overrides"]:
             overrides += "," + ORIGINAL_CHOICES[method]["config_overrides"]
         extra = ORIGINAL_CHOICES[method]["arguments"]
-    if method == "cae":
-        extra = [*CAE_HF_ARGUMENTS, *extra]
+    extra = [*HF_ARGUMENTS.get(method, []), *extra]
+    script = HF_SCRIPT.get(method, f"run_{method}.py")
     command = [
-        sys.executable, str(REPO / "examples" / "pytorch" / "pretraining" / f"run_{method}.py"),
+        sys.executable, str(REPO / "examples" / "pytorch" / "pretraining" / script),
         "--config_name", config_name, "--config_overrides", overrides, "--train_dir", str(data_dir),
         "--max_steps", str(args.steps_for[method]), "--per_device_train_batch_size", str(args.batch_size),
         "--seed", str(seed), "--output_dir", str(out), "--save_strategy", "no", "--report_to", "none",
@@ -234,7 +260,7 @@ def hf_command(args, method: str, variant: str, seed: int, data_dir: Path, out: 
 
 
 def original_command(args, method: str, seed: int, data_dir: Path, out: Path) -> list[str]:
-    src = getattr(args, f"original_{method}_src")
+    src = getattr(args, SOURCE_FLAG[method])
     return [
         sys.executable, str(args.tools_dir / ORIGINAL_TOOL[method]), "--src", str(src), "--data_dir", str(data_dir),
         "--out", str(out), "--steps", str(args.steps_for[method]), "--batch", str(args.batch_size),
@@ -283,15 +309,18 @@ def load_models(method: str, variant: str, seed: int, run_dir: Path) -> dict:
                 if a.keys() != b.keys() or any(not torch.equal(a[k], b[k]) for k in a):
                     raise RuntimeError(f"AutoModel did not load the {name} encoder of {run_dir / 'train'}")
         return {"target": (target, "pooler"), "context": (context, "pooler")}
-    if method == "cae":
+    if method in ("cae", "cae_v2", "vicregl"):
         if variant == "random":
             set_seed(seed)
-            model = hf_mim.CaeForPreTraining(hf_mim.CaeConfig.tiny()).cae
+            if method == "vicregl":
+                model = hf_mim.VicreglForPreTraining(originals.vicregl_config()).vicregl
+            else:
+                model = hf_mim.CaeForPreTraining(originals.cae_config(1 if method == "cae" else 2)).cae
         elif variant == "original":
             model = AutoModel.from_pretrained(run_dir / "converted")
         else:
             model = AutoModel.from_pretrained(run_dir / "train" / "backbone")
-        return {"pooled": (model, "pooler"), "mean_patch": (model, "mean_patch")}
+        return {name: (model, name if name == "mean_patch" else "pooler") for name in FEATURES[method]}
     if variant == "random":
         set_seed(seed)
         model = hf_mim.CapiForPreTraining(hf_mim.CapiConfig.tiny(patch_size=7)).teacher
@@ -310,10 +339,11 @@ def evaluate(method: str, models: dict) -> dict:
     from hf_mim.evaluation import extract_features, knn_accuracy
     from hf_mim.losses import effective_rank
 
-    size = CAE_SIZE if method == "cae" else IMAGE_SIZE  # the cae-tiny encoder's 64 px (digits upsampled)
+    size = PROBE_SIZE.get(method, IMAGE_SIZE)
     side = {"height": size, "width": size}
     processor_class = {"ijepa": hf_mim.IJepaImageProcessor, "capi": hf_mim.CapiImageProcessor,
-                       "cae": hf_mim.CaeImageProcessor}[method]  # fmt: skip
+                       "cae": hf_mim.CaeImageProcessor, "cae_v2": hf_mim.CaeImageProcessor,
+                       "vicregl": hf_mim.VicreglImageProcessor}[method]  # fmt: skip
     processor = processor_class(size=side, crop_size=side, do_center_crop=False)
     splits = {name: digits_dataset(name, IMAGE_SIZE, test_fraction=TEST_FRACTION, seed=SPLIT_SEED)
               for name in ("train", "test")}  # fmt: skip
@@ -334,90 +364,13 @@ def evaluate(method: str, models: dict) -> dict:
     return metrics
 
 
-CAE_SIZE, CAE_PATCH = 64, 16  # cae-tiny (hf_mim.CaeConfig.tiny): 64 px, 4x4 grid, 6 masked, 64 tokens
-
-
-def train_original_cae(args, seed: int, data_dir: Path, run_dir: Path) -> dict:
-    """CAE v1 through the original Atten4Vis/CAE code: its `ContextAutoencoderViT` (benchmark_cae.import_original /
-    build_original), its `get_parameter_groups` and `cosine_scheduler` (compiled from the tree's source as
-    scripts/trajectory/record_cae_trajectory.py does) and the recorder's loop body (`record_cae_trajectory.run`:
-    AdamW, per-step lr / wd, CE + 2 x alignment MSE, clipping), on the digits image folder, at cae-tiny's sizes and
-    hf_mim's CPU recipe (lr 3e-4, batch `--batch_size`, crops >= 40 %). Masks from the original's
-    `MaskingGenerator`; token targets from the same seeded random stand-in DALL-E tokenizer `run_cae.py` uses when no
-    tokenizer is given (`random_target_model`), on the same two-view crops (hf_mim's `TwoViewCropTransform.cae_v1`).
-    The trained model is converted with benchmark_cae.copy_weights (the converter's `convert_checkpoint`) and its
-    encoder saved as `<run_dir>/converted`."""
-    import random
-
-    import numpy as np
-    import torch
-    from torchvision.datasets import ImageFolder
-
-    sys.path.insert(0, str(REPO / "scripts" / "trajectory"))
-    sys.path.insert(0, str(REPO / "examples" / "pytorch" / "pretraining"))
-    import benchmark_cae as bench
-    import record_cae_trajectory as recorder
-    import run_cae
-
-    import hf_mim
-    from hf_mim.data.two_view import TwoViewCropTransform
-
-    src = args.original_cae_src
-    original, _ = bench.import_original(src)
-    quiet = {"print": lambda *x, **k: None}
-    cosine_scheduler = recorder.original_function(src / "furnace" / "utils.py", "cosine_scheduler",
-                                                  {"np": np, "math": math, **quiet})  # fmt: skip
-    get_parameter_groups = recorder.original_function(src / "furnace" / "optim_factory.py", "get_parameter_groups",
-                                                      {"json": json, **quiet})  # fmt: skip
-    config = hf_mim.CaeConfig.tiny()
-    load = bench.Workload(version=1, regressor_depth=config.regressor_num_layers,
-                          decoder_depth=config.decoder_num_layers, decoder_width=config.decoder_hidden_size,
-                          image_size=config.image_size, patch_size=config.patch_size, width=config.hidden_size,
-                          depth=config.num_hidden_layers, heads=config.num_attention_heads,
-                          decoder_heads=config.decoder_num_attention_heads, num_masked=config.num_masking_patches,
-                          min_block=config.min_masking_patches_per_block, vocab_size=config.vocab_size,
-                          target_dim=config.target_hidden_size)  # fmt: skip
-    steps = args.steps_for["cae"]
-    hparams = argparse.Namespace(lr=3e-4, min_lr=3e-4 * 1e-5 / 1.5e-3, weight_decay=0.05, clip_grad=3.0, align_loss_weight=2.0,
-                                 latent_alignment_loss_weight=1.0)  # fmt: skip
-    warmup = math.ceil(steps * 10 / 300)  # CaeTrainingArguments' defaults: warmup 10 of 300 epochs, min lr ratio
-    # one step per "epoch": the original's warmup_steps only takes effect with warmup_epochs > 0
-    lr_values = cosine_scheduler(hparams.lr, hparams.min_lr, steps, 1, warmup_epochs=warmup)
-    wd_values = cosine_scheduler(hparams.weight_decay, hparams.weight_decay, steps, 1)
-    torch.manual_seed(seed)
-    random.seed(seed)
-    model = bench.build_original(original, load)
-    tokenizer = run_cae.random_target_model(config)  # seeds torch with 0 itself, as run_cae.py does
-    torch.manual_seed(seed)
-    grid = config.image_size // config.patch_size
-    transform = TwoViewCropTransform.cae_v1(config.image_size, second_size=grid * 8, scale=(0.4, 1.0))
-    dataset = ImageFolder(str(data_dir), transform=lambda image: transform(image.convert("RGB")))
-    loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, shuffle=True, drop_last=True,
-                                         generator=torch.Generator().manual_seed(seed))  # fmt: skip
-    masker = original.MaskingGenerator(grid, num_masking_patches=load.num_masked, min_num_patches=load.min_block)
-
-    def batches():
-        done = 0
-        while True:
-            for views, _ in loader:
-                mask = torch.stack([torch.from_numpy(masker()).flatten().bool() for _ in range(args.batch_size)])
-                with torch.no_grad():
-                    tokens = tokenizer.get_codebook_indices(views["target_pixel_values"]).flatten(1)
-                yield {"images": views["pixel_values"], "mask": mask, "targets": tokens}
-                done += 1
-                if done == steps:
-                    return
-
-    start = time.perf_counter()
-    log, trained, _ = recorder.run(model, batches(), hparams, 1, (lr_values, wd_values), get_parameter_groups,
-                                   torch.float32)  # fmt: skip
-    wall = time.perf_counter() - start
-    hf_model = hf_mim.CaeForPreTraining(bench.hf_config(load, "eager"))
-    bench.copy_weights(trained, hf_model, load)
-    hf_model.cae.save_pretrained(run_dir / "converted")
-    window = [entry["loss"] for entry in log[-LOG_EVERY:]]
-    return {"wall_s": wall, "loss_last_window": statistics.fmean(window), "first_loss": log[0]["loss"],
-            "warmup_steps": warmup, "steps": len(log)}  # fmt: skip
+def train_original(args, method: str, seed: int, data_dir: Path, run_dir: Path) -> dict:
+    """The in-process original of `method` (learning_parity_originals.py), trained into `run_dir`."""
+    common = {"steps": args.steps_for[method], "batch_size": args.batch_size, "seed": seed, "log_window": LOG_EVERY}
+    src = getattr(args, SOURCE_FLAG[method])
+    if method == "vicregl":
+        return originals.train_original_vicregl(src, data_dir, run_dir, **common)
+    return originals.train_original_cae(src, data_dir, run_dir, version=1 if method == "cae" else 2, **common)
 
 
 def worker(args) -> int:
@@ -446,11 +399,11 @@ def worker(args) -> int:
         result["final_loss"] = last_hf_loss(run_dir / "train", method)
     elif variant == "original" and method in IN_PROCESS:
         train_start = time.perf_counter()
-        summary = train_original_cae(args, seed, data_dir, run_dir)
+        summary = train_original(args, method, seed, data_dir, run_dir)
         result["train_wall_s"] = time.perf_counter() - train_start
         result["train_runtime_s"] = summary["wall_s"]
         result["final_loss"] = summary["loss_last_window"]
-        result["original_cae"] = summary
+        result[f"original_{method}"] = summary
     elif variant == "original":
         checkpoint = run_dir / ORIGINAL_OUT[method]
         command = original_command(args, method, seed, data_dir, checkpoint)
@@ -509,6 +462,7 @@ def worker_command(args, method: str, variant: str, seed: int) -> list[str]:
         ("--original_ijepa_src", args.original_ijepa_src),
         ("--original_capi_src", args.original_capi_src),
         ("--original_cae_src", args.original_cae_src),
+        ("--original_vicregl_src", args.original_vicregl_src),
     ):
         if value is not None:
             command += [flag, str(value)]
@@ -518,25 +472,30 @@ def worker_command(args, method: str, variant: str, seed: int) -> list[str]:
 
 
 def plan(args) -> tuple[list[tuple[str, str, int]], list[str]]:
-    """(method, variant, seed) to run, I-JEPA first, seeds outer (so complete seeds accumulate early); notes."""
-    notes, todo = [], []
+    """(method, variant, seed) to run, and notes: every random init first (seconds each), then seed by seed, the
+    methods in `--methods` order within a seed (so that complete seeds of every method accumulate early)."""
+    notes, trained = [], {}
     for method in args.methods:
         variants = ["random", *[v for v in args.variants if v != "random"]]
+        if "original_choices" in variants and ORIGINAL_CHOICES[method] == {"config_overrides": "", "arguments": []}:
+            notes.append(f"{method}: no deliberate departure to set back: original_choices is the default, skipped")
+            variants.remove("original_choices")
         if "original" in variants:
-            src = getattr(args, f"original_{method}_src")
+            flag = SOURCE_FLAG[method]
+            src = getattr(args, flag)
             tool = args.tools_dir / ORIGINAL_TOOL.get(method, "")
             if src is None:
-                notes.append(f"{method}: no --original_{method}_src given: the original variant is skipped")
+                notes.append(f"{method}: no --{flag} given: the original variant is skipped")
                 variants.remove("original")
             elif not Path(src).is_dir():
-                notes.append(f"{method}: --original_{method}_src {src} does not exist: the original is skipped")
+                notes.append(f"{method}: --{flag} {src} does not exist: the original is skipped")
                 variants.remove("original")
             elif method not in IN_PROCESS and not tool.exists():
                 notes.append(f"{method}: {tool} not found (--tools_dir {args.tools_dir}): the original is skipped")
                 variants.remove("original")
-        # random first (seconds each), then seed by seed
-        todo += [(method, "random", seed) for seed in args.seeds]
-        todo += [(method, v, seed) for seed in args.seeds for v in variants if v != "random"]
+        trained[method] = [v for v in variants if v != "random"]
+    todo = [(method, "random", seed) for method in args.methods for seed in args.seeds]
+    todo += [(method, v, seed) for seed in args.seeds for method in args.methods for v in trained[method]]
     return todo, notes
 
 
@@ -683,9 +642,9 @@ def report(args) -> str:
                     f"{fmt(statistics.fmean(losses), 4) if losses else 'n/a'} |"
                 )
         if timing:
-            loss_name = {"capi": "student (CAPI) loss", "cae": "CAE (CE + alignment) loss"}.get(
-                method, "smooth-L1 loss"
-            )
+            loss_name = {"capi": "student (CAPI) loss", "cae": "CAE (CE + alignment) loss",
+                         "cae_v2": "CAE v2 (cosine) loss",
+                         "vicregl": "VICRegL loss (no online classifier)"}.get(method, "smooth-L1 loss")  # fmt: skip
             lines += ["\nPer run:\n", f"| variant | wall (min) | train s/step | last-100-step {loss_name} |",
                       "| --- | --- | --- | --- |", *timing]  # fmt: skip
     if sources - {"n<2", "zero variance"}:
@@ -708,7 +667,7 @@ def parse_steps(text: str, methods) -> dict:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--methods", default="ijepa,capi", help="comma-separated: ijepa, capi, cae")
+    parser.add_argument("--methods", default="ijepa,capi", help=f"comma-separated: {', '.join(METHODS)}")
     parser.add_argument("--seeds", default="0,1,2,3,4", help="comma-separated seeds")
     parser.add_argument("--steps", default=None,
                         help="optimizer steps: one number for every method, or 'ijepa=3000,capi=1500' "
@@ -721,7 +680,9 @@ def main(argv=None) -> int:
                         help="comma-separated: default, original_choices, original (random init always)")  # fmt: skip
     parser.add_argument("--original_ijepa_src", type=Path, default=None, help="exported facebookresearch/ijepa tree")
     parser.add_argument("--original_capi_src", type=Path, default=None, help="exported facebookresearch/capi tree")
-    parser.add_argument("--original_cae_src", type=Path, default=None, help="exported Atten4Vis/CAE tree")
+    parser.add_argument("--original_cae_src", type=Path, default=None, help="exported Atten4Vis/CAE tree (v1, v2)")
+    parser.add_argument("--original_vicregl_src", type=Path, default=None,
+                        help="exported facebookresearch/VICRegL tree")  # fmt: skip
     parser.add_argument("--tools_dir", type=Path, default=None,
                         help="folder with train_original_{ijepa,capi}.py (default: ../shared/tools from the repo)")  # fmt: skip
     parser.add_argument("--report_only", action="store_true", help="print the table from the cache, run nothing")
@@ -747,7 +708,7 @@ def main(argv=None) -> int:
     args.steps_for = parse_steps(args.steps, METHODS)
     args.output_dir = args.output_dir.resolve()
     args.tools_dir = (args.tools_dir or REPO / ".." / "shared" / "tools").resolve()
-    for name in ("original_ijepa_src", "original_capi_src", "original_cae_src"):
+    for name in sorted(set(SOURCE_FLAG.values())):
         if getattr(args, name) is not None:
             setattr(args, name, getattr(args, name).resolve())
 

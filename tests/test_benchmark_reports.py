@@ -61,3 +61,40 @@ def test_change_over_initialisation_is_paired_per_seed(parity, tmp_path, capsys)
     assert "| default | 3 | 3.7 ± 1.5 | +4.0 +2.0 +5.0 |" in text
     # unpaired difference of the trained means is in the table too: (25+33+31)/3 - (36+24+33)/3 = -1.3
     assert "| default | -1.3 | [" in text
+
+
+def test_in_process_originals_are_planned_seed_by_seed(parity, tmp_path, capsys):
+    """CAE v1 / v2 and VICRegL need no tool (their originals run in-process), only the tree; every random init comes
+    first, then seed by seed every method; original_choices, which sets nothing back for them, is left out."""
+    cae, vicregl = tmp_path / "cae", tmp_path / "vicregl"
+    cae.mkdir(), vicregl.mkdir()
+    parity.main(["--methods", "cae,cae_v2,vicregl", "--seeds", "0,1", "--output_dir", str(tmp_path / "out"),
+                 "--original_cae_src", str(cae), "--original_vicregl_src", str(vicregl), "--report_only"])  # fmt: skip
+    args = parity.argparse.Namespace(methods=["cae_v2", "vicregl"], seeds=[0, 1], variants=["default",
+                                     "original_choices", "original"], original_cae_src=cae, original_vicregl_src=None,
+                                     tools_dir=tmp_path / "no_tools")  # fmt: skip
+    todo, notes = parity.plan(args)
+    assert todo == [("cae_v2", "random", 0), ("cae_v2", "random", 1), ("vicregl", "random", 0),
+                    ("vicregl", "random", 1), ("cae_v2", "default", 0), ("cae_v2", "original", 0),
+                    ("vicregl", "default", 0), ("cae_v2", "default", 1), ("cae_v2", "original", 1),
+                    ("vicregl", "default", 1)]  # fmt: skip
+    assert any("vicregl: no --original_vicregl_src given" in note for note in notes)
+    assert capsys.readouterr().out.startswith("no results")
+
+
+def test_hf_side_of_cae_v2_and_vicregl(parity, tmp_path):
+    """hf_mim's side: run_cae.py --cae_version 2 at the CAE recipe, and run_vicregl.py at vicregl-tiny-resnet with the
+    stem the original ResNet can build - the config the random-init variant and the converted original use."""
+    from hf_mim.presets import CONFIG_PRESETS
+
+    args = parity.argparse.Namespace(steps_for={"cae_v2": 30, "vicregl": 20}, batch_size=64)
+    cae_v2 = parity.hf_command(args, "cae_v2", "default", 3, tmp_path, tmp_path / "out")
+    assert cae_v2[1].endswith("run_cae.py") and cae_v2[cae_v2.index("--cae_version") + 1] == "2"
+    assert cae_v2[cae_v2.index("--learning_rate") + 1] == "0.0003" and "--config_overrides" not in cae_v2
+    vicregl = parity.hf_command(args, "vicregl", "default", 3, tmp_path, tmp_path / "out")
+    assert vicregl[1].endswith("run_vicregl.py") and vicregl[vicregl.index("--max_steps") + 1] == "20"
+    name, overrides = vicregl[vicregl.index("--config_name") + 1], vicregl[vicregl.index("--config_overrides") + 1]
+    config = CONFIG_PRESETS[name]()
+    config.update_from_string(overrides)
+    assert config.to_dict() == parity.originals.vicregl_config().to_dict()
+    assert config.hidden_sizes == [4 * config.embedding_size * 2**i for i in range(4)]  # the original ResNet's rule
