@@ -12,6 +12,7 @@ in float64. These are the numbers `hf_mim.hub.releases.METHODS[...].parity` quot
 (float64) on the same outputs.
 """
 
+import argparse
 import contextlib
 import io
 import sys
@@ -110,7 +111,9 @@ def vicregl(root: Path) -> dict[str, list[float]]:
     return result
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    # No options, but `--help` must print the above and exit before any conversion runs.
+    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args(argv)
     torch.set_num_threads(1)
     transformers.utils.logging.disable_progress_bar()
     with tempfile.TemporaryDirectory() as tmp:
