@@ -1,5 +1,6 @@
 """The pretraining scripts' loader defaults (issue 24 item 4): worker processes scale with the cores, persistent
-workers that still draw each epoch's augmentations, no pinned memory without an accelerator; and the data-pipeline
+workers that still draw each epoch's augmentations, no pinned memory without an accelerator; `--logging_steps` that
+follows a short `--max_steps` (issue 27) unless given; and the data-pipeline
 speed-ups of benchmarks/benchmark_data.py give the same tensors as the code they replaced."""
 
 import dataclasses
@@ -125,6 +126,33 @@ def test_json_arguments_get_the_same_defaults(images, tmp_path):
     path.write_text(json.dumps({**settings, "dataloader_num_workers": 2}))
     args = training_arguments([str(path)])
     assert (args.dataloader_num_workers, args.dataloader_persistent_workers) == (2, True)
+
+
+# ---------------------------------------------------------------- logging_steps
+@pytest.mark.parametrize(
+    "extra, expected",
+    [
+        (("--max_steps", "40"), 2),  # transformers' 500 would log no loss at all in this run
+        (("--max_steps", "1000"), 50),
+        (("--max_steps", "100000"), 500),  # never rarer than transformers' default
+        (("--max_steps", "40", "--logging_steps", "500"), 500),  # given, even equal to the default, it wins
+        (("--max_steps", "40", "--logging_step=7"), 7),  # an abbreviation argparse accepts is a given option too
+        ((), 500),  # a run counted in epochs: its length is not known here, transformers' default stays
+    ],
+)
+def test_logging_steps_follow_a_short_run_unless_given(images, tmp_path, extra, expected):
+    args = training_arguments(arguments(images, tmp_path / "out", *extra))
+    assert args.logging_steps == expected
+
+
+def test_logging_steps_given_in_a_json_file_win(images, tmp_path):
+    path = tmp_path / "args.json"
+    common = {"train_dir": str(images), "config_name": "capi-tiny", "output_dir": str(tmp_path / "out"),
+              "learning_report": False, "report_to": "none", "save_strategy": "no", "max_steps": 40}  # fmt: skip
+    path.write_text(json.dumps(common))
+    assert training_arguments([str(path)]).logging_steps == 2
+    path.write_text(json.dumps({**common, "logging_steps": 10}))
+    assert training_arguments([str(path)]).logging_steps == 10
 
 
 @pytest.mark.skipif(torch.accelerator.is_available(), reason="the warning is about machines without an accelerator")

@@ -17,6 +17,7 @@ from transformers import AutoConfig, HfArgumentParser, set_seed
 from ..data import SafeImageTransform, bundled_photo_dataset, pretraining_transform
 from ..data.positional import drop_unreadable_rows
 from ..image_processing_utils import image_processor_at
+from ..training_defaults import logging_steps_for, options_given
 from ..zero3 import without_zero3_init
 from .arguments import default_dataloader_num_workers
 from .checkpoints import RunFolderError, checkpoint_to_resume
@@ -26,6 +27,8 @@ from .pretraining_trainer import CheckpointWriteError, NonFiniteLossError
 logger = logging.getLogger(__name__)
 DEFAULT_DEMO_STEPS = 300
 LOADER_OPTIONS = ("dataloader_num_workers", "dataloader_persistent_workers")  # options whose defaults run() sets
+# options whose defaults run() derives from others: the loader options above, and logging_steps from max_steps
+DERIVED_OPTIONS = (*LOADER_OPTIONS, "logging_steps")
 
 
 @dataclass
@@ -218,7 +221,7 @@ def run(recipe: PretrainingRecipe, argv: list[str] | None = None) -> int:
         given = set(settings)
         model_args, data_args, *extra_args, training_args = parser.parse_dict({**loader_defaults, **settings})
     else:
-        given = {name for name in LOADER_OPTIONS if any(a == f"--{name}" or a.startswith(f"--{name}=") for a in argv)}
+        given = options_given(parser, argv, DERIVED_OPTIONS)
         defaults = [f"--{name}={value}" for name, value in loader_defaults.items()]
         if not any(a == "--output_dir" or a.startswith("--output_dir=") for a in argv):
             argv = [*argv, "--output_dir", f"outputs/{recipe.name}-pretraining"]
@@ -240,6 +243,10 @@ def run(recipe: PretrainingRecipe, argv: list[str] | None = None) -> int:
     training_args.remove_unused_columns = False  # the collator builds the model inputs itself
     if not data_args.has_data and training_args.max_steps <= 0:
         training_args.max_steps = DEFAULT_DEMO_STEPS
+    if "logging_steps" not in given and training_args.max_steps > 0:
+        # transformers logs every 500 steps: a shorter run (the CPU recipes' 600-1200 steps, a 40-step try) would show
+        # one loss or none. About 20 lines a run, never rarer than transformers' default; a given value wins.
+        training_args.logging_steps = logging_steps_for(training_args.max_steps)
     if data_args.streaming and training_args.max_steps <= 0:
         raise ValueError("--streaming needs --max_steps (a streamed dataset has no length).")
 
