@@ -13,7 +13,7 @@ import torch
 
 from hf_mim.models.cae.dvae_dalle import DiscreteVae
 from hf_mim.models.cae.tokenizer_dalle import DalleTokenizer, DalleTokenizerConfig, map_pixels
-from hf_mim.trainers.dvae_trainer import DvaeTrainingArguments, train_dalle_tokenizer
+from hf_mim.trainers.dvae_trainer import DvaeTrainingArguments, codebook_collapse_warning, train_dalle_tokenizer
 
 from .helpers import load_script
 
@@ -143,7 +143,7 @@ def test_training_views_skip_corrupt_images(caplog):
         script.training_views(rows[1:2], "image", transform, 2, seed=0)
 
 
-def test_script_writes_a_loadable_tokenizer(tmp_path):
+def test_script_writes_a_loadable_tokenizer(tmp_path, capsys):
     script = load_script("examples/pytorch/pretraining/train_dalle_tokenizer.py")
     out = tmp_path / "tokenizer"
     argv = ["--output_dir", str(out), "--steps", "3", "--batch_size", "8", "--max_train_samples", "16",
@@ -156,8 +156,22 @@ def test_script_writes_a_loadable_tokenizer(tmp_path):
     assert summary["dvae_args"]["steps"] == 3 and len(summary["history"]) == 1 + 1  # step 0 and the last
     assert list(out.glob("*.safetensors")) and not list(out.glob("*.bin"))
     assert summary["history"][-1]["hard_mse"] > 0 and summary["block_average_mse"] > 0
+    # the collapse warning is in the summary exactly when under a quarter of the codes are used (8 of 32)
+    printed = capsys.readouterr().out
+    assert ("warning: codebook collapse" in printed) == (summary["codes_used"] < 8) == (summary["warning"] is not None)
     with pytest.raises(ValueError, match="--tokenizer_image_size"):
         script.main(["--output_dir", str(tmp_path / "x"), "--image_size", "64"])
+
+
+def test_codebook_collapse_is_named_with_what_to_try():
+    message = codebook_collapse_warning(2, 64)
+    assert message.startswith("codebook collapse: the tokenizer uses only 2 of its 64 codes (3%")
+    for option in ("--steps", "--temperature_end", "--kl_weight", "--learning_rate"):  # the script's own options
+        assert option in message
+        assert option.removeprefix("--") in DvaeTrainingArguments.__dataclass_fields__
+    assert codebook_collapse_warning(15, 64) is not None
+    assert codebook_collapse_warning(16, 64) is None  # a quarter is enough
+    assert codebook_collapse_warning(43, 64) is None  # the default recipe on digits
 
 
 def test_a_tokenizer_with_more_codes_than_the_cae_head_is_refused():

@@ -12,7 +12,8 @@ held in memory (at most `--max_views`). It trains on the CPU: a tokenizer for a 
 `hf_mim.trainers.dvae_trainer.train_dalle_tokenizer` on views moved there.
 Data arguments are run_cae.py's (default: the digits training split). Writes a `DalleTokenizer` folder
 (safetensors + config) and `dvae_history.json` (reconstruction error, KL, code perplexity during training), and
-prints how many codes the trained encoder uses. See `hf_mim.models.cae.dvae_dalle` for the model and objective.
+prints how many codes the trained encoder uses (with a warning when it uses under a quarter of them:
+a collapsed codebook). See `hf_mim.models.cae.dvae_dalle` for the model and objective.
 Images are decoded as in pretraining (`hf_mim.data.transforms.decode_image`): an unreadable file (corrupt, truncated,
 not an image) is skipped, named in a warning once, and counted in a "Skipped N unreadable image(s): ..." line.
 
@@ -37,7 +38,7 @@ from hf_mim.data.skipped import SkippedFiles
 from hf_mim.data.transforms import DECODE_ERRORS, decode_failure, decode_image
 from hf_mim.models.cae.tokenizer_dalle import DalleTokenizerConfig
 from hf_mim.presets import CPU_RECIPES
-from hf_mim.trainers.dvae_trainer import DvaeTrainingArguments, train_dalle_tokenizer
+from hf_mim.trainers.dvae_trainer import DvaeTrainingArguments, codebook_collapse_warning, train_dalle_tokenizer
 from hf_mim.trainers.run_pretraining import DataTrainingArguments, load_training_data
 
 logger = logging.getLogger(__name__)
@@ -149,8 +150,9 @@ def main(argv: list[str] | None = None) -> int:
     tokenizer.save_pretrained(output_dir)
     used = codes_in_use(tokenizer, views)
     reference = block_average_error(views[:1024], config.downsampling)
+    collapse = codebook_collapse_warning(used, config.vocab_size)
     summary = {"history": history, "codes_used": used, "views": len(views), "block_average_mse": reference,
-               "dvae_args": asdict(dvae_args), "skipped_images": skipped.errors}  # fmt: skip
+               "dvae_args": asdict(dvae_args), "skipped_images": skipped.errors, "warning": collapse}  # fmt: skip
     (output_dir / "dvae_history.json").write_text(json.dumps(summary, indent=2))
     last = history[-1]
     print(
@@ -159,6 +161,9 @@ def main(argv: list[str] | None = None) -> int:
         f"{config.downsampling} x {config.downsampling} square: {reference:.4f}), code perplexity "
         f"{last['perplexity']:.1f}, {used} of {config.vocab_size} codes used"
     )
+    if collapse:
+        logger.warning(collapse)  # in the log, and last in the summary, where it cannot scroll away
+        print(f"warning: {collapse}")
     if skipped:
         print(skipped.summary())
     return 0
