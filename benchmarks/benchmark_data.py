@@ -74,8 +74,8 @@ class Method:
 METHODS = {
     "capi": Method("capi", "CAPI", "capi-vitl14", "capi"),
     "ijepa": Method("ijepa", "IJEPA", "ijepa-vith14", "ijepa"),
-    "cae_v1": Method("cae", "CAE", "cae-base", "cae"),
-    "cae_v2": Method("cae", "CAE", "cae-v2-base", "cae"),
+    "cae_v1": Method("cae", "CAE", "cae-vitb16", "cae"),
+    "cae_v2": Method("cae", "CAE", "cae-v2-vitb16", "cae"),
     "vicregl": Method("vicregl", "VICREGL", "vicregl-convnext-small", "vicregl"),
     "vicregl_resnet": Method("vicregl", "VICREGL", "vicregl-resnet50", "vicregl"),
 }

@@ -80,7 +80,7 @@ class Workload:
 WORKLOADS = {
     "capi": Workload("capi", "CAPI", "capi-vitl14", 64, "capi-tiny", "CAPI ViT-L/14"),
     "ijepa": Workload("ijepa", "IJEPA", "ijepa-vith14", 32, "ijepa-tiny", "I-JEPA ViT-H/14"),
-    "cae": Workload("cae", "CAE", "cae-base", 128, "cae-tiny", "CAE ViT-B/16 (v1)"),
+    "cae": Workload("cae", "CAE", "cae-vitb16", 128, "cae-tiny", "CAE ViT-B/16 (v1)"),
     "vicregl": Workload("vicregl", "VICREGL", "vicregl-convnext-base", 32, "vicregl-tiny", "VICRegL ConvNeXt-B"),
 }
 

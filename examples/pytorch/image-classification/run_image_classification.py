@@ -13,8 +13,8 @@ CutMix, RandAugment, label smoothing, drop path, top-1 / top-5 evaluation every 
 
 `--model_name_or_path` takes anything `AutoModelForImageClassification` loads: an hf_mim pretraining output's
 `backbone/` folder, a fine-tuned hf_mim classifier, or a transformers model (ViT, DeiT, BEiT, DINOv2, ...); a fresh
-head is created for the data set's labels. `--config_name` starts from random weights (hf_mim presets: ijepa-tiny,
-ijepa-small, capi-tiny, capi-small, or a config path). Data: `--dataset_name` (a Hub / local `datasets` data set),
+head is created for the data set's labels. `--config_name` starts from random weights (an hf_mim preset, listed with
+its size by --help, or a config path). Data: `--dataset_name` (a Hub / local `datasets` data set),
 or `--train_dir` / `--validation_dir` (image folders, one sub-folder per class); without any, scikit-learn's digits
 (bundled, 56 px) with a random-init `ijepa-tiny`, 3 epochs (~30 s of CPU; from scratch under the full recipe it
 reaches only ~15-25 % top-1, chance is 10 %: the demo checks the pipeline, pretrained backbones are the real input).
@@ -53,11 +53,14 @@ from hf_mim.finetuning import (
 )
 from hf_mim.image_processing_utils import input_statistics
 from hf_mim.presets import CONFIG_PRESETS
+from hf_mim.presets.help import add_presets_help
+from hf_mim.presets.lookup import resolve_config_name_or_exit
 
 logger = logging.get_logger(__name__)
 
 PRESETS = CONFIG_PRESETS
 DEFAULT_PRESET = "ijepa-tiny"
+SCRIPT = "run_image_classification.py"
 PROCESSORS = {
     hf_mim.IJepaConfig.model_type: hf_mim.IJepaImageProcessor,
     hf_mim.CapiConfig.model_type: hf_mim.CapiImageProcessor,
@@ -73,7 +76,7 @@ class ModelArguments:
     )
     config_name: str | None = field(
         default=None,
-        metadata={"help": f"Random-init model: an hf_mim preset ({', '.join(PRESETS)}) or a config path / Hub id."},
+        metadata={"help": "Random-init model: an hf_mim preset (the table below) or a config folder / Hub id."},
     )
     image_processor_name: str | None = field(
         default=None, metadata={"help": "Image processor (mean / std / size); defaults to the model's."}
@@ -127,12 +130,18 @@ class DataArguments:
 
 def parse_arguments(argv=None):
     parser = HfArgumentParser((ModelArguments, DataArguments, FinetuningArguments))
+    add_presets_help(parser, PRESETS, DEFAULT_PRESET)
     argv = sys.argv[1:] if argv is None else list(argv)
     if len(argv) == 1 and argv[0].endswith(".json"):
-        return parser.parse_json_file(json_file=os.path.abspath(argv[0]))
-    if "--output_dir" not in argv and not any(a.startswith("--output_dir=") for a in argv):
-        argv += ["--output_dir", "outputs/image-classification"]
-    return parser.parse_args_into_dataclasses(args=argv)
+        arguments = parser.parse_json_file(json_file=os.path.abspath(argv[0]))
+    else:
+        if "--output_dir" not in argv and not any(a.startswith("--output_dir=") for a in argv):
+            argv += ["--output_dir", "outputs/image-classification"]
+        arguments = parser.parse_args_into_dataclasses(args=argv)
+    model_args = arguments[0]
+    if model_args.config_name:  # a mistyped preset fails now, not as a Hub lookup after the data is loaded
+        model_args.config_name = resolve_config_name_or_exit(parser, model_args.config_name, PRESETS, SCRIPT)
+    return arguments
 
 
 def load_data(data_args: DataArguments, model_args: ModelArguments) -> DatasetDict:

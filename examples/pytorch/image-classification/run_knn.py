@@ -30,6 +30,8 @@ from hf_mim.data.transforms import without_decoding
 from hf_mim.evaluation import extract_features, knn_accuracy
 from hf_mim.losses import effective_rank
 from hf_mim.presets import CONFIG_PRESETS
+from hf_mim.presets.help import add_presets_help
+from hf_mim.presets.lookup import resolve_config_name_or_exit
 
 
 def load_splits(args) -> DatasetDict:
@@ -46,7 +48,7 @@ def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--model_name_or_path")
-    source.add_argument("--config_name", choices=sorted(CONFIG_PRESETS), help="Randomly initialised baseline (seed 0)")
+    source.add_argument("--config_name", help="A preset (the table below): randomly initialised baseline (seed 0)")
     parser.add_argument("--image_size", type=int, default=56)
     parser.add_argument("--pooling", choices=["pooler", "mean_patch"], default="pooler")
     parser.add_argument("--k", type=int, default=20)
@@ -55,7 +57,10 @@ def main(argv=None) -> dict:
     parser.add_argument("--train_dir", help="Image folder (one sub-folder per class) of the images that vote")
     parser.add_argument("--test_dir", help="Image folder of the images to classify (with --train_dir)")
     parser.add_argument("--num_workers", type=int, default=0, help="DataLoader worker processes")
+    add_presets_help(parser, CONFIG_PRESETS)
     args = parser.parse_args(argv)
+    if args.config_name:  # presets only: a random init needs no download
+        args.config_name = resolve_config_name_or_exit(parser, args.config_name, CONFIG_PRESETS, external=False)
     if bool(args.train_dir) != bool(args.test_dir):
         parser.error("--train_dir and --test_dir go together.")
 

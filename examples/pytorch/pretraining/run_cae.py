@@ -4,17 +4,18 @@
     accelerate launch examples/pytorch/pretraining/run_cae.py                      # CPU recipe: tiny CAE v1, digits
     accelerate launch examples/pytorch/pretraining/run_cae.py --cae_version 2      # tiny CAE v2
     accelerate launch --config_file examples/pytorch/pretraining/accelerate_configs/multi_gpu_ddp.yaml \\
-        examples/pytorch/pretraining/run_cae.py --config_name cae-base --tokenizer_name_or_path dalle-tokenizer \\
+        examples/pytorch/pretraining/run_cae.py --config_name cae-vitb16 --tokenizer_name_or_path dalle-tokenizer \\
         --train_dir /data/imagenet/train --per_device_train_batch_size 64 --num_train_epochs 300 --bf16
-    ... --config_name cae-v2-base --teacher_name_or_path openai/clip-vit-base-patch16 ...
+    ... --config_name cae-v2-vitb16 --teacher_name_or_path openai/clip-vit-base-patch16 ...
 
 Same conventions as the other run_<method>.py scripts. The target network is frozen and kept outside the trained
 model: v1 a DALL-E tokenizer folder (`scripts/convert/convert_dalle_tokenizer_to_hf.py` makes one from OpenAI's
 encoder.pkl or MMPretrain's dalle_encoder.pth; `train_dalle_tokenizer.py` next to this script trains a small one on
 your images), v2 any CLIP ViT (transformers' CLIPVisionModelWithProjection).
 Without one (the embedded default) a small RANDOM target network is built and the log says so: the run then only
-shows that the machinery trains, its targets carry no meaning. Presets: cae-base, cae-large (v1 releases), cae-v2-tiny,
-cae-v2-small, cae-v2-base, cae-v2-large, cae-tiny (default; with --cae_version 2 its v2 twin).
+shows that the machinery trains, its targets carry no meaning. Presets (--help lists them with their sizes): cae-vitb16,
+cae-vitl16 (v1 releases), cae-v2-vitt16 / -vits16 / -vitb16 / -vitl16 (the CAE v2 paper's ViT-Tiny to ViT-L, all 224
+px), cae-tiny (a toy for CPU, the default; with --cae_version 2 its v2 twin).
 """
 
 import logging

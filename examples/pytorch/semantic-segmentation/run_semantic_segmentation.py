@@ -36,8 +36,8 @@ Protocols (`--protocol`):
 
 Backbone: `--model_name_or_path` (an hf_mim pretraining output's `backbone/` folder or a converted release) is
 loaded with `AutoBackbone.from_pretrained(path, out_indices=...)`; `--config_name` starts from random weights (the
-baselines): capi-tiny, capi-small, ijepa-tiny, ijepa-small, cae-tiny, cae-v2-tiny, vicregl-tiny,
-vicregl-tiny-resnet, or a config path; `--config_overrides "num_hidden_layers=4,..."` edits it.
+baselines): an hf_mim preset (--help lists them with their sizes; the tiny ones for CPU) or a config path;
+`--config_overrides "num_hidden_layers=4,..."` edits it.
 
 Data: `--dataset_name` (a Hub id or local folder for `datasets.load_dataset`, or a folder written by
 `Dataset.save_to_disk` / `DatasetDict.save_to_disk`, read with `load_from_disk`: the way to use a local `datasets`
@@ -122,6 +122,8 @@ from hf_mim.evaluation.segmentation import (
 from hf_mim.finetuning import layer_decay_parameter_groups, num_backbone_layers
 from hf_mim.image_processing_utils import input_statistics
 from hf_mim.presets import CONFIG_PRESETS
+from hf_mim.presets.help import add_presets_help
+from hf_mim.presets.lookup import resolve_config_name, resolve_config_name_or_exit
 from hf_mim.training_defaults import PinMemoryOnlyWithAccelerator
 
 logger = logging.get_logger(__name__)
@@ -134,6 +136,7 @@ class SegmentationTrainingArguments(PinMemoryOnlyWithAccelerator, TrainingArgume
 
 PRESETS = CONFIG_PRESETS
 DEFAULT_PRESET = "vicregl-tiny"
+SCRIPT = "run_semantic_segmentation.py"
 PROTOCOLS = ("linear", "upernet", "knn", "logistic")
 SYNTHETIC_IMAGE_SIZE = 112
 MASK_FOLDERS = ("masks", "annotations", "labels")
@@ -159,7 +162,7 @@ class ModelArguments:
     )
     config_name: str | None = field(
         default=None,
-        metadata={"help": f"Random-init backbone: an hf_mim preset ({', '.join(PRESETS)}) or a config path."},
+        metadata={"help": "Random-init backbone: an hf_mim preset (the table below) or a config folder / Hub id."},
     )
     config_overrides: str | None = field(
         default=None, metadata={"help": "Config edits for --config_name, e.g. 'num_hidden_layers=4,image_size=64'."}
@@ -233,6 +236,7 @@ class ProtocolArguments:
 
 def parse_arguments(argv=None):
     parser = HfArgumentParser((ModelArguments, DataArguments, ProtocolArguments, SegmentationTrainingArguments))
+    add_presets_help(parser, PRESETS, DEFAULT_PRESET)
     argv = sys.argv[1:] if argv is None else list(argv)
     if len(argv) == 1 and argv[0].endswith(".json"):
         return parser.parse_json_file(json_file=os.path.abspath(argv[0]))
@@ -245,6 +249,8 @@ def parse_arguments(argv=None):
         if f"--{name}" not in argv and not any(a.startswith(f"--{name}=") for a in argv):
             argv += [f"--{name}", value]
     model_args, data_args, protocol_args, training_args = parser.parse_args_into_dataclasses(args=argv)
+    if model_args.config_name:  # a mistyped preset fails now, not as a Hub lookup after the data is loaded
+        model_args.config_name = resolve_config_name_or_exit(parser, model_args.config_name, PRESETS, SCRIPT)
     if protocol_args.temperature is not None and np.isnan(protocol_args.temperature):
         protocol_args.temperature = None
     if protocol_args.protocol not in PROTOCOLS:
@@ -382,7 +388,7 @@ def _base_config(model_args: ModelArguments):
         return AutoConfig.from_pretrained(
             model_args.model_name_or_path, cache_dir=model_args.cache_dir, revision=model_args.model_revision
         )
-    name = model_args.config_name or DEFAULT_PRESET
+    name = resolve_config_name(model_args.config_name or DEFAULT_PRESET, PRESETS, SCRIPT)
     overrides = _parse_overrides(model_args.config_overrides)
     if name in PRESETS:
         return PRESETS[name](**overrides)

@@ -1,10 +1,18 @@
-"""Named configurations of every method, one table for every script (`--config_name capi-tiny`, ...): the released
-architectures and the tiny / small ones for CPU demos and tests."""
+"""Named configurations of every method, one table for every script (`--config_name capi-tiny`, ...).
 
-from .models.cae import CaeConfig
-from .models.capi import CapiConfig
-from .models.ijepa import IJepaConfig
-from .models.vicregl import VicreglConfig
+Naming rule: a paper's architecture is named by its architecture (`capi-vitl14`, `ijepa-vith14`, `cae-vitb16`,
+`cae-v2-vitt16` = CAE v2's ViT-Tiny/16, `vicregl-convnext-small`); `-small` is a ViT-S-sized model that no paper
+released (for single-GPU experiments); `-tiny` is always a toy for CPU demos and tests (64 wide, two blocks, 56-64
+px). `PRESET_DESCRIPTIONS` says which is which, `presets.measured` holds each preset's exact parameter counts and
+its measured CPU seconds per training step (`benchmarks/benchmark_presets.py`), and every script's --help prints
+that table (`presets.help`). Old names stay accepted with a FutureWarning (`PRESET_ALIASES`, `presets.lookup`)."""
+
+from ..models.cae import CaeConfig
+from ..models.capi import CapiConfig
+from ..models.ijepa import IJepaConfig
+from ..models.vicregl import VicreglConfig
+
+PAPER, REDUCED, DEMO = "paper", "reduced", "demo"
 
 CONFIG_PRESETS = {
     "capi-vitl14": CapiConfig.vitl14,
@@ -15,12 +23,12 @@ CONFIG_PRESETS = {
     "ijepa-vitg16": IJepaConfig.vitg16,
     "ijepa-small": IJepaConfig.small,
     "ijepa-tiny": IJepaConfig.tiny,
-    "cae-base": CaeConfig.base,
-    "cae-large": CaeConfig.large,
-    "cae-v2-tiny": CaeConfig.v2_tiny,
-    "cae-v2-small": CaeConfig.v2_small,
-    "cae-v2-base": CaeConfig.v2_base,
-    "cae-v2-large": CaeConfig.v2_large,
+    "cae-vitb16": CaeConfig.base,
+    "cae-vitl16": CaeConfig.large,
+    "cae-v2-vitt16": CaeConfig.v2_tiny,
+    "cae-v2-vits16": CaeConfig.v2_small,
+    "cae-v2-vitb16": CaeConfig.v2_base,
+    "cae-v2-vitl16": CaeConfig.v2_large,
     "cae-tiny": CaeConfig.tiny,
     "vicregl-resnet50": VicreglConfig.resnet50,
     "vicregl-convnext-small": VicreglConfig.convnext_small,
@@ -30,13 +38,64 @@ CONFIG_PRESETS = {
     "vicregl-tiny-resnet": VicreglConfig.tiny_resnet,
 }
 
+# name -> (kind, what it is): `paper` a paper's architecture (a released checkpoint has it), `reduced` a smaller
+# model of the same design that no paper released, `demo` a toy for CPU demos and tests.
+# fmt: off
+PRESET_DESCRIPTIONS: dict[str, tuple[str, str]] = {
+    "capi-vitl14": (PAPER, "ViT-L/14, the released CAPI"),
+    "capi-small": (REDUCED, "ViT-S/14-sized, 4 registers"),
+    "capi-tiny": (DEMO, "64 wide, 2 + 2 blocks, 56 px"),
+    "ijepa-vith14": (PAPER, "ViT-H/14"),
+    "ijepa-vith16-448": (PAPER, "ViT-H/16 at 448 px"),
+    "ijepa-vitg16": (PAPER, "ViT-g/16, 16-block predictor"),
+    "ijepa-small": (REDUCED, "ViT-S/16-sized, 6-block predictor"),
+    "ijepa-tiny": (DEMO, "64 wide, 2 blocks, 56 px"),
+    "cae-vitb16": (PAPER, "CAE v1 ViT-B/16"),
+    "cae-vitl16": (PAPER, "CAE v1 ViT-L/16"),
+    "cae-v2-vitt16": (PAPER, "CAE v2 ViT-Tiny/16"),
+    "cae-v2-vits16": (PAPER, "CAE v2 ViT-S/16"),
+    "cae-v2-vitb16": (PAPER, "CAE v2 ViT-B/16"),
+    "cae-v2-vitl16": (PAPER, "CAE v2 ViT-L/16"),
+    "cae-tiny": (DEMO, "64 wide, 2 blocks, 64 px, v1"),
+    "vicregl-resnet50": (PAPER, "ResNet-50"),
+    "vicregl-convnext-small": (PAPER, "ConvNeXt-S"),
+    "vicregl-convnext-base": (PAPER, "ConvNeXt-B"),
+    "vicregl-convnext-xlarge": (PAPER, "ConvNeXt-XL"),
+    "vicregl-tiny": (DEMO, "ConvNeXt, 1 block per stage, 16-128 wide"),
+    "vicregl-tiny-resnet": (DEMO, "ResNet, 1 block per stage, 16-128 wide"),
+}
+# fmt: on
+
+# Former names -> current ones. `cae-v2-tiny` (CAE v2's ViT-Tiny at 224 px, 5.7 M parameters) looked like the toy
+# `cae-tiny`; the CAE presets are now named by architecture like the other methods'. Still accepted, with a warning.
+PRESET_ALIASES = {
+    "cae-base": "cae-vitb16",
+    "cae-large": "cae-vitl16",
+    "cae-v2-tiny": "cae-v2-vitt16",
+    "cae-v2-small": "cae-v2-vits16",
+    "cae-v2-base": "cae-v2-vitb16",
+    "cae-v2-large": "cae-v2-vitl16",
+}
+
+
+def method_of(preset: str) -> str:
+    """The method a preset (or former preset name) belongs to: its first dash-separated word."""
+    return preset.split("-")[0]
+
 
 def presets_for(method: str) -> dict:
     """The presets of one method ("capi", "ijepa", "cae", "vicregl"), by name."""
-    return {name: factory for name, factory in CONFIG_PRESETS.items() if name.split("-")[0] == method}
+    return {name: factory for name, factory in CONFIG_PRESETS.items() if method_of(name) == method}
 
 
-__all__ = ["CONFIG_PRESETS", "CPU_RECIPES", "presets_for"]
+__all__ = [
+    "CONFIG_PRESETS",
+    "CPU_RECIPES",
+    "PRESET_ALIASES",
+    "PRESET_DESCRIPTIONS",
+    "method_of",
+    "presets_for",
+]
 
 
 # The CPU recipes: what `run_<method>.py` trains when it is given no data and no preset (its embedded default, the

@@ -133,8 +133,8 @@ def train_dalle_tokenizer(
 
 # Share of the codebook a trained tokenizer must use not to count as collapsed. The default recipe on digits uses 43
 # to 44 of 64 codes (68 %); collapsed runs use a handful: 5 of 64 without the KL term (kl_weight 0, see
-# DvaeTrainingArguments), 2 of 64 after a 30-step run (`--steps 30`, code perplexity 1.2). A quarter lies well between the two; below it CAE v1's
-# targets name at most a quarter of the classes its head predicts, and most of its vocabulary is never a target.
+# DvaeTrainingArguments), 2 of 64 after a 30-step run (`--steps 30`, code perplexity 1.2). A quarter lies well
+# between the two; below it CAE v1's targets name at most a quarter of the classes its head predicts.
 MIN_CODEBOOK_USAGE = 0.25
 
 

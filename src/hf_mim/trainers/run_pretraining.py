@@ -17,6 +17,8 @@ from transformers import AutoConfig, HfArgumentParser, set_seed
 from ..data import SafeImageTransform, bundled_photo_dataset, pretraining_transform
 from ..data.positional import drop_unreadable_rows
 from ..image_processing_utils import image_processor_at
+from ..presets.help import add_presets_help
+from ..presets.lookup import resolve_config_name, resolve_config_name_or_exit
 from ..training_defaults import logging_steps_for, options_given
 from ..zero3 import without_zero3_init
 from .arguments import default_dataloader_num_workers
@@ -69,7 +71,9 @@ class ModelArguments:
     model_name_or_path: str | None = field(
         default=None, metadata={"help": "Start from these weights (a converted release or an earlier run)."}
     )
-    config_name: str | None = field(default=None, metadata={"help": "A preset name, or a config path / Hub id."})
+    config_name: str | None = field(
+        default=None, metadata={"help": "A preset (the table below), or a config folder / Hub id (owner/name)."}
+    )
     config_overrides: str | None = field(
         default=None, metadata={"help": "Comma-separated overrides, e.g. 'hidden_size=128,num_hidden_layers=4'."}
     )
@@ -107,13 +111,12 @@ class DataTrainingArguments:
 
 
 def build_config(recipe: PretrainingRecipe, model_args: ModelArguments):
-    name = model_args.config_name or recipe.default_preset
     if model_args.model_name_or_path:
         config = AutoConfig.from_pretrained(model_args.model_name_or_path)
-    elif name in recipe.config_presets:
-        config = recipe.config_presets[name]()
     else:
-        config = AutoConfig.from_pretrained(name)
+        name = model_args.config_name or recipe.default_preset
+        name = resolve_config_name(name, recipe.config_presets, f"run_{recipe.name}.py")
+        config = recipe.config_presets[name]() if name in recipe.config_presets else AutoConfig.from_pretrained(name)
     if not isinstance(config, recipe.config_class):
         raise ValueError(f"run_{recipe.name}.py needs a {recipe.config_class.__name__}, got {type(config).__name__}")
     if model_args.config_overrides:
@@ -212,6 +215,7 @@ def run(recipe: PretrainingRecipe, argv: list[str] | None = None) -> int:
     parser = HfArgumentParser(
         (ModelArguments, DataTrainingArguments, *recipe.extra_argument_classes, recipe.arguments_class)
     )
+    add_presets_help(parser, recipe.config_presets, recipe.default_preset)
     argv = sys.argv[1:] if argv is None else argv
     # Loader defaults of the pretraining scripts (README "Pretrain"): worker processes scale with the cores
     # (`default_dataloader_num_workers`); given options, in a JSON file or on the command line, win.
@@ -233,6 +237,11 @@ def run(recipe: PretrainingRecipe, argv: list[str] | None = None) -> int:
             model_args, data_args, *extra_args, training_args = parser.parse_args_into_dataclasses(
                 args=[*defaults, *cpu_recipe, *argv]
             )
+    if model_args.config_name:
+        # A mistyped preset fails here, before any work or network attempt, with the presets and the closest one.
+        model_args.config_name = resolve_config_name_or_exit(
+            parser, model_args.config_name, recipe.config_presets, f"run_{recipe.name}.py"
+        )
     if "dataloader_persistent_workers" not in given:
         # Workers live for the whole run: no new processes, and no pipeline refilled from cold, at each epoch. Under
         # position seeding the epoch reaches them through shared memory (PositionalDataset); the global RNG keeps

@@ -213,6 +213,7 @@ class CaeConfig(ViTBackboneConfigMixin, PreTrainedConfig):
 
     @classmethod
     def v2_tiny(cls, **kwargs) -> "CaeConfig":
+        """CAE v2 ViT-Tiny/16 at 224 px (preset `cae-v2-vitt16`): a paper architecture, not the toy `tiny`."""
         defaults = dict(cae_version=2, hidden_size=192, num_attention_heads=12, intermediate_size=768,
                         decoder_hidden_size=96, decoder_num_attention_heads=12, regressor_num_layers=1,
                         decoder_num_layers=0, num_masking_patches=30)  # fmt: skip
