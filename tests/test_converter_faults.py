@@ -278,8 +278,9 @@ def test_checkpoint_path_naming_a_directory(name, converters, tmp_path, capsys):
 
 
 @ALL
-def test_failed_upload_leaves_nothing(name, converters, tmp_path, capsys, monkeypatch):
-    """The last step, the Hub upload, fails: the folder it would have uploaded is not left behind either."""
+def test_failed_upload_keeps_the_converted_folder(name, converters, tmp_path, capsys, monkeypatch):
+    """The last step, the Hub upload, fails (issue 27): the conversion itself succeeded, so its complete folder stays
+    (upload it later) and the failure is the one line every push failure is (`hf_mim.hub.push`), exit status 2."""
     from huggingface_hub import HfApi
 
     def unreachable(*args, **kwargs):
@@ -287,8 +288,17 @@ def test_failed_upload_leaves_nothing(name, converters, tmp_path, capsys, monkey
 
     monkeypatch.setattr(HfApi, "create_repo", unreachable)
     monkeypatch.setattr(HfApi, "upload_folder", unreachable)
-    line = refused(SPECS[name], converters[name], SPECS[name].build(), tmp_path, capsys, "--push_to_hub", "me/x")
-    assert "Hub unreachable" in line, line
+    spec = SPECS[name]
+    path = save(spec.build(), tmp_path / spec.file_name)
+    code, _, err = run(converters[name], ["--checkpoint_path", path, "--output_dir", tmp_path / "out", *spec.args,
+                                          "--push_to_hub", "me/x"], capsys)  # fmt: skip
+    assert error_line(code, err) == (
+        "error: pushing to me/x failed: the Hub could not be reached (ConnectionError: Hub unreachable); check the "
+        "network"
+    )
+    assert (tmp_path / "out" / "config.json").is_file() and (tmp_path / "out" / "README.md").is_file()
+    assert list((tmp_path / "out").glob("*.safetensors"))
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no staging folder left
 
 
 # ------------------------------------------------------------------ head counts

@@ -395,6 +395,21 @@ def test_push_uploads_with_huggingface_hub(publish_script, originals, tmp_path, 
     ]  # fmt: skip
 
 
+def test_offline_push_is_one_line_and_keeps_the_folders(publish_script, originals, tmp_path, monkeypatch, capsys):
+    # the real HfApi, offline (HF_HUB_OFFLINE=1, tests/conftest.py): huggingface_hub refuses before any request
+    monkeypatch.setattr(publish_script, "RELEASES", TINY_RELEASES)
+    argv = ["--originals_dir", str(originals), "--output_dir", str(tmp_path / "cli"), "--only", "caev2-large",
+            "--push", "--organization", "other-org"]  # fmt: skip
+    assert publish_script.main(argv) == 1
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err
+    assert captured.err.splitlines()[-1] == (
+        "error: pushing to other-org/caev2-large failed: offline mode is on (HF_HUB_OFFLINE is set); unset it to upload"
+    )
+    assert "caev2-large" in captured.out  # the plan still shows the converted folder
+    assert (tmp_path / "cli" / "caev2-large" / "model.safetensors").is_file()
+
+
 # ------------------------------------------------------------------------------------------------ trained models
 def test_trainer_writes_the_hf_mim_card(published, tmp_path, monkeypatch):
     """A run continuing from a converted release: `create_model_card` (what Trainer.push_to_hub calls) writes the

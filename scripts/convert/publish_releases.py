@@ -29,6 +29,7 @@ from pathlib import Path
 from huggingface_hub import HfApi, ModelCard
 
 from hf_mim import __version__
+from hf_mim.hub.push import HubPushError, pushing_to
 from hf_mim.hub.releases import RELEASES, Release, architecture_mismatches, release_for_file, release_named
 from hf_mim.models.cae import convert_cae, convert_dalle_tokenizer
 from hf_mim.models.capi import convert_capi
@@ -203,21 +204,28 @@ def publish(
         )
         outcome.also_found = others
         outcomes.append(outcome)
+    missing = [r for r in releases if r.name not in found]
     if push:
         api = api or HfApi()
         for outcome in outcomes:
             if not outcome.ok:
                 continue
-            api.create_repo(outcome.repo_id, repo_type="model", private=private, exist_ok=True)
-            info = api.upload_folder(
-                folder_path=str(outcome.folder),
-                repo_id=outcome.repo_id,
-                repo_type="model",
-                commit_message=f"Upload {outcome.release.name} (from {outcome.source.name}) converted with hf_mim "
-                f"{__version__}",
-            )
+            try:
+                with pushing_to(outcome.repo_id):
+                    api.create_repo(outcome.repo_id, repo_type="model", private=private, exist_ok=True)
+                    info = api.upload_folder(
+                        folder_path=str(outcome.folder),
+                        repo_id=outcome.repo_id,
+                        repo_type="model",
+                        commit_message=f"Upload {outcome.release.name} (from {outcome.source.name}) converted with "
+                        f"hf_mim {__version__}",
+                    )
+            except HubPushError:
+                # Offline, unauthenticated or unreachable: the next repos would fail alike. The converted folders
+                # stay; the plan shows them (and what was uploaded before), the caller the one-line cause.
+                print_plan(outcomes, missing, unknown, push, out)
+                raise
             outcome.uploaded = str(getattr(info, "commit_url", info))
-    missing = [r for r in releases if r.name not in found]
     print_plan(outcomes, missing, unknown, push, out)
     return outcomes
 
@@ -241,6 +249,9 @@ def main(argv=None) -> int:
     except (FileNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except HubPushError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
     if not outcomes:
         print("error: no release file found", file=sys.stderr)
         return 1

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from ..image_processing_utils import image_processor_at  # noqa: F401  (the converters' import)
+from .push import HubPushError, pushing_to
 from .releases import Release, architecture_mismatches
 
 
@@ -274,12 +275,19 @@ def staged_folder(output_dir: str | Path) -> Iterator[Path]:
 def write_converted_folder(output_dir: str | Path, model, image_processor, card, remote_code: bool = True,
                            push_to_hub: str | None = None, commit_message: str = "") -> dict:  # fmt: skip
     """A converter's last step: `save_converted_folder` into a staged folder, upload it to `push_to_hub` if given,
-    then move it into `output_dir` - all or nothing (`staged_folder`). Returns the report entries
-    (`remote_code_files`, and `hub` after an upload)."""
+    then move it into `output_dir` - all or nothing (`staged_folder`), except that a failed upload still leaves the
+    complete folder in `output_dir` before its `HubPushError` is raised (the conversion itself succeeded). Returns the
+    report entries (`remote_code_files`, and `hub` after an upload)."""
+    failed_push = None
     with staged_folder(output_dir) as staging:
         report = {"remote_code_files": save_converted_folder(staging, model, image_processor, card, remote_code)}
         if push_to_hub:
-            report["hub"] = push_folder_to_hub(staging, push_to_hub, commit_message)
+            try:
+                report["hub"] = push_folder_to_hub(staging, push_to_hub, commit_message)
+            except HubPushError as error:
+                failed_push = error
+    if failed_push is not None:
+        raise failed_push
     return report
 
 
@@ -332,16 +340,18 @@ def add_remote_code_flag(parser: argparse.ArgumentParser) -> None:
 
 
 def push_folder_to_hub(output_dir: str | Path, repo_id: str, commit_message: str) -> str:
+    """Create `repo_id` if needed and upload the folder; a Hub or network failure is a `HubPushError` (one line)."""
     from huggingface_hub import HfApi
 
-    api = HfApi()
-    api.create_repo(repo_id, exist_ok=True)
-    info = api.upload_folder(folder_path=str(output_dir), repo_id=repo_id, commit_message=commit_message)
+    with pushing_to(repo_id):
+        api = HfApi()
+        api.create_repo(repo_id, exist_ok=True)
+        info = api.upload_folder(folder_path=str(output_dir), repo_id=repo_id, commit_message=commit_message)
     return str(info)
 
 
 # Failures whose message says all (bad files, bad arguments, unwritable paths); any other kind is named in the line.
-_SELF_EXPLAINING = (ValueError, OSError)
+_SELF_EXPLAINING = (ValueError, OSError, HubPushError)
 
 
 def error_line(error: BaseException) -> str:
@@ -355,7 +365,8 @@ def error_line(error: BaseException) -> str:
 def run_converter(convert, *args) -> int:
     """Run a converter's `convert(*args)` for a command line: print its report, or one `error: ...` line on stderr
     and return 2. Every failure ends this way - a bad file, a bad argument, a failed write or upload: the converters
-    write their folder last and all at once (`write_converted_folder`), so a failure leaves nothing behind."""
+    write their folder last and all at once (`write_converted_folder`), so a failure leaves nothing behind, except a
+    failed upload (`error: pushing to <repo> failed: <cause>`), which leaves the complete folder."""
     try:
         report = convert(*args)
     except Exception as error:  # the command line's contract: any failure is one error line and exit status 2

@@ -16,6 +16,7 @@ from transformers import AutoConfig, HfArgumentParser, set_seed
 
 from ..data import SafeImageTransform, bundled_photo_dataset, pretraining_transform
 from ..data.positional import drop_unreadable_rows
+from ..hub.push import HubPushError, hub_repo_of, pushing_to
 from ..image_processing_utils import image_processor_at
 from ..presets.help import add_presets_help
 from ..presets.lookup import resolve_config_name, resolve_config_name_or_exit
@@ -313,20 +314,30 @@ def run(recipe: PretrainingRecipe, argv: list[str] | None = None) -> int:
     else:
         dataset = dataset.with_transform(transform)
 
-    trainer = recipe.trainer_class(
-        model=model,
-        args=training_args,
-        train_dataset=dataset,
-        data_collator=recipe.collator(model),
-        processing_class=image_processor_at(recipe.image_processor_class, image_size),  # saved in every folder
-    )
+    try:
+        with pushing_to(hub_repo_of(training_args)):  # with --push_to_hub the Trainer creates its repo here
+            trainer = recipe.trainer_class(
+                model=model,
+                args=training_args,
+                train_dataset=dataset,
+                data_collator=recipe.collator(model),
+                processing_class=image_processor_at(recipe.image_processor_class, image_size),  # saved in every folder
+            )
+    except HubPushError as error:  # before any training: offline, not logged in, no network
+        print(f"error: {error}", file=sys.stderr)
+        return 1
     try:
         train_result = trainer.train(resume_from_checkpoint=last_checkpoint)
     except (NonFiniteLossError, CheckpointWriteError) as error:
         logger.error(str(error))
         print(f"error: {error}", file=sys.stderr)
         return 1
-    trainer.save_model()
+    failed_push = None
+    try:
+        with pushing_to(hub_repo_of(training_args)):
+            trainer.save_model()  # with --push_to_hub also the upload, after the folder is saved
+    except HubPushError as error:  # the run's folder is complete; the backbone and metrics are still written
+        failed_push = error
     trainer.log_metrics("train", train_result.metrics)
     trainer.save_metrics("train", train_result.metrics)
     trainer.save_state()
@@ -343,4 +354,7 @@ def run(recipe: PretrainingRecipe, argv: list[str] | None = None) -> int:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()
+    if failed_push is not None:
+        print(f"error: {failed_push}", file=sys.stderr)
+        return 1
     return 0
