@@ -55,6 +55,15 @@ def main(cases_path: str, result_path: str) -> None:
         except ValueError as error:
             out["without_trust"] = str(error)
         results[name] = out
+    results["runs"] = {}
+    for method, folder in cases.get("runs", {}).items():  # a run's top-level folder: the full pretraining model
+        pretraining = AutoModelForPreTraining.from_pretrained(folder, trust_remote_code=True)
+        results["runs"][method] = {
+            "pretraining_class": type(pretraining).__module__,
+            "pretraining_class_name": type(pretraining).__name__,
+            "pretraining_state": {k: v.clone() for k, v in pretraining.state_dict().items()},
+            "model_class": type(AutoModel.from_pretrained(folder, trust_remote_code=True)).__module__,
+        }
     torch.save(results, result_path)
 
 

@@ -43,6 +43,9 @@ from hf_mim import (
 )
 from hf_mim.hub.remote_code import ALLOWED_THIRD_PARTY, bundle_sources, export_remote_code, third_party_imports
 from hf_mim.image_processing_utils import image_processor_at
+from hf_mim.trainers.run_pretraining import run
+
+from .helpers import load_script
 
 CHILD = Path(__file__).with_name("remote_code_child.py")
 
@@ -70,6 +73,20 @@ def _export(root: Path, name: str):
     image_processor_at(processor_class, config.image_size).save_pretrained(cls_folder)
     classification_class(config).save_pretrained(cls_folder, remote_code=True)
     return folder, cls_folder
+
+
+# A run's top-level folder (the full *ForPreTraining model the Trainer saved) of every method: one step, tiny preset.
+RUNS = {"capi": "capi-tiny", "ijepa": "ijepa-tiny", "cae": "cae-tiny", "vicregl": "vicregl-tiny-resnet"}
+
+
+def _train_run(root: Path, method: str, images: Path) -> Path:
+    recipe = getattr(load_script(f"examples/pytorch/pretraining/run_{method}.py"), method.upper())
+    output = root / f"run-{method}"
+    argv = ["--train_dir", str(images), "--config_name", RUNS[method], "--output_dir", str(output),
+            "--per_device_train_batch_size", "4", "--max_steps", "1", "--learning_report", "False",
+            "--report_to", "none", "--save_strategy", "no", "--dataloader_num_workers", "0", "--disable_tqdm", "True"]  # fmt: skip
+    assert run(recipe, argv) == 0
+    return output
 
 
 def _expected(folder, cls_folder, image):
@@ -101,9 +118,14 @@ def exported(tmp_path_factory):
     rng = np.random.default_rng(0)
     Image.fromarray(rng.integers(0, 256, (90, 120, 3), dtype=np.uint8)).save(image_path)
     folders = {name: _export(root, name) for name in METHODS}
+    (root / "images" / "a").mkdir(parents=True)
+    for i in range(8):
+        Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(root / "images" / "a" / f"{i}.png")
+    runs = {method: _train_run(root, method, root / "images") for method in RUNS}
     cases = {
         "image": str(image_path),
         "models": {n: {"folder": str(f), "classification_folder": str(c)} for n, (f, c) in folders.items()},
+        "runs": {method: str(folder) for method, folder in runs.items()},
     }
     (root / "cases.json").write_text(json.dumps(cases))
     env = {**os.environ, "HF_MODULES_CACHE": str(root / "modules"), "PYTHONPATH": ""}
@@ -113,12 +135,12 @@ def exported(tmp_path_factory):
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-4000:]
     child = torch.load(root / "child.pt", weights_only=False)
-    return folders, child, Image.open(image_path)
+    return folders, child, Image.open(image_path), runs
 
 
 @pytest.mark.parametrize("name", list(METHODS))
 def test_remote_code_reproduces_hf_mim_without_hf_mim(exported, name):
-    folders, child, image = exported
+    folders, child, image, _ = exported
     expected, got = _expected(*folders[name], image), child[name]
     # Every class came from the folder's files, not from an installed hf_mim.
     for key in ("config_class", "processor_class", "model_class"):
@@ -132,9 +154,26 @@ def test_remote_code_reproduces_hf_mim_without_hf_mim(exported, name):
     assert "trust_remote_code=True" in got["without_trust"]
 
 
+@pytest.mark.parametrize("method", list(RUNS))
+def test_a_runs_top_level_folder_loads_without_hf_mim(exported, method):
+    """The full pretraining model a run_<method>.py run saves (not only its backbone/) carries the remote code."""
+    _, child, _, runs = exported
+    got = child["runs"][method]
+    assert got["pretraining_class"].startswith("transformers_modules.") and got["pretraining_class_name"].endswith(
+        "ForPreTraining"
+    )
+    assert got["model_class"].startswith("transformers_modules.")
+    expected = AutoModelForPreTraining.from_pretrained(runs[method]).state_dict()  # native, with hf_mim
+    assert got["pretraining_state"].keys() == expected.keys()
+    for key, tensor in expected.items():
+        assert torch.equal(got["pretraining_state"][key], tensor), key
+    processor = json.loads((runs[method] / "preprocessor_config.json").read_text())
+    assert "AutoImageProcessor" in processor["auto_map"]
+
+
 @pytest.mark.parametrize("name", list(METHODS))
 def test_exported_folder_loads_natively_with_hf_mim(exported, name):
-    folders, _, _ = exported
+    folders, _, _, _ = exported
     folder, _ = folders[name]
     model = AutoModel.from_pretrained(folder)  # no trust_remote_code: the registered hf_mim class wins
     assert type(model).__module__.startswith("hf_mim.models.")
@@ -143,7 +182,7 @@ def test_exported_folder_loads_natively_with_hf_mim(exported, name):
 
 
 def test_bundle_holds_only_what_the_classes_need(exported):
-    folders, _, _ = exported
+    folders, _, _, _ = exported
     for name, (folder, _) in folders.items():
         files = {p.name for p in folder.glob("*.py")}
         # Every single-dot import names a file of the bundle, and nothing imports hf_mim outside a try block.
@@ -180,7 +219,7 @@ def test_bundle_is_generated_from_the_package_source():
 
 
 def test_save_modes_keep_the_folder_consistent(tmp_path, exported):
-    folders, _, _ = exported
+    folders, _, _, _ = exported
     folder, _ = folders["ijepa"]
     model = AutoModel.from_pretrained(folder)  # config carries the exported auto_map
     model.save_pretrained(tmp_path / "again")  # default: re-export what was loaded

@@ -17,6 +17,7 @@ from transformers import AutoConfig, HfArgumentParser, set_seed
 from ..data import SafeImageTransform, bundled_photo_dataset, pretraining_transform
 from ..data.positional import drop_unreadable_rows
 from ..hub.push import HubPushError, hub_repo_of, pushing_to
+from ..hub.remote_code import export_remote_code
 from ..image_processing_utils import image_processor_at
 from ..presets.help import add_presets_help
 from ..presets.lookup import resolve_config_name, resolve_config_name_or_exit
@@ -344,6 +345,9 @@ def run(recipe: PretrainingRecipe, argv: list[str] | None = None) -> int:
     skipped = trainer.all_skipped_files()  # collective: every rank takes part
     output_dir = Path(training_args.output_dir)
     if trainer.is_world_process_zero():
+        # The full pretraining model loads without hf_mim too (AutoModelForPreTraining / AutoModel with
+        # trust_remote_code=True), as backbone/ does; after the Trainer saved the processor, which gets its auto_map.
+        export_remote_code(output_dir)
         backbone_dir, table = write_backbone(recipe, output_dir, trainer, data_args, image_size, report)
         if len(skipped):
             print(f"{skipped.summary()} (during training)")
