@@ -116,8 +116,51 @@ def check_upernet_uses_the_loaded_backbone(namespace: dict, folders: dict[str, P
         torch.testing.assert_close(used[matches[0]], tensor, rtol=0, atol=0, msg=f"{name} is not the loaded one")
 
 
+def check_capi_output_shapes(namespace: dict, folders: dict[str, Path]):
+    """The shapes the CAPI loading snippet's comments give, for the stand-in's config."""
+    config, outputs = namespace["model"].config, namespace["outputs"]
+    batch, width, registers = 1, config.hidden_size, config.num_register_tokens
+    rows, columns = outputs.feature_map.shape[1:3]
+    assert outputs.pooler_output.shape == (batch, width)
+    assert outputs.feature_map.shape == (batch, rows, columns, width) and rows * config.patch_size <= 56 < 64
+    assert outputs.register_tokens.shape == (batch, registers, width)
+    assert outputs.last_hidden_state.shape == (batch, registers + rows * columns, width)
+    torch.testing.assert_close(outputs.register_tokens, outputs.last_hidden_state[:, :registers])  # registers first
+
+
+def check_pipeline_outputs(namespace: dict, folders: dict[str, Path]):
+    """`pool=True` gives the pooler_output, the default every token of last_hidden_state (the pipeline snippet)."""
+    extractor = namespace["extractor"]
+    with torch.no_grad():
+        outputs = extractor.model(**extractor.image_processor(images=namespace["image"], return_tensors="pt"))
+    pooled, tokens = torch.tensor(namespace["global_repr"]), torch.tensor(namespace["tokens"])
+    torch.testing.assert_close(pooled.reshape(outputs.pooler_output.shape), outputs.pooler_output)
+    torch.testing.assert_close(tokens.reshape(outputs.last_hidden_state.shape), outputs.last_hidden_state)
+
+
+def check_vicregl_output_shapes(namespace: dict, folders: dict[str, Path]):
+    """The VICRegL snippet's comments for the ConvNeXt stand-in: (B, h, w, C) maps after the final norm, the
+    representation their mean (the per-token final LayerNorm, averaged), last_hidden_state (B, C, h, w)."""
+    out = namespace["out"]
+    assert out.pooler_output.shape == (2, namespace["model"].config.hidden_sizes[-1])
+    assert out.feature_map.shape == out.last_hidden_state.permute(0, 2, 3, 1).shape
+    torch.testing.assert_close(out.pooler_output, out.feature_map.mean(dim=(1, 2)))
+
+
+def check_cae_masked_tokens(namespace: dict, folders: dict[str, Path]):
+    """With `bool_masked_pos` the encoder returns cls + the visible patches only (the CAE snippet's comment)."""
+    visible = (~namespace["mask"]).sum(dim=1)
+    assert namespace["out"].last_hidden_state.shape[1] == 1 + visible[0] == 1 + visible[1]
+
+
 # A distinctive line of a block -> what else is checked after it ran.
-BLOCK_CHECKS = {"model.backbone = backbone": check_upernet_uses_the_loaded_backbone}
+BLOCK_CHECKS = {
+    "outputs.register_tokens": check_capi_output_shapes,
+    "extractor(image, pool=True)": check_pipeline_outputs,
+    "out.feature_map": check_vicregl_output_shapes,
+    "bool_masked_pos=mask": check_cae_masked_tokens,
+    "model.backbone = backbone": check_upernet_uses_the_loaded_backbone,
+}
 
 
 def test_python_block_checks_are_used():
