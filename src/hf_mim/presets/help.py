@@ -55,6 +55,11 @@ def presets_table(names, default: str | None = None) -> str:
     ]
     if any(name.startswith("cae-") for name in names):
         notes.append("CAE: against a small random stand-in target (no DALL-E tokenizer / CLIP teacher forward).")
+    if any(name.startswith("vicregl-") for name in names):
+        notes.append(
+            "VICRegL: each image gives 2 global crops (+ 6 local ones of 96 px for a ConvNeXt: about 3x the pixels "
+            "of one view); batch 2 at least (BatchNorm in the projectors)."
+        )
     if default:
         notes.append("* the default when no --config_name is given.")
     former = [f"{old} -> {new}" for old, new in PRESET_ALIASES.items() if new in names]
