@@ -10,7 +10,7 @@ import PIL.Image
 import pytest
 from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
 
-from hf_mim.hub.push import HubPushError, pushing_to
+from hf_mim.hub.push import HubPushError, exit_status, pushing_to
 from hf_mim.models.capi.convert_capi import main as convert_capi_main
 from hf_mim.trainers.run_pretraining import run
 
@@ -97,3 +97,14 @@ def test_pretraining_upload_failure_at_the_end_keeps_the_run(images, tmp_path, c
                                     "[Errno 101] Network is unreachable); check the network")  # fmt: skip
     for name in ("model.safetensors", "config.json", "train_results.json", "backbone/model.safetensors"):
         assert (tmp_path / "run" / name).is_file(), name
+
+
+def test_finetuning_push_offline_is_one_line(tmp_path, capsys):
+    """run_image_classification.py (and run_semantic_segmentation.py, built alike) through `exit_status`."""
+    script = load_script("examples/pytorch/image-classification/run_image_classification.py")
+    argv = ["--output_dir", str(tmp_path / "ft"), "--max_steps", "1", "--max_train_samples", "16",
+            "--max_eval_samples", "16", "--per_device_train_batch_size", "8", "--save_strategy", "no",
+            "--dataloader_num_workers", "0", "--use_cpu", "true", "--push_to_hub", "--hub_model_id", "me/ft"]  # fmt: skip
+    assert exit_status(script.main, argv) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.splitlines()[-1] == f"error: pushing to me/ft failed: {OFFLINE}"

@@ -51,6 +51,7 @@ from hf_mim.finetuning import (
     finetuning_eval_transform,
     finetuning_train_transform,
 )
+from hf_mim.hub.push import exit_status, hub_repo_of, pushing_to
 from hf_mim.image_processing_utils import input_statistics
 from hf_mim.presets import CONFIG_PRESETS
 from hf_mim.presets.help import add_presets_help
@@ -289,16 +290,18 @@ def main(argv=None) -> dict:
         training_args.eval_strategy = "no"
         logger.warning("No validation split: evaluation disabled.")
 
-    trainer = FinetuningTrainer(
-        model=model,
-        args=training_args,
-        train_dataset=train_dataset,
-        eval_dataset=eval_dataset,
-        data_collator=classification_collator(image_size),
-        processing_class=processor,
-    )
+    with pushing_to(hub_repo_of(training_args)):  # with --push_to_hub the Trainer creates its repo here
+        trainer = FinetuningTrainer(
+            model=model,
+            args=training_args,
+            train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
+            data_collator=classification_collator(image_size),
+            processing_class=processor,
+        )
     train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-    trainer.save_model()
+    with pushing_to(hub_repo_of(training_args)):  # the upload fails after the model is saved
+        trainer.save_model()
     trainer.log_metrics("train", train_result.metrics)
     trainer.save_metrics("train", train_result.metrics)
     trainer.save_state()
@@ -332,4 +335,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(exit_status(main))

@@ -120,6 +120,7 @@ from hf_mim.evaluation.segmentation import (
     upsample_patch_scores,
 )
 from hf_mim.finetuning import layer_decay_parameter_groups, num_backbone_layers
+from hf_mim.hub.push import exit_status, hub_repo_of, pushing_to
 from hf_mim.image_processing_utils import input_statistics
 from hf_mim.presets import CONFIG_PRESETS
 from hf_mim.presets.help import add_presets_help
@@ -559,20 +560,22 @@ def run_trained_protocol(
         model.backbone = backbone  # the loaded (or seeded random) weights, not the fresh copy UperNet built
         if protocol_args.freeze_backbone:
             model.backbone.requires_grad_(False)
-    trainer = SegmentationTrainer(
-        model=model,
-        args=training_args,
-        train_dataset=datasets["train"],
-        eval_dataset=datasets.get("validation"),
-        data_collator=collator,
-        skipped_files=skipped,
-        compute_metrics=SegmentationComputeMetrics(num_labels, names),
-        preprocess_logits_for_metrics=argmax_logits,
-        layer_decay=protocol_args.layer_decay if protocol_args.protocol == "upernet" else None,
-    )
+    with pushing_to(hub_repo_of(training_args)):  # with --push_to_hub the Trainer creates its repo here
+        trainer = SegmentationTrainer(
+            model=model,
+            args=training_args,
+            train_dataset=datasets["train"],
+            eval_dataset=datasets.get("validation"),
+            data_collator=collator,
+            skipped_files=skipped,
+            compute_metrics=SegmentationComputeMetrics(num_labels, names),
+            preprocess_logits_for_metrics=argmax_logits,
+            layer_decay=protocol_args.layer_decay if protocol_args.protocol == "upernet" else None,
+        )
     start = time.perf_counter()
     train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-    trainer.save_model()
+    with pushing_to(hub_repo_of(training_args)):  # the upload fails after the model is saved
+        trainer.save_model()
     trainer.log_metrics("train", train_result.metrics)
     trainer.save_metrics("train", train_result.metrics)
     trainer.save_state()
@@ -743,4 +746,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(exit_status(main))

@@ -6,7 +6,8 @@ the local folder left complete, instead of a traceback from the HTTP client.
 is built and uploads in `save_model`) and turns a Hub or network failure into a `HubPushError` whose message is that
 one line; any other exception passes through unchanged, so a bug is not reported as a failed upload."""
 
-from collections.abc import Iterator
+import sys
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -62,3 +63,14 @@ def pushing_to(repo_id: str) -> Iterator[None]:
 def hub_repo_of(training_args) -> str:
     """The repo a `Trainer` pushes to: `--hub_model_id`, else the output folder's name (transformers' rule)."""
     return training_args.hub_model_id or Path(training_args.output_dir).absolute().name
+
+
+def exit_status(main: Callable, *args) -> int:
+    """A script's `__main__`: run `main(*args)`; a `HubPushError` (what it saved stays) becomes its one line on
+    stderr and exit status 1, success 0. Other failures keep their traceback: they are not the Hub's."""
+    try:
+        main(*args)
+    except HubPushError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    return 0
