@@ -16,6 +16,8 @@ changed there is tested as it is written.
 
 import argparse
 import dataclasses
+import logging
+import os
 import re
 import runpy
 import sys
@@ -24,6 +26,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import transformers
 import transformers.training_args
 from safetensors.torch import load_file
 from transformers import HfArgumentParser
@@ -375,8 +378,14 @@ def scratch(tmp_path, monkeypatch):
         (images / f"class{index % 2}").mkdir(parents=True, exist_ok=True)
         photo.convert("RGB").resize((64, 64)).save(images / f"class{index % 2}" / f"{index}.png")
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    return {"images": str(images)}
+    # The scripts run in this process: what they set for themselves (environment, logging) is undone afterwards.
+    environment, root = dict(os.environ), logging.getLogger()
+    handlers, level, verbosity = list(root.handlers), root.level, transformers.logging.get_verbosity()
+    yield {"images": str(images)}
+    os.environ.clear()
+    os.environ.update(environment)
+    root.handlers[:], root.level = handlers, level
+    transformers.logging.set_verbosity(verbosity)
 
 
 def test_bash_tables_are_used():
