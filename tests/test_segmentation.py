@@ -25,8 +25,10 @@ from hf_mim.evaluation import (
     dense_features,
     fit_logistic_regression,
     knn_segment,
+    labelled_prediction_grid,
     patch_feature_bank,
     patch_labels,
+    prediction_grid,
     resize_concat,
     upsample_patch_scores,
 )
@@ -610,3 +612,98 @@ def test_script_upernet_with_layer_decay(script, tmp_path, monkeypatch, layer_de
         if any(name.startswith("decode_head.") for name in group["param_names"]):
             assert group["lr_scale"] == 1.0
     assert len(factors) == 1  # one schedule factor for every group
+
+
+# ------------------------------------------------------------------------- the embedded default: which backbone
+
+
+def _dark_columns(picture: PIL.Image.Image, top: int, bottom: int) -> np.ndarray:
+    """x positions with text-dark pixels (< 100 in every channel) in rows top..bottom."""
+    band = np.asarray(picture.convert("RGB"))[top:bottom]
+    return np.flatnonzero((band < 100).all(-1).any(0))
+
+
+def test_labelled_prediction_grid_titles_each_column_and_draws_caption_and_legend():
+    generator = torch.Generator().manual_seed(0)
+    images = [np.broadcast_to(np.array([200, 30, 90], np.uint8), (40, 40, 3))] * 2
+    labels = [torch.randint(0, 3, (40, 40), generator=generator) for _ in range(2)]
+    columns = {"random-init prediction": [torch.zeros(40, 40)] * 2, "pretrained prediction": labels}
+    plain = prediction_grid(images, labels, columns["pretrained prediction"], 3)
+    titled = labelled_prediction_grid(images, labels, columns, 3, caption=["mean IoU 0.1 vs 0.5"], label_names="abc")
+    # Four columns where the plain picture has three, each at least a tile wide (wider where its title is), and a
+    # title row, a caption and a legend above / below the tiles.
+    assert titled.width >= 4 * 40 + 6 > plain.width and titled.height > plain.height + 3 * 8
+    # A title row of black text on white over every column, where the plain picture starts with the coloured image.
+    title_row = _dark_columns(titled, 0, 10)
+    assert len(title_row) and title_row.min() < 40 and title_row.max() > 3 * 40
+    band = np.asarray(titled)[:10].astype(int)
+    assert (band.max(-1) - band.min(-1) == 0).all() and (np.asarray(plain)[:10, :40] == (200, 30, 90)).all()
+    # Caption text is drawn: another caption changes the picture, at the same size.
+    other = labelled_prediction_grid(images, labels, columns, 3, caption=["mean IoU 0.2 vs 0.6"], label_names="abc")
+    assert other.size == titled.size and not np.array_equal(np.asarray(other), np.asarray(titled))
+    with pytest.raises(ValueError, match="one entry per example"):
+        labelled_prediction_grid(images, labels, {"prediction": labels[:1]}, 3)
+
+
+@pytest.fixture(scope="module")
+def main_job_backbone(tmp_path_factory):
+    """A stand-in for `run_capi.py`'s output: a random tiny CAPI (patch 7, as its CPU recipe) in <dir>/backbone."""
+    folder = tmp_path_factory.mktemp("capi-pretraining") / "backbone"
+    torch.manual_seed(0)
+    hf_mim.CapiModel(hf_mim.CapiConfig.tiny(patch_size=7)).save_pretrained(folder)
+    return folder
+
+
+def _check_comparison(result, output_dir, backbone):
+    runs = result["runs"]
+    assert runs["pretrained"]["model"] == str(backbone) and runs["random-init"]["model"] == f"random {backbone}"
+    assert result["mean_iou_random_init"] == runs["random-init"]["mean_iou"]
+    assert result["mean_iou_pretrained"] == runs["pretrained"]["mean_iou"]
+    for label in ("random-init", "pretrained"):
+        assert set(runs[label]["iou"]) == set(SYNTHETIC_NAMES)
+        assert json.loads((output_dir / label / "eval_results.json").read_text())["eval_mean_iou"] == pytest.approx(
+            runs[label]["mean_iou"], abs=1e-4
+        )
+    saved = json.loads((output_dir / "comparison_results.json").read_text())
+    assert json.dumps(saved["runs"], sort_keys=True) == json.dumps(runs, sort_keys=True)  # NaN: classes never seen
+    picture = PIL.Image.open(output_dir / "segmentation_predictions.png")
+    # image | ground truth | random-init prediction | pretrained prediction, titled, two rows, caption and legend
+    assert picture.width >= 4 * 56 and picture.height >= 2 * 56 + 4 * 8
+    assert len(_dark_columns(picture, 0, 10)) and _dark_columns(picture, 0, 10).max() > 3 * 56
+
+
+def test_default_reuses_the_main_jobs_backbone_without_pretraining(
+    script, tmp_path, main_job_backbone, monkeypatch, capsys
+):
+    def refuse(*args):
+        raise AssertionError("pretrained although the main job's backbone exists")
+
+    monkeypatch.setattr(script, "pretrain_default_backbone", refuse)
+    result = script.main(
+        ["--max_steps", "2", *SMALL, "--main_job_backbone", str(main_job_backbone), "--output_dir", str(tmp_path)]
+    )
+    out = capsys.readouterr().out
+    assert out.splitlines()[0].startswith(f"Backbone: {main_job_backbone}, the main job's CAPI backbone")
+    assert re.search(r"^metric +random-init +pretrained$", out, re.M) and re.search(
+        r"^mean IoU +0\.\d+ +0\.\d+$", out, re.M
+    )
+    _check_comparison(result, tmp_path, main_job_backbone)
+    # The two runs differ only by the weights: same head seed and data order, same protocol.
+    assert result["runs"]["random-init"]["out_indices"] == result["runs"]["pretrained"]["out_indices"] == [2]
+
+
+def test_default_pretrains_a_short_capi_run_when_the_main_job_has_not_run(script, tmp_path, capsys):
+    output = tmp_path / "out"
+    argv = ["--max_steps", "1", *SMALL, "--default_pretraining_steps", "1", "--output_dir", str(output),
+            "--main_job_backbone", str(tmp_path / "not-run" / "backbone")]  # fmt: skip
+    result = script.main(argv)
+    out = capsys.readouterr().out
+    assert out.splitlines()[0].startswith("Backbone: no --model_name_or_path and no main-job backbone at ")
+    assert "a short CAPI pretraining (1 steps of run_capi.py's CPU recipe" in out.splitlines()[0]
+    backbone = output / "capi-pretraining-1steps" / "backbone"
+    assert json.loads((backbone.parent / "trainer_state.json").read_text())["global_step"] == 1
+    _check_comparison(result, output, backbone)
+    # A second run finds this pretraining and says so, instead of training again.
+    model_args = script.parse_arguments(argv)[0]
+    found, to_train, statement = script.default_backbone(model_args, str(output), 42)
+    assert found == backbone and to_train is None and "earlier 1-step CAPI pretraining" in statement

@@ -37,7 +37,17 @@ Protocols (`--protocol`):
 Backbone: `--model_name_or_path` (an hf_mim pretraining output's `backbone/` folder or a converted release) is
 loaded with `AutoBackbone.from_pretrained(path, out_indices=...)`; `--config_name` starts from random weights (the
 baselines): an hf_mim preset (--help lists them with their sizes; the tiny ones for CPU) or a config path;
-`--config_overrides "num_hidden_layers=4,..."` edits it.
+`--config_overrides "num_hidden_layers=4,..."` edits it. The first line printed names the backbone and why.
+
+Without any of the three (the embedded default) the script compares a pretrained CAPI with its random init: it takes
+the main job's backbone (`--main_job_backbone`, default outputs/capi-pretraining/backbone, where `accelerate launch
+examples/pytorch/pretraining/run_capi.py` writes it) when it exists; else it trains `run_capi.py`'s CPU recipe for
+`--default_pretraining_steps` (300) steps on this example's training images (their masks unused) into
+`<output_dir>/capi-pretraining-300steps` (a later run reuses it). Both backbones, the pretrained one and a random init
+of its config and image processor (seed `--seed`), run the same protocol (`--protocol`, default knn here: the linear
+probe predicts the background everywhere on this set, random or pretrained, see `default_protocol`), each in its
+own subfolder (`random-init/`, `pretrained/`); the script prints their mean IoU, pixel accuracy, mean accuracy and
+per-class IoU side by side and writes both to `comparison_results.json`.
 
 Data: `--dataset_name` (a Hub id or local folder for `datasets.load_dataset`, or a folder written by
 `Dataset.save_to_disk` / `DatasetDict.save_to_disk`, read with `load_from_disk`: the way to use a local `datasets`
@@ -54,7 +64,8 @@ which every pair failed is refilled with random readable pairs, an evaluation ba
 
 Results: `eval_results.json` / `all_results.json` in `--output_dir` (mean_iou, pixel_accuracy, mean_accuracy,
 iou_<class>, accuracy_<class>, prefixed `eval_` as the Trainer writes them), and `segmentation_predictions.png`
-(image | ground truth | prediction for the first `--num_visualized` validation images). Unless given, the script
+(titled columns image | ground truth | prediction, one prediction column per backbone, for the first
+`--num_visualized` validation images; each column's mean IoU as caption, a colour legend). Unless given, the script
 sets `--output_dir outputs/semantic-segmentation`, `--remove_unused_columns False`, `--batch_eval_metrics True`,
 `--learning_rate 1e-2` (linear; a short-run value, VICRegL's is 1e-4 over 40k steps) or 1e-4 (upernet),
 `--weight_decay 0.05`, `--num_train_epochs 10`, `--per_device_train_batch_size 16`, `--lr_scheduler_type
@@ -71,9 +82,10 @@ On a small shared CPU machine run with `OMP_NUM_THREADS=1`.
 import ast
 import json
 import os
+import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -104,7 +116,7 @@ from hf_mim.data.segmentation import (
     synthetic_segmentation_datasets,
 )
 from hf_mim.data.skipped import SkippedFiles, SkippedFilesTrainerMixin, readable_part
-from hf_mim.data.transforms import DECODE_ERRORS, decode_failure, without_decoding
+from hf_mim.data.transforms import DECODE_ERRORS, decode_failure, decode_image, without_decoding
 from hf_mim.evaluation.segmentation import (
     FeatureScaler,
     FrozenBackboneSegmenter,
@@ -115,14 +127,14 @@ from hf_mim.evaluation.segmentation import (
     dense_features,
     fit_logistic_regression,
     knn_segment,
+    labelled_prediction_grid,
     patch_feature_bank,
-    prediction_grid,
     upsample_patch_scores,
 )
 from hf_mim.finetuning import layer_decay_parameter_groups, num_backbone_layers
 from hf_mim.hub.push import exit_status, hub_repo_of, pushing_to
 from hf_mim.image_processing_utils import input_statistics
-from hf_mim.presets import CONFIG_PRESETS
+from hf_mim.presets import CONFIG_PRESETS, CPU_RECIPES
 from hf_mim.presets.help import add_presets_help
 from hf_mim.presets.lookup import resolve_config_name, resolve_config_name_or_exit
 from hf_mim.training_defaults import PinMemoryOnlyWithAccelerator
@@ -143,6 +155,11 @@ SYNTHETIC_IMAGE_SIZE = 112
 MASK_FOLDERS = ("masks", "annotations", "labels")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 PREDICTIONS_PNG = "segmentation_predictions.png"
+# The embedded default's backbone: the main job's (`accelerate launch examples/pytorch/pretraining/run_capi.py`
+# writes its EMA teacher to outputs/capi-pretraining/backbone), else a short run of the same script.
+MAIN_JOB_BACKBONE = "outputs/capi-pretraining/backbone"
+PRETRAINING_SCRIPT = Path(__file__).resolve().parents[1] / "pretraining" / "run_capi.py"
+DEFAULT_PRETRAINING_STEPS = 300
 # Trainer arguments this script sets when the command line does not.
 TRAINING_DEFAULTS = {
     "output_dir": "outputs/semantic-segmentation",
@@ -177,6 +194,17 @@ class ModelArguments:
     )
     cache_dir: str | None = field(default=None)
     model_revision: str = field(default="main")
+    main_job_backbone: str = field(
+        default=MAIN_JOB_BACKBONE,
+        metadata={"help": "Embedded default (no backbone argument): the pretrained backbone to use when it exists."},
+    )
+    default_pretraining_steps: int = field(
+        default=DEFAULT_PRETRAINING_STEPS,
+        metadata={
+            "help": "Embedded default without --main_job_backbone: steps of the short run_capi.py pretraining "
+            "(its CPU recipe) trained into <output_dir>/capi-pretraining-<steps>steps."
+        },
+    )
 
 
 @dataclass
@@ -212,7 +240,13 @@ class DataArguments:
 
 @dataclass
 class ProtocolArguments:
-    protocol: str = field(default="linear", metadata={"help": f"One of {', '.join(PROTOCOLS)}."})
+    protocol: str | None = field(
+        default=None,
+        metadata={
+            "help": f"One of {', '.join(PROTOCOLS)}. Default: linear, or knn for the embedded default backbone (its "
+            "linear probe predicts only the background, random or pretrained)."
+        },
+    )
     head_dropout: float = field(default=0.0, metadata={"help": "linear: dropout before the 1x1 conv."})
     upernet_hidden_size: int = field(default=512, metadata={"help": "upernet: channels of the UperNet head."})
     upernet_auxiliary_head: bool = field(default=True, metadata={"help": "upernet: FCN head on the third map."})
@@ -235,12 +269,23 @@ class ProtocolArguments:
     num_visualized: int = field(default=4, metadata={"help": "Validation images drawn in the PNG."})
 
 
+def default_protocol(model_args: ModelArguments) -> str:
+    """linear, except for the embedded default backbone: CAPI's k-NN. On the synthetic set (91 % background, ten digit
+    classes of about 1 % each) the linear probe predicts the background everywhere for the random and the pretrained
+    CAPI alike (mean IoU 0.082 both; 1600 instead of 160 steps: 0.083), while the k-NN vote finds digits."""
+    return "knn" if uses_default_backbone(model_args) else "linear"
+
+
 def parse_arguments(argv=None):
     parser = HfArgumentParser((ModelArguments, DataArguments, ProtocolArguments, SegmentationTrainingArguments))
     add_presets_help(parser, PRESETS, DEFAULT_PRESET)
     argv = sys.argv[1:] if argv is None else list(argv)
     if len(argv) == 1 and argv[0].endswith(".json"):
-        return parser.parse_json_file(json_file=os.path.abspath(argv[0]))
+        model_args, data_args, protocol_args, training_args = parser.parse_json_file(
+            json_file=os.path.abspath(argv[0])
+        )
+        protocol_args.protocol = protocol_args.protocol or default_protocol(model_args)
+        return model_args, data_args, protocol_args, training_args
     # "--temperature none": an unweighted vote.
     argv = ["nan" if a.lower() == "none" and i and argv[i - 1] == "--temperature" else a for i, a in enumerate(argv)]
     protocol = next((argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--protocol"), None)
@@ -252,6 +297,7 @@ def parse_arguments(argv=None):
     model_args, data_args, protocol_args, training_args = parser.parse_args_into_dataclasses(args=argv)
     if model_args.config_name:  # a mistyped preset fails now, not as a Hub lookup after the data is loaded
         model_args.config_name = resolve_config_name_or_exit(parser, model_args.config_name, PRESETS, SCRIPT)
+    protocol_args.protocol = protocol_args.protocol or default_protocol(model_args)
     if protocol_args.temperature is not None and np.isnan(protocol_args.temperature):
         protocol_args.temperature = None
     if protocol_args.protocol not in PROTOCOLS:
@@ -530,12 +576,6 @@ def denormalize(pixel_values: torch.Tensor, mean, std) -> np.ndarray:
     return (image.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
 
 
-def save_prediction_picture(path, examples, predictions, mean, std, num_labels) -> None:
-    images = [denormalize(example["pixel_values"], mean, std) for example in examples]
-    labels = [example["labels"] for example in examples]
-    prediction_grid(images, labels, predictions, num_labels).save(path)
-
-
 def run_trained_protocol(
     protocol_args, training_args, backbone, config, datasets, names, visual_examples, collator, skipped
 ):
@@ -652,14 +692,61 @@ def run_patch_protocol(protocol_args, training_args, backbone, datasets, names, 
     return metrics, predictions, {"train_patches": int(labels.numel()), "seconds": elapsed}
 
 
-def main(argv=None) -> dict:
-    model_args, data_args, protocol_args, training_args = parse_arguments(argv)
-    if training_args.should_log:
-        logging.set_verbosity(training_args.get_process_log_level())
-    set_seed(training_args.seed)
-    protocol = protocol_args.protocol
+def uses_default_backbone(model_args: ModelArguments) -> bool:
+    """No backbone named on the command line: the embedded default compares a pretrained CAPI with its random init."""
+    return not (model_args.model_name_or_path or model_args.config_name or model_args.config_overrides)
 
-    dataset = load_data(data_args, model_args, training_args.seed)
+
+def default_backbone(model_args: ModelArguments, output_dir: str, seed: int) -> tuple[Path, Path | None, str]:
+    """(backbone folder, folder to pretrain into first or None, the one line that says which backbone and why).
+
+    The main job's backbone (`run_capi.py`'s default output) when it exists; else an earlier short pretraining of
+    this example in `output_dir`; else a new one of `--default_pretraining_steps` steps."""
+    main_job = Path(model_args.main_job_backbone)
+    against = f"against a random init of its config (seed {seed})"
+    if (main_job / "config.json").is_file():
+        return main_job, None, f"Backbone: {main_job}, the main job's CAPI backbone (run_capi.py's output), {against}."
+    steps = model_args.default_pretraining_steps
+    folder = Path(output_dir) / f"capi-pretraining-{steps}steps"
+    reason = f"no --model_name_or_path and no main-job backbone at {main_job}"
+    if (folder / "backbone" / "config.json").is_file():
+        statement = f"Backbone: {folder / 'backbone'}, this example's earlier {steps}-step CAPI pretraining ({reason})"
+        return folder / "backbone", None, f"{statement}, {against}."
+    statement = (
+        f"Backbone: {reason}, so a short CAPI pretraining ({steps} steps of run_capi.py's CPU recipe on this example's "
+        f"training images, without their masks) is trained into {folder}, then evaluated {against}."
+    )
+    return folder / "backbone", folder, statement
+
+
+def pretrain_default_backbone(folder: Path, steps: int, seed: int, train_images) -> None:
+    """The main job on this example's images: `run_capi.py` with its CPU recipe (`hf_mim.presets.CPU_RECIPES`) and
+    `steps` steps, on the training images of the synthetic set (their masks unused), in a child process, since
+    examples do not import each other; its log goes to this process's console."""
+    image_dir = folder.parent / f"{folder.name}-images" / "train"
+    image_dir.mkdir(parents=True, exist_ok=True)
+    written = 0
+    for index, value in enumerate(train_images):
+        try:
+            decode_image(value).save(image_dir / f"{index:05d}.png")
+            written += 1
+        except DECODE_ERRORS:
+            continue  # named by the segmentation runs, which skip the same file
+    # The recipe's batch (64) unless there are fewer images: its loader drops a short last batch.
+    batch = ["--per_device_train_batch_size", str(written)] if written < 64 else []
+    command = [
+        sys.executable, str(PRETRAINING_SCRIPT), *CPU_RECIPES["capi"], "--max_steps", str(steps), "--seed", str(seed),
+        "--train_dir", str(image_dir.parent), "--output_dir", str(folder), "--save_strategy", "no",
+        "--disable_tqdm", "True", *batch,
+    ]  # fmt: skip
+    completed = subprocess.run(command)
+    if completed.returncode != 0 or not (folder / "backbone" / "config.json").is_file():
+        raise RuntimeError(f"The default backbone's pretraining failed (exit code {completed.returncode}): {command}")
+
+
+def prepare_data(data_args: DataArguments, model_args: ModelArguments, seed: int):
+    """(dataset without decoding, image column, label column, label names, skipped files)."""
+    dataset = load_data(data_args, model_args, seed)
     image_column = resolve_column(dataset["train"], data_args.image_column_name, ("image", "img", "pixel_values"), "image")  # fmt: skip
     label_column = resolve_column(
         dataset["train"], data_args.label_column_name, ("label", "annotation", "mask", "segmentation"), "label"
@@ -671,7 +758,26 @@ def main(argv=None) -> dict:
     dataset = without_decoding(dataset, image_column, label_column)
     skipped = SkippedFiles()
     names = label_names(data_args, dataset, label_column, skipped)
+    return dataset, image_column, label_column, names, skipped
 
+
+@dataclass
+class Evaluation:
+    """One backbone's run of the protocol: the result line, and what the picture needs."""
+
+    result: dict
+    visual_examples: list
+    predictions: list
+    mean: tuple
+    std: tuple
+
+
+def evaluate_backbone(model_args, data_args, protocol_args, training_args, data, skipped) -> Evaluation:
+    """Build the backbone of `model_args`, run the protocol in `training_args.output_dir`; every backbone of a
+    comparison starts from the same seed (head initialisation, data order)."""
+    dataset, image_column, label_column, names = data
+    protocol = protocol_args.protocol
+    set_seed(training_args.seed)
     backbone, config = build_backbone(model_args, protocol, training_args.seed)
     image_size, mean, std, processor = image_statistics(model_args, data_args, config)
     common = dict(mean=mean, std=std, interpolation=data_args.interpolation, reduce_labels=data_args.reduce_labels)
@@ -714,8 +820,6 @@ def main(argv=None) -> dict:
         metrics, predictions, extra = run_patch_protocol(
             protocol_args, training_args, backbone, datasets, names, visual_examples, collator, skipped
         )
-    skipped = skipped.gathered()  # every process's files (a collective)
-
     result = {
         "protocol": protocol,
         "model": model_args.model_name_or_path or f"random {model_args.config_name or DEFAULT_PRESET}",
@@ -724,18 +828,104 @@ def main(argv=None) -> dict:
         "train_images": len(dataset["train"]),
         "eval_images": len(dataset["validation"]) if "validation" in dataset else 0,
         **{key: round(value, 4) if isinstance(value, float) else value for key, value in extra.items()},
-        "skipped_images": len(skipped),
     }
     for key in ("mean_iou", "pixel_accuracy", "mean_accuracy"):
         if f"eval_{key}" in metrics:
             result[key] = round(float(metrics[f"eval_{key}"]), 4)
+    if any(f"eval_iou_{name}" in metrics for name in names):
+        result["iou"] = {name: round(float(metrics[f"eval_iou_{name}"]), 4) for name in names}
+    if training_args.process_index == 0 and processor is not None and protocol in ("linear", "upernet"):
+        processor.save_pretrained(training_args.output_dir)
+    return Evaluation(result, visual_examples, predictions, tuple(mean), tuple(std))
+
+
+def comparison_table(results: dict[str, dict], names: list[str]) -> str:
+    """The runs side by side: mean IoU, pixel accuracy, mean class accuracy, then each class's IoU."""
+    rows = [("mean IoU", "mean_iou"), ("pixel accuracy", "pixel_accuracy"), ("mean accuracy", "mean_accuracy")]
+    width = max(12, *(len(label) + 2 for label in results))
+    lines = ["metric".ljust(16) + "".join(label.rjust(width) for label in results)]
+    for title, key in rows:
+        lines.append(title.ljust(16) + "".join(f"{result.get(key, float('nan')):{width}.3f}" for result in results.values()))  # fmt: skip
+    for name in names:
+        values = [result.get("iou", {}).get(name, float("nan")) for result in results.values()]
+        lines.append(f"IoU {name}".ljust(16) + "".join(f"{value:{width}.3f}" for value in values))
+    return "\n".join(lines)
+
+
+def save_labelled_picture(path: str, runs: dict[str, Evaluation], names: list[str], protocol: str) -> None:
+    """image | ground truth | one prediction column per run, titled, with each run's mean IoU as the caption."""
+    first = next(iter(runs.values()))
+    images = [denormalize(example["pixel_values"], first.mean, first.std) for example in first.visual_examples]
+    labels = [example["labels"] for example in first.visual_examples]
+    columns = {
+        f"{label} prediction" if len(runs) > 1 else "prediction": run.predictions for label, run in runs.items()
+    }
+    caption = [
+        f"{title}: mean IoU {run.result.get('mean_iou', float('nan')):.3f}, pixel accuracy "
+        f"{run.result.get('pixel_accuracy', float('nan')):.3f} ({protocol} protocol)"
+        for title, run in zip(columns, runs.values())
+    ]
+    labelled_prediction_grid(images, labels, columns, len(names), caption=caption, label_names=names).save(path)
+
+
+def main(argv=None) -> dict:
+    model_args, data_args, protocol_args, training_args = parse_arguments(argv)
+    if training_args.should_log:
+        logging.set_verbosity(training_args.get_process_log_level())
+    set_seed(training_args.seed)
+    protocol = protocol_args.protocol
+    output_dir = training_args.output_dir
+
+    # Which backbone(s), said first: the embedded default pretrains (or finds) a CAPI backbone and compares it with
+    # its random init; a named backbone is evaluated alone.
+    runs = {"model": model_args}
+    if uses_default_backbone(model_args):
+        backbone_dir, pretraining_dir, statement = default_backbone(model_args, output_dir, training_args.seed)
+        if training_args.process_index == 0:
+            print(statement, flush=True)
+    elif training_args.process_index == 0:
+        source = model_args.model_name_or_path or f"random init of {model_args.config_name or DEFAULT_PRESET}"
+        print(f"Backbone: {source} (from the command line).", flush=True)
+
+    dataset, image_column, label_column, names, skipped = prepare_data(data_args, model_args, training_args.seed)
+    data = (dataset, image_column, label_column, names)
+    if uses_default_backbone(model_args):
+        with training_args.main_process_first(desc="default backbone"):
+            if pretraining_dir is not None and not (backbone_dir / "config.json").is_file():
+                steps = model_args.default_pretraining_steps
+                pretrain_default_backbone(pretraining_dir, steps, training_args.seed, dataset["train"][image_column])
+        runs = {
+            # same config and image processor (mean / std), random weights from --seed
+            "random-init": replace(model_args, config_name=str(backbone_dir), image_processor_name=str(backbone_dir)),
+            "pretrained": replace(model_args, model_name_or_path=str(backbone_dir)),
+        }
+    evaluations = {}
+    for label, run_model_args in runs.items():
+        training_args.output_dir = output_dir if len(runs) == 1 else os.path.join(output_dir, label)
+        evaluations[label] = evaluate_backbone(run_model_args, data_args, protocol_args, training_args, data, skipped)
+    training_args.output_dir = output_dir
+    skipped = skipped.gathered()  # every process's files (a collective)
+
+    if len(runs) == 1:
+        result = {**evaluations["model"].result, "skipped_images": len(skipped)}
+    else:
+        result = {
+            "protocol": protocol,
+            **{
+                f"mean_iou_{label.replace('-', '_')}": run.result.get("mean_iou") for label, run in evaluations.items()
+            },
+            "runs": {label: run.result for label, run in evaluations.items()},
+            "skipped_images": len(skipped),
+        }
     if training_args.process_index == 0:
-        if predictions:
-            path = os.path.join(training_args.output_dir, PREDICTIONS_PNG)
-            save_prediction_picture(path, visual_examples, predictions, mean, std, len(names))
+        if any(run.predictions for run in evaluations.values()):
+            path = os.path.join(output_dir, PREDICTIONS_PNG)
+            save_labelled_picture(path, evaluations, names, protocol)
             result["picture"] = path
-        if processor is not None and protocol in ("linear", "upernet"):
-            processor.save_pretrained(training_args.output_dir)
+        if len(runs) > 1:
+            print(f"Segmentation ({protocol}): {result['runs']['pretrained']['eval_images']} validation images")
+            print(comparison_table({label: run.result for label, run in evaluations.items()}, names))
+            save_metrics(output_dir, "comparison", result)
         if skipped:
             print(skipped.summary())
         print(json.dumps(result))

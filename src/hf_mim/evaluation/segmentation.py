@@ -546,6 +546,99 @@ def prediction_grid(
     return canvas
 
 
+def _text_size(draw, text: str, font) -> tuple[int, int]:
+    left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
+    return right - left, bottom - top
+
+
+def labelled_prediction_grid(
+    images: Sequence,
+    labels: Sequence,
+    predictions: Mapping[str, Sequence],
+    num_labels: int,
+    caption: Sequence[str] = (),
+    label_names: Sequence[str] | None = None,
+    ignore_index: int = IGNORE_INDEX,
+) -> PIL.Image.Image:
+    """`prediction_grid` with words on it: a title above each column ("image", "ground truth", then one column per
+    entry of `predictions`, e.g. {"random-init prediction": [...], "pretrained prediction": [...]}), the `caption`
+    lines under the grid (e.g. each column's mean IoU) and a colour legend of the classes (`label_names`)."""
+    import PIL.ImageDraw
+    import PIL.ImageFont
+
+    palette = segmentation_palette(num_labels, ignore_index)
+    titles = ["image", "ground truth", *predictions]
+    columns = [list(images), list(labels), *(list(column) for column in predictions.values())]
+    if not columns[0] or any(len(column) != len(columns[0]) for column in columns):
+        raise ValueError("Every column needs one entry per example (and at least one example).")
+    rows = []
+    for index, image in enumerate(columns[0]):
+        image = image if isinstance(image, PIL.Image.Image) else PIL.Image.fromarray(np.asarray(image, np.uint8))
+        rows.append([image.convert("RGB")] + [colorize(column[index], palette) for column in columns[1:]])
+    font = PIL.ImageFont.load_default()
+    measure = PIL.ImageDraw.Draw(PIL.Image.new("RGB", (1, 1)))
+    line_height = max(_text_size(measure, "Ag", font)[1], 8) + 6
+    gap = 2
+    cell = max(max(tile.width for tile in row) for row in rows)
+    # A title wider than its tile gets a wider column, so no word is cut.
+    widths = [max(cell, _text_size(measure, title, font)[0] + 4) for title in titles]
+    names = list(label_names) if label_names is not None else [str(i) for i in range(num_labels)]
+    swatch = line_height - 6
+    legend_items = [(palette[i], name) for i, name in enumerate(names[:num_labels])]
+    width = sum(widths) + gap * (len(widths) - 1)
+    # Caption and legend wrap to the grid's width.
+    caption_lines = []
+    for text in caption:
+        line = ""
+        for word in text.split(" "):
+            candidate = f"{line} {word}" if line else word
+            if line and _text_size(measure, candidate, font)[0] > width - 4:
+                caption_lines.append(line)
+                candidate = word
+            line = candidate
+        caption_lines.append(line)
+    legend_lines, line, used = [], [], 0
+    for colour, name in legend_items:
+        item_width = swatch + 4 + _text_size(measure, name, font)[0] + 10
+        if line and used + item_width > width:
+            legend_lines.append(line)
+            line, used = [], 0
+        line.append((colour, name))
+        used += item_width
+    if line:
+        legend_lines.append(line)
+    grid_height = sum(max(tile.height for tile in row) for row in rows) + gap * (len(rows) - 1)
+    height = line_height + grid_height + 4 + line_height * (len(caption_lines) + len(legend_lines))
+    canvas = PIL.Image.new("RGB", (width, height), (255, 255, 255))
+    draw = PIL.ImageDraw.Draw(canvas)
+    left = 0
+    for title, column_width in zip(titles, widths):
+        text_width = _text_size(draw, title, font)[0]
+        draw.text((left + (column_width - text_width) // 2, 3), title, fill=(0, 0, 0), font=font)
+        left += column_width + gap
+    top = line_height
+    for row in rows:
+        left = 0
+        for tile, column_width in zip(row, widths):
+            canvas.paste(tile, (left + (column_width - tile.width) // 2, top))
+            left += column_width + gap
+        top += max(tile.height for tile in row) + gap
+    top += 4 - gap
+    for text in caption_lines:
+        draw.text((2, top + 3), text, fill=(0, 0, 0), font=font)
+        top += line_height
+    for legend_line in legend_lines:
+        left = 2
+        for colour, name in legend_line:
+            draw.rectangle(
+                (left, top + 3, left + swatch, top + 3 + swatch), fill=tuple(int(c) for c in colour), outline=(0, 0, 0)
+            )
+            draw.text((left + swatch + 4, top + 3), name, fill=(0, 0, 0), font=font)
+            left += swatch + 4 + _text_size(draw, name, font)[0] + 10
+        top += line_height
+    return canvas
+
+
 __all__ = [
     "IGNORE_INDEX",
     "FeatureScaler",
@@ -559,6 +652,7 @@ __all__ = [
     "dense_features",
     "fit_logistic_regression",
     "knn_segment",
+    "labelled_prediction_grid",
     "patch_feature_bank",
     "patch_labels",
     "prediction_grid",
