@@ -166,6 +166,16 @@ BLOCK_CHECKS = {
 }
 
 
+# Fence languages: ```python and ```bash are run here; a block without a language is printed output or a file
+# tree. Any other language fails until this test says how to check it.
+LANGUAGES = {"python": "run", "bash": "run or parsed", "": "output or a file tree, not code"}
+
+
+def test_every_block_is_a_kind_this_test_knows():
+    unknown = [block.name for block in fenced_blocks(README) if block.language not in LANGUAGES]
+    assert not unknown, f"code blocks in a language this test does not run: {unknown}"
+
+
 def test_python_block_checks_are_used():
     code = "".join(block.code for block in python_blocks())
     assert [key for key in BLOCK_CHECKS if key not in code] == [], "a check whose README block is gone"
