@@ -330,9 +330,10 @@ def repo_path(token: str) -> str:
     return str(REPO / token) if token.split("/")[0] in {"examples", "scripts", "benchmarks"} else token
 
 
-def script_and_arguments(command: Command, argv: tuple[str, ...]) -> tuple[Path, list[str]]:
+def script_and_arguments(command: Command, argv: tuple[str, ...], in_process: bool = False) -> tuple[Path, list[str]]:
     """(script, its arguments) of `python SCRIPT ...` or `accelerate launch [launcher flags] SCRIPT ...`; the
-    launcher's flags go through accelerate's own parser."""
+    launcher's flags go through accelerate's own parser. `in_process`: the command is about to run here, as one
+    process, which is what `accelerate launch` without a config file or process count starts."""
     argv = [repo_path(token) for token in argv]
     if argv[:2] == ["accelerate", "launch"]:
         from accelerate.commands.launch import launch_command_parser
@@ -340,6 +341,9 @@ def script_and_arguments(command: Command, argv: tuple[str, ...]) -> tuple[Path,
         launch = launch_command_parser().parse_args(argv[2:])
         if launch.config_file:
             assert Path(launch.config_file).is_file(), f"{command.name}: no {launch.config_file}"
+        if in_process:
+            single = not launch.config_file and launch.num_processes in (None, 1) and not launch.multi_gpu
+            assert single, f"{command.name}: several processes; say in PARSE_ONLY why it is not run"
         return Path(launch.training_script), list(launch.training_script_args)
     assert argv[0] == "python" and argv[1].endswith(".py"), f"{command.name}: not a command this test knows"
     return Path(argv[1]), argv[2:]
@@ -438,7 +442,7 @@ def test_bash_commands(scratch, monkeypatch):
                 script, arguments = script_and_arguments(command, command.argv)
                 check_presets(parse_only(script, arguments, monkeypatch))
                 if reason is None:
-                    script, arguments = script_and_arguments(command, command.required_argv)
+                    script, arguments = script_and_arguments(command, command.required_argv, in_process=True)
                     name = str(script.relative_to(REPO))
                     assert name in SHORT_RUN, f"{name}: say in SHORT_RUN how it runs tiny, or in PARSE_ONLY why not"
                     short = SHORT_RUN[name]
