@@ -132,7 +132,7 @@ def train_dalle_tokenizer(
 
 
 # Share of the codebook a trained tokenizer must use not to count as collapsed. The default recipe on digits uses 43
-# to 44 of 64 codes (68 %); collapsed runs use a handful: 5 of 64 without the KL term (kl_weight 0, see
+# to 49 of 64 codes (68-77 %; 49 at 300 steps on 2026-12-07); collapsed runs use a handful: 5 of 64 without the KL term (kl_weight 0, see
 # DvaeTrainingArguments), 2 of 64 after a 30-step run (`--steps 30`, code perplexity 1.2). A quarter lies well
 # between the two; below it CAE v1's targets name at most a quarter of the classes its head predicts.
 MIN_CODEBOOK_USAGE = 0.25
@@ -145,7 +145,7 @@ def codebook_collapse_warning(codes_used: int, vocab_size: int) -> str | None:
         return None
     return (
         f"codebook collapse: the tokenizer uses only {codes_used} of its {vocab_size} codes "
-        f"({codes_used / vocab_size:.0%}, under {MIN_CODEBOOK_USAGE:.0%}; the default recipe on digits uses 43 of 64), "
+        f"({codes_used / vocab_size:.0%}, under {MIN_CODEBOOK_USAGE:.0%}; the default recipe on digits uses 43 to 49 of 64), "
         "so CAE v1 would predict few distinct targets. Try a longer run (--steps, default 300), a slower "
         "temperature anneal (a higher --temperature_end), a stronger pull to the uniform prior (a larger --kl_weight; "
         "0 left 5 of 64 codes in use) or a lower --learning_rate."
