@@ -132,9 +132,9 @@ def train_dalle_tokenizer(
 
 
 # Share of the codebook a trained tokenizer must use not to count as collapsed. The default recipe on digits uses 43
-# to 49 of 64 codes (68-77 %; 49 at 300 steps on 2026-12-07); collapsed runs use a handful: 5 of 64 without the KL term (kl_weight 0, see
-# DvaeTrainingArguments), 2 of 64 after a 30-step run (`--steps 30`, code perplexity 1.2). A quarter lies well
-# between the two; below it CAE v1's targets name at most a quarter of the classes its head predicts.
+# to 49 of 64 codes (68-77 %); collapsed runs use a handful: 5 of 64 without the KL term (kl_weight 0, see
+# DvaeTrainingArguments), 8 of 64 in 100 steps without it, 2 of 64 after a 30-step run (`--steps 30`, code perplexity
+# 1.2). A quarter lies well between the two; below it CAE v1's targets name at most a quarter of its head's classes.
 MIN_CODEBOOK_USAGE = 0.25
 
 
