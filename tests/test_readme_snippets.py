@@ -12,6 +12,8 @@ changed there is tested as it is written.
   (HfArgumentParser / argparse; accelerate's for `accelerate launch`), so a renamed or removed flag, or an unknown
   preset, fails. Optional arguments written `[--flag VALUE]` are parsed too (the first of `a|b`), and left out of
   real runs. Entries of the tables that no command uses fail, so the tables cannot go stale silently.
+- The model cards' usage snippets run too, and cards, remote-code headers and README name one install command
+  (`hf_mim.hub.install`): hf_mim is not on the package index.
 """
 
 import argparse
@@ -38,15 +40,19 @@ from hf_mim import (
     CapiConfig,
     CapiImageProcessor,
     CapiModel,
+    IJepaConfig,
+    IJepaImageProcessor,
+    IJepaModel,
     VicreglConfig,
     VicreglImageProcessor,
     VicreglModel,
 )
 from hf_mim.data import bundled_photos
 from hf_mim.hub.install import INSTALL_COMMAND, INSTALL_SENTENCE
-from hf_mim.hub.model_cards import conversion_card
+from hf_mim.hub.model_cards import CARD_TEXTS, conversion_card, usage_section
 from hf_mim.hub.remote_code import bundle_sources
 from hf_mim.image_processing_utils import image_processor_at
+from hf_mim.models.cae.tokenizer_dalle import DalleTokenizer, DalleTokenizerConfig
 from hf_mim.presets import CONFIG_PRESETS
 
 from .helpers import FIXTURES, REPO
@@ -453,6 +459,32 @@ def test_bash_commands(scratch, monkeypatch):
             failures.append(f"{command.name}\n    {type(error).__name__}: {error}")
     assert not failures, "README commands that fail:\n" + "\n".join(failures)
     assert ran, "no README command ran for real"
+
+
+# ----------------------------------------------------------------------------------------------- model cards
+# A card's method -> a tiny folder of it (image processor first, then the model with its remote-code bundle).
+CARD_FOLDERS = {
+    "capi": lambda: (CapiModel(CapiConfig.tiny()), image_processor_at(CapiImageProcessor, 56)),
+    "ijepa": lambda: (IJepaModel(IJepaConfig.tiny()), image_processor_at(IJepaImageProcessor, 56)),
+    "cae": lambda: (CaeModel(CaeConfig.tiny()), image_processor_at(CaeImageProcessor, 64)),
+    "vicregl": lambda: (VicreglModel(VicreglConfig.tiny()), image_processor_at(VicreglImageProcessor, 64)),
+    "dalle_tokenizer": lambda: (DalleTokenizer(DalleTokenizerConfig.tiny()), None),
+}
+
+
+@pytest.mark.parametrize("method", sorted({card.method for card in CARD_TEXTS.values()}))
+def test_card_usage_runs(method, tmp_path):
+    """The '## Usage' section of the cards: the hf_mim snippet runs on a tiny folder of the method; the remote-code
+    one compiles (tests/test_remote_code.py loads such folders in a Python without hf_mim)."""
+    model, processor = CARD_FOLDERS[method]()
+    if processor is not None:
+        processor.save_pretrained(tmp_path)
+    model.save_pretrained(tmp_path, remote_code=True)
+    section = usage_section(method, str(tmp_path), model.config)
+    assert INSTALL_SENTENCE in section and "pip install hf_mim" not in section
+    native, remote = re.findall(r"```python\n(.*?)```", section, flags=re.DOTALL)
+    exec(compile(native, f"{method} card", "exec"), {"image": bundled_photos()[0]})
+    compile(remote, f"{method} card, remote code", "exec")
 
 
 def test_install_command_is_the_cards_and_the_readmes():
