@@ -93,8 +93,10 @@ def test_pretraining_upload_failure_at_the_end_keeps_the_run(images, tmp_path, c
     assert run(recipe, _run_argv(images, tmp_path / "run")) == 1
     err = capsys.readouterr().err
     assert "Traceback" not in err
-    assert err.splitlines()[-1] == ("error: pushing to me/capi-run failed: the Hub could not be reached (ConnectError: "
-                                    "[Errno 101] Network is unreachable); check the network")  # fmt: skip
+    assert err.splitlines()[-1] == (
+        "error: pushing to me/capi-run failed: the Hub could not be reached (ConnectError: [Errno 101] Network is "
+        "unreachable); check the network"
+    )
     for name in ("model.safetensors", "config.json", "train_results.json", "backbone/model.safetensors"):
         assert (tmp_path / "run" / name).is_file(), name
 
@@ -104,7 +106,8 @@ def test_finetuning_push_offline_is_one_line(tmp_path, capsys):
     script = load_script("examples/pytorch/image-classification/run_image_classification.py")
     argv = ["--output_dir", str(tmp_path / "ft"), "--max_steps", "1", "--max_train_samples", "16",
             "--max_eval_samples", "16", "--per_device_train_batch_size", "8", "--save_strategy", "no",
-            "--dataloader_num_workers", "0", "--use_cpu", "true", "--push_to_hub", "--hub_model_id", "me/ft"]  # fmt: skip
+            "--dataloader_num_workers", "0", "--use_cpu", "true",
+            "--push_to_hub", "--hub_model_id", "me/ft"]  # fmt: skip
     assert exit_status(script.main, argv) == 1
     err = capsys.readouterr().err
     assert "Traceback" not in err and err.splitlines()[-1] == f"error: pushing to me/ft failed: {OFFLINE}"

@@ -404,7 +404,8 @@ def test_offline_push_is_one_line_and_keeps_the_folders(publish_script, original
     captured = capsys.readouterr()
     assert "Traceback" not in captured.err
     assert captured.err.splitlines()[-1] == (
-        "error: pushing to other-org/caev2-large failed: offline mode is on (HF_HUB_OFFLINE is set); unset it to upload"
+        "error: pushing to other-org/caev2-large failed: offline mode is on (HF_HUB_OFFLINE is set); unset it to "
+        "upload"
     )
     assert "caev2-large" in captured.out  # the plan still shows the converted folder
     assert (tmp_path / "cli" / "caev2-large" / "model.safetensors").is_file()

@@ -84,7 +84,8 @@ def _train_run(root: Path, method: str, images: Path) -> Path:
     output = root / f"run-{method}"
     argv = ["--train_dir", str(images), "--config_name", RUNS[method], "--output_dir", str(output),
             "--per_device_train_batch_size", "4", "--max_steps", "1", "--learning_report", "False",
-            "--report_to", "none", "--save_strategy", "no", "--dataloader_num_workers", "0", "--disable_tqdm", "True"]  # fmt: skip
+            "--report_to", "none", "--save_strategy", "no", "--dataloader_num_workers", "0",
+            "--disable_tqdm", "True"]  # fmt: skip
     assert run(recipe, argv) == 0
     return output
 

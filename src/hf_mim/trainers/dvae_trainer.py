@@ -145,8 +145,8 @@ def codebook_collapse_warning(codes_used: int, vocab_size: int) -> str | None:
         return None
     return (
         f"codebook collapse: the tokenizer uses only {codes_used} of its {vocab_size} codes "
-        f"({codes_used / vocab_size:.0%}, under {MIN_CODEBOOK_USAGE:.0%}; the default recipe on digits uses 43 to 49 of 64), "
-        "so CAE v1 would predict few distinct targets. Try a longer run (--steps, default 300), a slower "
+        f"({codes_used / vocab_size:.0%}, under {MIN_CODEBOOK_USAGE:.0%}; the default recipe on digits uses 43 to 49 "
+        "of 64), so CAE v1 would predict few distinct targets. Try a longer run (--steps, default 300), a slower "
         "temperature anneal (a higher --temperature_end), a stronger pull to the uniform prior (a larger --kl_weight; "
         "0 left 5 of 64 codes in use) or a lower --learning_rate."
     )
