@@ -123,6 +123,8 @@ def check_upernet_uses_the_loaded_backbone(namespace: dict, folders: dict[str, P
         matches = [key for key in used if key == name or key.endswith("." + name)]
         assert matches, f"{name} is not in model.backbone"
         torch.testing.assert_close(used[matches[0]], tensor, rtol=0, atol=0, msg=f"{name} is not the loaded one")
+    batch, _, height, width = namespace["pixel_values"].shape
+    assert namespace["logits"].shape == (batch, 150, height, width)  # the snippet's comment
 
 
 def check_capi_output_shapes(namespace: dict, folders: dict[str, Path]):
