@@ -700,7 +700,7 @@ def test_default_pretrains_a_short_capi_run_when_the_main_job_has_not_run(script
     out = capsys.readouterr().out
     assert out.splitlines()[0].startswith("Backbone: no --model_name_or_path and no main-job backbone at ")
     assert "a short CAPI pretraining (1 steps of run_capi.py's CPU recipe" in out.splitlines()[0]
-    backbone = output / "capi-pretraining-1steps" / "backbone"
+    backbone = output / "capi-pretraining-1steps-seed42" / "backbone"
     assert json.loads((backbone.parent / "trainer_state.json").read_text())["global_step"] == 1
     _check_comparison(result, output, backbone)
     # A second run finds this pretraining and says so, instead of training again.

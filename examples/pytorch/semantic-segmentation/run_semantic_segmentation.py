@@ -43,11 +43,12 @@ Without any of the three (the embedded default) the script compares a pretrained
 the main job's backbone (`--main_job_backbone`, default outputs/capi-pretraining/backbone, where `accelerate launch
 examples/pytorch/pretraining/run_capi.py` writes it) when it exists; else it trains `run_capi.py`'s CPU recipe for
 `--default_pretraining_steps` (300) steps on this example's training images (their masks unused) into
-`<output_dir>/capi-pretraining-300steps` (a later run reuses it). Both backbones, the pretrained one and a random init
-of its config and image processor (seed `--seed`), run the same protocol (`--protocol`, default knn here: the linear
-probe predicts the background everywhere on this set, random or pretrained, see `default_protocol`), each in its
-own subfolder (`random-init/`, `pretrained/`); the script prints their mean IoU, pixel accuracy, mean accuracy and
-per-class IoU side by side and writes both to `comparison_results.json`.
+`<output_dir>/capi-pretraining-300steps-seed42` (a later run with that seed reuses it). Both backbones, the
+pretrained one and a random init of its config and image processor (seed `--seed`), run the same protocol
+(`--protocol`, default knn here: the linear probe predicts the background everywhere on this set, random or
+pretrained, see `default_protocol`), each in its own subfolder (`random-init/`, `pretrained/`); the script prints
+their mean IoU, pixel accuracy, mean accuracy and per-class IoU side by side and writes both to
+`comparison_results.json`.
 
 Data: `--dataset_name` (a Hub id or local folder for `datasets.load_dataset`, or a folder written by
 `Dataset.save_to_disk` / `DatasetDict.save_to_disk`, read with `load_from_disk`: the way to use a local `datasets`
@@ -203,7 +204,7 @@ class ModelArguments:
         default=DEFAULT_PRETRAINING_STEPS,
         metadata={
             "help": "Embedded default without --main_job_backbone: steps of the short run_capi.py pretraining "
-            "(its CPU recipe) trained into <output_dir>/capi-pretraining-<steps>steps."
+            "(its CPU recipe) trained into <output_dir>/capi-pretraining-<steps>steps-seed<seed>."
         },
     )
 
@@ -708,14 +709,14 @@ def default_backbone(model_args: ModelArguments, output_dir: str, seed: int) -> 
     if (main_job / "config.json").is_file():
         return main_job, None, f"Backbone: {main_job}, the main job's CAPI backbone (run_capi.py's output), {against}."
     steps = model_args.default_pretraining_steps
-    folder = Path(output_dir) / f"capi-pretraining-{steps}steps"
+    folder = Path(output_dir) / f"capi-pretraining-{steps}steps-seed{seed}"
     reason = f"no --model_name_or_path and no main-job backbone at {main_job}"
     if (folder / "backbone" / "config.json").is_file():
         statement = f"Backbone: {folder / 'backbone'}, this example's earlier {steps}-step CAPI pretraining ({reason})"
         return folder / "backbone", None, f"{statement}, {against}."
     statement = (
-        f"Backbone: {reason}, so a short CAPI pretraining ({steps} steps of run_capi.py's CPU recipe on this example's "
-        f"training images, without their masks) is trained into {folder}, then evaluated {against}."
+        f"Backbone: {reason}, so a short CAPI pretraining ({steps} steps of run_capi.py's CPU recipe on this "
+        f"example's training images, without their masks) is trained into {folder}, then evaluated {against}."
     )
     return folder / "backbone", folder, statement
 
@@ -846,7 +847,8 @@ def comparison_table(results: dict[str, dict], names: list[str]) -> str:
     width = max(12, *(len(label) + 2 for label in results))
     lines = ["metric".ljust(16) + "".join(label.rjust(width) for label in results)]
     for title, key in rows:
-        lines.append(title.ljust(16) + "".join(f"{result.get(key, float('nan')):{width}.3f}" for result in results.values()))  # fmt: skip
+        values = [result.get(key, float("nan")) for result in results.values()]
+        lines.append(title.ljust(16) + "".join(f"{value:{width}.3f}" for value in values))
     for name in names:
         values = [result.get("iou", {}).get(name, float("nan")) for result in results.values()]
         lines.append(f"IoU {name}".ljust(16) + "".join(f"{value:{width}.3f}" for value in values))
