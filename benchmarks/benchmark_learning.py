@@ -10,10 +10,15 @@ split, then compare the frozen backbone with its own random initialisation and w
 Each run is the main job itself: `examples/pytorch/pretraining/run_<method>.py` on its embedded default (the CPU
 recipe of `hf_mim.presets.CPU_RECIPES`, scikit-learn's digits), `--max_steps` from `--steps` (default: the recipe's
 own), `--seed`, one subprocess per (method, seed) with `--threads` torch threads. The run's learning report
-(`learning_report.json`, `hf_mim.evaluation.learning`: weighted k-NN top-1, k = 20, of the 540 held-out digits on
-the 1257 training digits, and the effective rank of the test features) gives the backbone at initialisation (the
-random init of that seed) and after training; the loss at the first and last logging step come from
-`trainer_state.json`. The table shows mean ± std over seeds, the gain (after − before) per seed, and raw pixels.
+(`learning_report.json`, `hf_mim.evaluation.learning.evaluate_probes`: weighted k-NN top-1, k = 20, of the 540
+held-out digits on the 1257 training digits, and the effective rank of the test features, on both probes: clean
+digits and transformed digits) gives raw pixels, the backbone at initialisation (the random init of that seed) and
+after training; the loss at the first and last logging step come from `trainer_state.json`. The table shows mean ±
+std over seeds, the gain (trained − random init) per seed, and raw pixels, per probe and feature.
+
+`--reprobe` (with runs kept by `--keep_runs`) re-measures every cached run with `run_knn.py`'s own code on its
+exported backbone (`run_knn.main`: the backbone's training resolution, its own config's random init with the run's
+seed, both probes), e.g. for runs made before the transformed-digits probe existed.
 
 Results are cached per (method, seed, tag) in `<output_dir>/results/*.json`; an interrupted benchmark resumes, and a
 cached result whose settings differ is re-run. Wall times depend on the machine's load: run at most as many jobs as
@@ -32,6 +37,7 @@ from pathlib import Path
 from benchmark_learning_parity import git_state, mean_std, run_logged, write_json_atomic
 
 REPO = Path(__file__).resolve().parent.parent
+RUN_KNN = REPO / "examples" / "pytorch" / "image-classification" / "run_knn.py"
 METHODS = ("capi", "ijepa", "cae", "vicregl")
 LOG_EVERY = 25
 
@@ -66,8 +72,12 @@ def result_path(args, method: str, seed: int) -> Path:
     return args.output_dir / "results" / f"{method}{tag}_seed{seed}.json"
 
 
+def run_dir_of(args, method: str, seed: int) -> Path:
+    return args.output_dir / "runs" / f"{method}{'_' + args.tag if args.tag else ''}_seed{seed}"
+
+
 def run_one(args, method: str, seed: int) -> dict:
-    run_dir = args.output_dir / "runs" / f"{method}{'_' + args.tag if args.tag else ''}_seed{seed}"
+    run_dir = run_dir_of(args, method, seed)
     command = [
         sys.executable, str(REPO / "examples" / "pytorch" / "pretraining" / f"run_{method}.py"),
         "--seed", str(seed), "--output_dir", str(run_dir),
@@ -87,12 +97,26 @@ def run_one(args, method: str, seed: int) -> dict:
     result = {
         "method": method, "seed": seed, "settings": settings_of(args, method), "git": git_state(),
         "minutes": wall / 60, "steps": state.get("global_step"), "loss_start": losses[0] if losses else None,
-        "loss_end": losses[-1] if losses else None, **report,
+        "loss_end": losses[-1] if losses else None, "probes": report.get("probes"), "probe_source": "learning report",
+        "image_size": report.get("image_size"),
     }  # fmt: skip
     if not args.keep_runs:
         for path in sorted(run_dir.rglob("*.safetensors")):
             path.unlink()
     return result
+
+
+def reprobe(args, method: str, seed: int) -> dict:
+    """Re-measure a kept run with run_knn.py's code: both probes, its backbone and its own config's random init."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("run_knn", RUN_KNN)
+    run_knn = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(run_knn)
+    backbone = run_dir_of(args, method, seed) / "backbone"
+    measured = run_knn.main(["--model_name_or_path", str(backbone), "--seed", str(seed)])
+    return {"probes": measured["probes"], "image_size": measured["image_size"],
+            "probe_source": f"run_knn.py on the kept backbone (random init: its config, seed {seed})"}  # fmt: skip
 
 
 def cached(args, method: str, seed: int) -> dict | None:
@@ -116,10 +140,13 @@ def drive(args) -> None:
             print(f"{method} seed {seed} failed: {error}", flush=True)
             return
         write_json_atomic(result_path(args, method, seed), result)
-        gain = 100 * (result["after"]["pooled"]["knn_top1"] - result["before"]["pooled"]["knn_top1"])
-        print(f"{method} seed {seed}: {result['minutes']:.1f} min, pooled k-NN "
-              f"{100 * result['before']['pooled']['knn_top1']:.1f} -> {100 * result['after']['pooled']['knn_top1']:.1f}"
-              f" ({gain:+.1f}) (elapsed {(time.perf_counter() - start) / 60:.1f} min)", flush=True)  # fmt: skip
+        changes = ", ".join(
+            f"{probe} {100 * rows['initialisation']['pooled']['knn_top1']:.1f} -> "
+            f"{100 * rows['trained']['pooled']['knn_top1']:.1f}"
+            for probe, rows in (result["probes"] or {}).items()
+        )
+        print(f"{method} seed {seed}: {result['minutes']:.1f} min, pooled k-NN {changes} "
+              f"(elapsed {(time.perf_counter() - start) / 60:.1f} min)", flush=True)  # fmt: skip
 
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
         list(pool.map(work, todo))
@@ -134,26 +161,30 @@ def fmt(values: list[float], scale: float = 100.0, digits: int = 1) -> str:
 
 def report(args) -> str:
     lines = [
-        "| method | seeds | steps | minutes | loss start → end | feature | random init k-NN | trained k-NN | gain per seed |"
-        " rank init → trained | raw pixels |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| method | seeds | steps | minutes | loss start → end | probe | feature | raw pixels | random init k-NN |"
+        " trained k-NN | gain per seed | rank init → trained |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for method in args.methods:
-        results = [r for s in args.seeds if (r := cached(args, method, s)) is not None]
+        results = [r for s in args.seeds if (r := cached(args, method, s)) is not None and r.get("probes")]
         if not results:
             continue
         loss = f"{fmt([r['loss_start'] for r in results], 1, 3)} → {fmt([r['loss_end'] for r in results], 1, 3)}"
-        for feature in ("pooled", "mean_patch"):
-            before = [r["before"][feature]["knn_top1"] for r in results]
-            after = [r["after"][feature]["knn_top1"] for r in results]
-            gains = " / ".join(f"{100 * (a - b):+.1f}" for a, b in zip(after, before))
-            ranks = (f"{fmt([r['before'][feature]['effective_rank'] for r in results], 1)} → "
-                     f"{fmt([r['after'][feature]['effective_rank'] for r in results], 1)}")  # fmt: skip
-            lines.append(
-                f"| {method}{' ' + args.tag if args.tag else ''} | {','.join(str(r['seed']) for r in results)} | "
-                f"{results[0]['steps']} | {fmt([r['minutes'] for r in results], 1)} | {loss} | {feature} | "
-                f"{fmt(before)} | {fmt(after)} | {gains} | {ranks} | {fmt([results[0]['raw_pixels']['knn_top1']])} |"
-            )
+        for probe in results[0]["probes"]:
+            rows = [r["probes"][probe] for r in results]
+            initial = [next(label for label in row if label not in ("raw_pixels", "trained")) for row in rows]
+            for feature in ("pooled", "mean_patch"):
+                before = [row[label][feature]["knn_top1"] for row, label in zip(rows, initial)]
+                after = [row["trained"][feature]["knn_top1"] for row in rows]
+                gains = " / ".join(f"{100 * (a - b):+.1f}" for a, b in zip(after, before))
+                ranks = (f"{fmt([row[label][feature]['effective_rank'] for row, label in zip(rows, initial)], 1)} → "
+                         f"{fmt([row['trained'][feature]['effective_rank'] for row in rows], 1)}")  # fmt: skip
+                lines.append(
+                    f"| {method}{' ' + args.tag if args.tag else ''} | {','.join(str(r['seed']) for r in results)} | "
+                    f"{results[0]['steps']} | {fmt([r['minutes'] for r in results], 1)} | {loss} | {probe} | "
+                    f"{feature} | {fmt([rows[0]['raw_pixels']['knn_top1']])} | {fmt(before)} | {fmt(after)} | "
+                    f"{gains} | {ranks} |"
+                )
     return "\n".join(lines)
 
 
@@ -170,6 +201,8 @@ def main(argv=None) -> int:
     parser.add_argument("--output_dir", type=Path, default=REPO / "outputs" / "learning")
     parser.add_argument("--report_only", action="store_true")
     parser.add_argument("--keep_runs", action="store_true", help="keep the trained weights of every run")
+    parser.add_argument("--reprobe", action="store_true",
+                        help="re-measure cached runs kept by --keep_runs with run_knn.py's code (both probes)")  # fmt: skip
     args = parser.parse_args(argv)
     args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = set(args.methods) - set(METHODS)
@@ -182,6 +215,12 @@ def main(argv=None) -> int:
     if not args.report_only:
         print(f"hf_mim {git_state()}; methods {args.methods}, seeds {args.seeds}, {args.threads} thread(s) per run")
         drive(args)
+    if args.reprobe:
+        for method in args.methods:
+            for seed in args.seeds:
+                result = cached(args, method, seed)
+                if result is not None:
+                    write_json_atomic(result_path(args, method, seed), {**result, **reprobe(args, method, seed)})
     print(report(args))
     return 0
 

@@ -40,6 +40,15 @@ def bundled_photos() -> list[PIL.Image.Image]:
     return images
 
 
+def bundled_photo(name: str) -> PIL.Image.Image:
+    """One scikit-image sample photo by its loader's name (e.g. "astronaut", "coffee", "chelsea"), as RGB."""
+    import skimage.data
+
+    if name not in SKIMAGE_IMAGES:
+        raise ValueError(f"{name!r} is not a bundled photo; choose from {SKIMAGE_IMAGES}.")
+    return PIL.Image.fromarray(getattr(skimage.data, name)()).convert("RGB")
+
+
 def bundled_photo_dataset() -> datasets.Dataset:
     """The bundled photos as a `datasets.Dataset` with an "image" column."""
     return datasets.Dataset.from_dict(

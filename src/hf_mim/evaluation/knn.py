@@ -158,6 +158,29 @@ def extract_features(
     return features, labels
 
 
+@torch.no_grad()
+def extract_pooled_features(
+    model: torch.nn.Module, pixel_values: torch.Tensor, poolings=POOLINGS, batch_size: int = 64
+) -> dict[str, torch.Tensor]:
+    """{pooling: (N, D) float32 features} of several poolings from ONE forward pass per batch (a probe that wants
+    both the pooled and the mean patch feature pays for one pass, not two). Same poolings as `extract_features`."""
+    unknown = set(poolings) - set(POOLINGS)
+    if unknown:
+        raise ValueError(f"poolings must be among {POOLINGS}, got {sorted(unknown)}.")
+    device = _model_device(model)
+    was_training = model.training
+    model.eval()
+    features = {pooling: [] for pooling in poolings}
+    try:
+        for pixel_values_batch, _ in _iter_batches(pixel_values, batch_size):
+            outputs = model(pixel_values=pixel_values_batch.to(device), return_dict=True)
+            for pooling in poolings:
+                features[pooling].append(_pool(outputs, pooling).float().cpu())
+    finally:
+        model.train(was_training)
+    return {pooling: torch.cat(chunks) for pooling, chunks in features.items()}
+
+
 def knn_classify(
     train_features: torch.Tensor,
     train_labels: torch.Tensor,
@@ -244,4 +267,4 @@ def knn_accuracy(
     return float(metric(predictions, test_labels.to(predictions.device)))
 
 
-__all__ = ["extract_features", "knn_accuracy", "knn_classify"]
+__all__ = ["extract_features", "extract_pooled_features", "knn_accuracy", "knn_classify"]

@@ -1,8 +1,10 @@
-"""The main job's evidence of learning: probe the backbone at initialisation and after training, print the table,
-write it as JSON, and draw the PCA picture of patch features next to the exported model.
+"""The main job's evidence of learning: probe the backbone at initialisation and after training on both probes of
+`hf_mim.evaluation.learning` (clean digits, transformed digits), print the table, write it as JSON, and draw the PCA
+picture of patch features on bundled photos next to the exported model.
 
 Used by `run_pretraining.run` (on by default when training on the embedded default data, `--learning_report`
-turns it on or off). Rank 0 only; the probe is `hf_mim.evaluation.learning` (digits, k-NN, effective rank).
+turns it on or off). Rank 0 only. The probes and their k-NN are `evaluate_probes`, the code `run_knn.py` and
+`benchmarks/benchmark_learning.py` call too.
 """
 
 import json
@@ -11,35 +13,41 @@ from pathlib import Path
 
 import torch
 
+from ..data.bundled import bundled_photo
 from ..evaluation.learning import (
-    digits_probe_data,
-    format_learning_table,
+    PROBE_K,
+    PROBES,
+    RAW_PIXELS,
+    evaluate_probes,
+    format_probe_tables,
     patch_feature_maps,
     pca_picture,
-    probe_backbone,
-    probe_raw_pixels,
+    probe_suite,
 )
+from ..image_processing_utils import image_processor_at
 
 logger = logging.getLogger(__name__)
-PICTURE_IMAGES = 8  # test digits drawn in the PCA picture (two of each of the first four classes' first images)
+# Real photos with visible object parts (a face and suit, a cup on a saucer, a cat, a rocket on its pad), drawn at
+# PICTURE_SCALE times the training resolution: at 56 px a tiny model's 8 x 8 patch grid shows no parts.
+PICTURE_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket")
+PICTURE_SCALE = 4
+BEFORE, AFTER = "initialisation", "trained"
 
 
 class LearningReport:
     def __init__(self, image_processor_class, image_size: int):
-        self.data = digits_probe_data(image_processor_class, image_size)
-        self.processor = image_processor_class()
+        self.suite = probe_suite(image_processor_class, image_size)
+        self.image_size = image_size
+        picture_processor = image_processor_at(image_processor_class, PICTURE_SCALE * image_size)
+        self.image_mean, self.image_std = picture_processor.image_mean, picture_processor.image_std
+        photos = [bundled_photo(name) for name in PICTURE_PHOTOS]
+        self._picture_pixels = picture_processor(images=photos, return_tensors="pt")["pixel_values"]
         self.before: dict | None = None
         self._initial_maps: torch.Tensor | None = None
-        self._picture_pixels = self._pick_picture_images()
-
-    def _pick_picture_images(self) -> torch.Tensor:
-        labels = self.data.test_labels
-        chosen = [int(torch.nonzero(labels == digit)[0]) for digit in range(min(PICTURE_IMAGES, 10))]
-        return self.data.test_pixels[chosen]
 
     def start(self, backbone: torch.nn.Module) -> None:
         """Probe the untrained backbone (call before training, on the model the run will train)."""
-        self.before = probe_backbone(backbone, self.data)
+        self.before = evaluate_probes(self.suite, {BEFORE: backbone})
         self._initial_maps = self._maps(backbone)
 
     def _maps(self, backbone) -> torch.Tensor | None:
@@ -49,26 +57,46 @@ class LearningReport:
             logger.warning("No PCA picture: %s", error)
             return None
 
+    def results(self, backbone: torch.nn.Module) -> dict[str, dict]:
+        """{probe: {"raw_pixels", "initialisation", "trained"}}: the start's results and the trained backbone's."""
+        after = evaluate_probes(self.suite, {AFTER: backbone})
+        return {probe: {**self.before[probe], AFTER: after[probe][AFTER]} for probe in self.suite}
+
     def finish(self, backbone: torch.nn.Module, output_dir: Path, picture_dir: Path) -> str:
         """Probe the trained backbone; write `learning_report.json` to `output_dir` and `pca_features.png` to
         `picture_dir`; return the printed table."""
-        after = probe_backbone(backbone, self.data)
-        raw = probe_raw_pixels(self.data)
+        results = self.results(backbone)
         title = (
-            f"Learning report: k-NN top-1 (k=20) on held-out scikit-learn digits ({len(self.data.test_labels)} test / "
-            f"{len(self.data.train_labels)} train images, {self.data.image_size} px), frozen backbone"
+            f"Learning report: weighted k-NN top-1 (k={PROBE_K}, cosine) of the frozen backbone on held-out digits, "
+            "at initialisation and trained, next to raw pixels"
         )
-        table = format_learning_table(self.before, after, raw, title=title)
-        report = {"before": self.before, "after": after, "raw_pixels": raw, "image_size": self.data.image_size}
+        table = format_probe_tables(results, self.suite, title=title)
+        report = {"image_size": self.image_size, "probes": results}
         (output_dir / "learning_report.json").write_text(json.dumps(report, indent=2) + "\n")
         trained_maps = self._maps(backbone)
         if trained_maps is not None and self._initial_maps is not None:
             picture = pca_picture(
-                {"initialisation": self._initial_maps, "trained": trained_maps},
+                {BEFORE: self._initial_maps, AFTER: trained_maps},
                 self._picture_pixels,
-                self.processor.image_mean,
-                self.processor.image_std,
+                self.image_mean,
+                self.image_std,
+                caption=picture_caption(results, PICTURE_SCALE * self.image_size),
             )
             picture.save(picture_dir / "pca_features.png")
             table += f"\nPCA picture of patch features (initialisation vs trained): {picture_dir / 'pca_features.png'}"
         return table
+
+
+def picture_caption(results: dict[str, dict], picture_size: int) -> list[str]:
+    """The PCA picture's caption: what it shows, and the k-NN figures of the run beside it."""
+    lines = [
+        f"Bundled photos at {picture_size} px. Colours: the first three principal components of each row's patch "
+        "features, on one colour scale for both rows (grey = mean).",
+    ]
+    for probe, rows in results.items():
+        lines.append(
+            f"k-NN top-1 (pooled), {PROBES[probe].split(' (')[0]}: raw pixels {100 * rows[RAW_PIXELS]['knn_top1']:.1f} %,"
+            f" initialisation {100 * rows[BEFORE]['pooled']['knn_top1']:.1f} %, "
+            f"trained {100 * rows[AFTER]['pooled']['knn_top1']:.1f} %"
+        )
+    return lines
