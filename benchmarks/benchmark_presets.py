@@ -108,7 +108,7 @@ def measure(name: str, args, loads: list[float]) -> PresetSize:
     needed = estimated_training_bytes(pretraining, trainable)
     available = available_memory_bytes()
     if needed > available:
-        note = f"not measured: needs about {needed / 2**30:.0f} GiB, {available / 2**30:.0f} GiB available"
+        note = f"not measured: needs about {needed / 2**30:.1f} GiB, {available / 2**30:.1f} GiB available"
         return PresetSize(**size, batch_size=batch_size, seconds_per_step=None, note=note)
     loads.append(os.getloadavg()[0])
     seconds, wall, steps = measure_step(name, batch_size, args)
