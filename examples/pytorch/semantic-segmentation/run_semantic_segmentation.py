@@ -42,10 +42,10 @@ baselines): an hf_mim preset (--help lists them with their sizes; the tiny ones 
 Without any of the three (the embedded default) the script compares a pretrained CAPI with its random init: it takes
 the main job's backbone (`--main_job_backbone`, default outputs/capi-pretraining/backbone, where `accelerate launch
 examples/pytorch/pretraining/run_capi.py` writes it) when it exists; else it trains `run_capi.py`'s CPU recipe for
-`--default_pretraining_steps` (300) steps on this example's training images (their masks unused) into
-`<output_dir>/capi-pretraining-300steps-seed42` (a later run with that seed reuses it). Both backbones, the
-pretrained one and a random init of its config and image processor (seed `--seed`), run the same protocol
-(`--protocol`, default knn here: the linear probe predicts the background everywhere on this set, random or
+`--default_pretraining_steps` (300) steps, crops from 25 % of the image up, on this example's training images (their
+masks unused) into `<output_dir>/capi-pretraining-300steps-seed42` (a later run with that seed reuses it). Both
+backbones, the pretrained one and a random init of its config and image processor (seed `--seed`), run the same
+protocol (`--protocol`, default knn here: the linear probe predicts the background everywhere on this set, random or
 pretrained, see `default_protocol`), each in its own subfolder (`random-init/`, `pretrained/`); the script prints
 their mean IoU, pixel accuracy, mean accuracy and per-class IoU side by side and writes both to
 `comparison_results.json`.
@@ -162,6 +162,10 @@ PREDICTIONS_PNG = "segmentation_predictions.png"
 MAIN_JOB_BACKBONE = "outputs/capi-pretraining/backbone"
 PRETRAINING_SCRIPT = Path(__file__).resolve().parents[1] / "pretraining" / "run_capi.py"
 DEFAULT_PRETRAINING_STEPS = 300
+# Crops down to a quarter of the image (run_capi.py's 0.6 otherwise): the segmentation runs on the whole 112-px image,
+# where a digit covers 4-9 patches, more than in 56-px views of 60-100 % of it. k-NN mean IoU gain over the random
+# init, 300 steps, seeds 42 / 0: +0.011 / +0.002 with 0.6, +0.009 / +0.010 with 0.25.
+DEFAULT_PRETRAINING_CROP_SCALE_MIN = 0.25
 # Trainer arguments this script sets when the command line does not.
 TRAINING_DEFAULTS = {
     "output_dir": "outputs/semantic-segmentation",
@@ -715,8 +719,9 @@ def default_backbone(model_args: ModelArguments, output_dir: str, seed: int) -> 
         statement = f"Backbone: {folder / 'backbone'}, this example's earlier {steps}-step CAPI pretraining ({reason})"
         return folder / "backbone", None, f"{statement}, {against}."
     statement = (
-        f"Backbone: {reason}, so a short CAPI pretraining ({steps} steps of run_capi.py's CPU recipe on this "
-        f"example's training images, without their masks) is trained into {folder}, then evaluated {against}."
+        f"Backbone: {reason}, so a short CAPI pretraining ({steps} steps of run_capi.py's CPU recipe, crops from "
+        f"{DEFAULT_PRETRAINING_CROP_SCALE_MIN:.0%} of the image, on this example's training images without their "
+        f"masks) is trained into {folder}, then evaluated {against}."
     )
     return folder / "backbone", folder, statement
 
@@ -738,8 +743,8 @@ def pretrain_default_backbone(folder: Path, steps: int, seed: int, train_images)
     batch = ["--per_device_train_batch_size", str(written)] if written < 64 else []
     command = [
         sys.executable, str(PRETRAINING_SCRIPT), *CPU_RECIPES["capi"], "--max_steps", str(steps), "--seed", str(seed),
-        "--train_dir", str(image_dir.parent), "--output_dir", str(folder), "--save_strategy", "no",
-        "--disable_tqdm", "True", *batch,
+        "--crop_scale_min", str(DEFAULT_PRETRAINING_CROP_SCALE_MIN), "--train_dir", str(image_dir.parent),
+        "--output_dir", str(folder), "--save_strategy", "no", "--disable_tqdm", "True", *batch,
     ]  # fmt: skip
     completed = subprocess.run(command)
     if completed.returncode != 0 or not (folder / "backbone" / "config.json").is_file():
