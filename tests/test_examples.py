@@ -75,3 +75,18 @@ def test_pca_picture(tmp_path):
     assert image.size == (224, 112) and image.mode == "RGB"
     right = image.crop((112, 0, 224, 112)).getextrema()
     assert all(high - low > 100 for low, high in right)  # the PCA half uses the full colour range
+
+
+def test_pca_picture_against_the_checkpoints_random_init(tmp_path):
+    from hf_mim import CapiConfig, CapiImageProcessor, CapiModel
+    from hf_mim.image_processing_utils import image_processor_at
+
+    torch.manual_seed(0)
+    checkpoint = tmp_path / "backbone"
+    CapiModel(CapiConfig.tiny(patch_size=7, image_size=28)).save_pretrained(checkpoint)
+    image_processor_at(CapiImageProcessor, 28).save_pretrained(checkpoint)
+    script = load_script("examples/pytorch/feature-extraction/pca_features.py")
+    output = script.main(["--model_name_or_path", str(checkpoint), "--compare_random_init", "--resolution", "56",
+                          "--output_file", str(tmp_path / "pca.png")])  # fmt: skip
+    picture = PIL.Image.open(output)
+    assert picture.size == (150 + 4 * 160, 3 * 160)  # four bundled photos; input, initialisation, trained rows

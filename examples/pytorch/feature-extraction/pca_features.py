@@ -7,6 +7,12 @@
 The first three principal components of the patch features are mapped to RGB and shown next to the image. With no
 arguments it uses scikit-image's bundled astronaut photo and a freshly initialised tiny CAPI (no download needed);
 point `--model_name_or_path` at a converted or pretrained checkpoint to see meaningful maps.
+
+    python examples/pytorch/feature-extraction/pca_features.py --model_name_or_path <backbone> --compare_random_init
+
+draws the main job's picture instead (`hf_mim.evaluation.learning.pca_picture`): bundled photos (astronaut, coffee,
+chelsea, rocket) in the first row, then the checkpoint's own random initialisation (same class and config) and the
+checkpoint, each with its own principal components but one colour scale for both rows, so that the change is visible.
 """
 
 import argparse
@@ -49,13 +55,40 @@ def load_model(model_name_or_path: str | None):
     return AutoModel.from_pretrained(model_name_or_path), AutoImageProcessor.from_pretrained(model_name_or_path)
 
 
+def compare_with_random_init(args) -> Path:
+    from hf_mim.data.bundled import bundled_photo
+    from hf_mim.evaluation.learning import patch_feature_maps, pca_picture, random_baseline
+    from hf_mim.trainers.learning_report import PICTURE_PHOTOS
+
+    if args.model_name_or_path is None:
+        raise SystemExit("--compare_random_init needs --model_name_or_path.")
+    model, processor = load_model(args.model_name_or_path)
+    photos = [PIL.Image.open(args.image)] if args.image else [bundled_photo(name) for name in PICTURE_PHOTOS]
+    side = {"height": args.resolution, "width": args.resolution}
+    pixels = processor(images=photos, size=side, crop_size=side, return_tensors="pt").pixel_values
+    rows = {
+        "initialisation": patch_feature_maps(random_baseline(model), pixels),
+        "trained": patch_feature_maps(model, pixels),
+    }
+    picture = pca_picture(rows, pixels, processor.image_mean, processor.image_std)
+    output = Path(args.output_file)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    picture.save(output)
+    print(f"PCA picture (initialisation vs trained, one colour scale) written to {output}")
+    return output
+
+
 def main(argv=None) -> Path:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model_name_or_path", default=None)
     parser.add_argument("--image", default=None, help="Image file (default: scikit-image's astronaut)")
     parser.add_argument("--resolution", type=int, default=448, help="Square input side; a multiple of the patch size")
     parser.add_argument("--output_file", default="outputs/pca_features.png")
+    parser.add_argument("--compare_random_init", action="store_true",
+                        help="Rows: the checkpoint's own random init and the checkpoint, on the bundled photos")  # fmt: skip
     args = parser.parse_args(argv)
+    if args.compare_random_init:
+        return compare_with_random_init(args)
 
     model, processor = load_model(args.model_name_or_path)
     model.eval()
