@@ -7,6 +7,7 @@ import torch
 from hf_mim import CapiConfig, CapiModel, HfMimImageProcessor
 from hf_mim.data.labelled import digits_dataset, pixel_values_for
 from hf_mim.evaluation import extract_features, knn_accuracy, knn_classify
+from hf_mim.evaluation.knn import extract_pooled_features
 
 # ----------------------------------------------------------------------------------------------------- k-NN maths
 
@@ -121,6 +122,12 @@ def test_extract_features_shapes_and_poolings(tiny_capi):
     torch.testing.assert_close(patch_mean, outputs.feature_map.mean(dim=(1, 2)), rtol=1e-4, atol=1e-5)
     # Batching does not change the features.
     torch.testing.assert_close(extract_features(tiny_capi, pixel_values, batch_size=5), pooled, rtol=1e-4, atol=1e-5)
+    # Both poolings from one forward pass per batch (the learning probes' path) equal one pass per pooling.
+    tiny_capi.train()
+    both = extract_pooled_features(tiny_capi, pixel_values, ("pooler", "mean_patch"), batch_size=2)
+    assert tiny_capi.training
+    torch.testing.assert_close(both["pooler"], pooled, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(both["mean_patch"], patch_mean, rtol=1e-4, atol=1e-5)
 
 
 def test_extract_features_from_dict_batches(tiny_capi):
