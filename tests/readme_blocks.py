@@ -26,7 +26,7 @@ class Block:
 @dataclass(frozen=True)
 class Command:
     """One shell command of a ```bash block: continuation lines joined, comments dropped, `a && b` split in two.
-    The README writes optional arguments in brackets (`[--encoder context|target]`, `[--only NAME ...]`):
+    A `<placeholder>` is one token, whatever its spaces. The README writes optional arguments in brackets (`[--encoder context|target]`, `[--only NAME ...]`):
     `argv` keeps them (first alternative, no ellipsis), so a dry parse also checks the optional flags;
     `required_argv` drops them, which is what a real run uses."""
 
@@ -93,10 +93,28 @@ def _expand_optional(tokens: list[str], keep: bool) -> list[str]:
     return out
 
 
+def _join_angle_placeholders(tokens: list[str]) -> list[str]:
+    """`<name or folder>` is one placeholder, not three words."""
+    out, open_placeholder = [], None
+    for token in tokens:
+        if open_placeholder is None and token.startswith("<") and not token.endswith(">"):
+            open_placeholder = token
+        elif open_placeholder is not None:
+            open_placeholder += " " + token
+            if token.endswith(">"):
+                out.append(open_placeholder)
+                open_placeholder = None
+        else:
+            out.append(token)
+    if open_placeholder is not None:
+        raise ValueError(f"A <placeholder> is never closed: {open_placeholder!r}.")
+    return out
+
+
 def bash_commands(block: Block) -> list[Command]:
     commands = []
     for line, text in _logical_lines(block):
-        tokens = shlex.split(text, comments=True)
+        tokens = _join_angle_placeholders(shlex.split(text, comments=True))
         while tokens:
             cut = tokens.index("&&") if "&&" in tokens else len(tokens)
             part, tokens = tokens[:cut], tokens[cut + 1 :]

@@ -22,6 +22,7 @@ import logging
 import os
 import re
 import runpy
+import shutil
 import sys
 import tomllib
 from pathlib import Path
@@ -264,6 +265,20 @@ STAND_IN_FILES = {
     "convnext_small_alpha0.9_fullckpt.pth": FIXTURES / "vicregl_convnext" / "checkpoint.pth",
 }
 
+# Folders the README's real commands read, made in the scratch folder: a tiny image folder (two classes of three
+# bundled photos each) under each name.
+STAND_IN_IMAGE_FOLDERS = ("data/train", "data/val")
+
+# A <placeholder> of a command -> what a real run gets in its place ({images}: the tiny image folder). A command that
+# runs with a placeholder missing here fails.
+COMMAND_PLACEHOLDERS = {
+    "<backbone>": "outputs/capi-pretraining/backbone",  # the main job's, written by the README's first command
+    "<name or folder>": "{dataset}",  # `--dataset_name` takes a local folder with train/ and validation/ splits
+}
+
+# SHORT_RUN's data arguments give way to a command's own: `--dataset_name` and `--train_dir` exclude each other.
+DATA_FLAGS = {"--train_dir", "--validation_dir", "--dataset_name"}
+
 # A part of a command -> why the command is only parsed, not run.
 PARSE_ONLY = {
     "pip install": "installs packages (needs the package index); the extras it names are checked in pyproject.toml",
@@ -382,6 +397,21 @@ def check_transformers_example(command: Command):
     )
 
 
+def shortened(arguments: list[str], short: tuple[str, ...]) -> list[str]:
+    """`arguments` + `short`, less `short`'s data flags (and their values) when `arguments` gives data itself."""
+    if not DATA_FLAGS & set(arguments):
+        return [*arguments, *short]
+    pairs = zip(short[::2], short[1::2])
+    return [*arguments, *(token for flag, value in pairs if flag not in DATA_FLAGS for token in (flag, value))]
+
+
+def with_placeholders_filled(command: Command, argv: list[str], scratch: dict) -> list[str]:
+    filled = [COMMAND_PLACEHOLDERS.get(token, token).format(**scratch) for token in argv]
+    unmapped = [token for token in filled if token.startswith("<") and token.endswith(">")]
+    assert not unmapped, f"{command.name}: add {unmapped} to COMMAND_PLACEHOLDERS (or a PARSE_ONLY reason)"
+    return filled
+
+
 def readme_commands() -> list[Command]:
     return [command for block in fenced_blocks(README) if block.language == "bash" for command in bash_commands(block)]
 
@@ -392,18 +422,21 @@ def reason_not_run(command: Command) -> str | None:
 
 @pytest.fixture
 def scratch(tmp_path, monkeypatch):
-    """The folder the commands run in: the stand-in files under the README's names and a tiny image folder."""
+    """The folder the commands run in: the stand-in files and folders under the README's names, a tiny image folder
+    and a tiny `datasets` folder with a train and a validation split of it."""
     for name, source in STAND_IN_FILES.items():
         (tmp_path / name).symlink_to(source)
     images = tmp_path / "tiny-images"
     for index, photo in enumerate(bundled_photos()[:6]):
         (images / f"class{index % 2}").mkdir(parents=True, exist_ok=True)
         photo.convert("RGB").resize((64, 64)).save(images / f"class{index % 2}" / f"{index}.png")
+    for name in [*STAND_IN_IMAGE_FOLDERS, "tiny-dataset/train", "tiny-dataset/validation"]:
+        shutil.copytree(images, tmp_path / name)  # copies: the `datasets` folder builders skip linked folders
     monkeypatch.chdir(tmp_path)
     # The scripts run in this process: what they set for themselves (environment, logging) is undone afterwards.
     environment, root = dict(os.environ), logging.getLogger()
     handlers, level, verbosity = list(root.handlers), root.level, transformers.logging.get_verbosity()
-    yield {"images": str(images)}
+    yield {"images": str(images), "dataset": str(tmp_path / "tiny-dataset")}
     os.environ.clear()
     os.environ.update(environment)
     root.handlers[:], root.level = handlers, level
@@ -415,6 +448,8 @@ def test_bash_tables_are_used():
     texts = " ".join(command.text for command in commands)
     assert [part for part in PARSE_ONLY if part not in texts] == [], "PARSE_ONLY entries no command matches"
     assert [name for name in STAND_IN_FILES if name not in texts] == [], "stand-in files no command names"
+    assert [name for name in STAND_IN_IMAGE_FOLDERS if name not in texts] == [], "stand-in folders no command names"
+    assert [name for name in COMMAND_PLACEHOLDERS if name not in texts] == [], "placeholders no command has"
     assert any(command.text == INSTALL_COMMAND for command in commands), "README must install with INSTALL_COMMAND"
     run = " ".join(command.text for command in commands if reason_not_run(command) is None)
     assert [script for script in SHORT_RUN if script not in run] == [], "SHORT_RUN scripts no command runs"
@@ -453,8 +488,8 @@ def test_bash_commands(scratch, monkeypatch):
                     script, arguments = script_and_arguments(command, command.required_argv, in_process=True)
                     name = str(script.relative_to(REPO))
                     assert name in SHORT_RUN, f"{name}: say in SHORT_RUN how it runs tiny, or in PARSE_ONLY why not"
-                    short = SHORT_RUN[name]
-                    run_as_main(script, [*arguments, *(arg.format(**scratch) for arg in short)], monkeypatch)
+                    arguments = with_placeholders_filled(command, shortened(arguments, SHORT_RUN[name]), scratch)
+                    run_as_main(script, arguments, monkeypatch)
             if reason is None:
                 ran.append(command.name)
         except (Exception, SystemExit) as error:  # reported below, with the command
