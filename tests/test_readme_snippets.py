@@ -7,7 +7,8 @@ changed there is tested as it is written.
   `pixel_values`, `mask`) come from `preamble()`.
 - Each command of a ```bash block is checked. Cheap ones run for real, in README order, in one scratch folder (so
   `outputs/capi-pretraining/backbone`, written by the first command, is there for the later ones), with
-  `SHORT_RUN`'s arguments appended to make them tiny. Those that need ImageNet-size data, GPUs, several processes or
+  `SHORT_RUN`'s arguments appended to make them tiny, the files and folders they name made from the fixtures
+  (`STAND_IN_FILES`, `STAND_IN_IMAGE_FOLDERS`) and their `<placeholders>` filled (`COMMAND_PLACEHOLDERS`). Those that need ImageNet-size data, GPUs, several processes or
   a download are listed in `PARSE_ONLY` with the reason: their argument lists go through the script's own parser
   (HfArgumentParser / argparse; accelerate's for `accelerate launch`), so a renamed or removed flag, or an unknown
   preset, fails. Optional arguments written `[--flag VALUE]` are parsed too (the first of `a|b`), and left out of
@@ -269,8 +270,8 @@ STAND_IN_FILES = {
 # bundled photos each) under each name.
 STAND_IN_IMAGE_FOLDERS = ("data/train", "data/val")
 
-# A <placeholder> of a command -> what a real run gets in its place ({images}: the tiny image folder). A command that
-# runs with a placeholder missing here fails.
+# A <placeholder> of a command -> what a real run gets in its place ({dataset}: the scratch fixture's tiny `datasets`
+# folder). A command that runs with a placeholder missing here fails.
 COMMAND_PLACEHOLDERS = {
     "<backbone>": "outputs/capi-pretraining/backbone",  # the main job's, written by the README's first command
     "<name or folder>": "{dataset}",  # `--dataset_name` takes a local folder with train/ and validation/ splits
