@@ -8,8 +8,8 @@ MEASURED_ON = {
     "date": "2026-12-07",
     "machine": "AMD EPYC, 1 thread(s)",
     "torch": "2.14.1+cu130",
-    "load_average": "9.0-12.0",
-    "presets": "vicregl-tiny-resnet,cae-tiny,vicregl-tiny,ijepa-tiny,capi-tiny,cae-v2-vitt16,cae-v2-vits16,ijepa-small,capi-small,cae-v2-vitb16,cae-vitb16,vicregl-resnet50,vicregl-convnext-small,vicregl-convnext-base,cae-v2-vitl16,cae-vitl16,vicregl-convnext-xlarge,capi-vitl14,ijepa-vith14,ijepa-vith16-448,ijepa-vitg16",
+    "load_average": "6.5-12.0",
+    "presets": "vicregl-tiny-resnet,cae-tiny,vicregl-tiny,ijepa-tiny,capi-tiny,cae-v2-vitt16,cae-v2-vits16,ijepa-small,capi-small,cae-v2-vitb16,cae-vitb16,vicregl-resnet50,vicregl-convnext-small,vicregl-convnext-base,cae-v2-vitl16,cae-vitl16,vicregl-convnext-xlarge,capi-vitl14,ijepa-vith14,ijepa-vitg16,ijepa-vith16-448",
 }
 
 # fmt: off
@@ -18,7 +18,7 @@ PRESET_SIZES = {
     "capi-small": PresetSize(28_551_936, 60_257_792, 224, 8, 2.778, "median of 3; wall 7.66 s"),
     "capi-tiny": PresetSize(235_136, 478_592, 56, 8, 0.019, "median of 3; wall 0.0678 s"),
     "ijepa-vith14": PresetSize(630_762_240, 1_283_902_208, 224, 1, 15.878, "median of 1; wall 32.7 s"),
-    "ijepa-vith16-448": PresetSize(631_668_480, 1_285_917_440, 448, 1, None, "not measured: needs about 15.9 GiB, 15.3 GiB available"),
+    "ijepa-vith16-448": PresetSize(631_668_480, 1_285_917_440, 448, 1, 36.049, "median of 1; wall 66.6 s"),
     "ijepa-vitg16": PresetSize(1_011_368_576, 2_052_288_128, 224, 1, None, "not measured: needs about 24.2 GiB, 15.4 GiB available"),
     "ijepa-small": PresetSize(21_664_896, 46_185_216, 224, 8, 2.655, "median of 3; wall 7.48 s"),
     "ijepa-tiny": PresetSize(138_816, 307_840, 56, 8, 0.013, "median of 3; wall 0.044 s"),
