@@ -46,6 +46,14 @@ def image_folder(data_dir: Path, transform):
     return ImageFolder(str(data_dir), transform=lambda image: transform(image.convert("RGB")))
 
 
+def last_logged_window(losses: list[float], window: int) -> float:
+    """Mean loss over the steps that hf_mim's last logged loss covers with `--logging_steps window` (the Trainer logs
+    the mean since its previous log at every multiple of `window`): the last full window ending at such a multiple,
+    or every step of a run shorter than one window."""
+    end = max(len(losses) // window * window, min(window, len(losses)))
+    return statistics.fmean(losses[max(end - window, 0) : end])
+
+
 def cycled(loader, steps: int):
     """`steps` batches of `loader`, epoch after epoch."""
     done = 0
@@ -137,8 +145,8 @@ def train_original_cae(src: Path, data_dir: Path, out_dir: Path, *, version: int
     hf_model = hf_mim.CaeForPreTraining(bench.hf_config(load, "eager"))
     bench.copy_weights(trained, hf_model, load)
     hf_model.cae.save_pretrained(out_dir / "converted")
-    window = [entry["loss"] for entry in log[-log_window:]]
-    return {"wall_s": wall, "loss_last_window": statistics.fmean(window), "first_loss": log[0]["loss"],
+    losses = [entry["loss"] for entry in log]
+    return {"wall_s": wall, "loss_last_window": last_logged_window(losses, log_window), "first_loss": losses[0],
             "warmup_steps": warmup, "steps": len(log)}  # fmt: skip
 
 
@@ -215,5 +223,5 @@ def train_original_vicregl(src: Path, data_dir: Path, out_dir: Path, *, steps: i
     hf_model = hf_mim.VicreglForPreTraining(config)
     bench.copy_weights(model, hf_model, config)
     hf_model.vicregl.save_pretrained(out_dir / "converted")
-    return {"wall_s": wall, "loss_last_window": statistics.fmean(log[-log_window:]), "first_loss": log[0],
+    return {"wall_s": wall, "loss_last_window": last_logged_window(log, log_window), "first_loss": log[0],
             "warmup_steps": warmup, "steps": len(log)}  # fmt: skip

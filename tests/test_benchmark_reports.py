@@ -98,3 +98,12 @@ def test_hf_side_of_cae_v2_and_vicregl(parity, tmp_path):
     config.update_from_string(overrides)
     assert config.to_dict() == parity.originals.vicregl_config().to_dict()
     assert config.hidden_sizes == [4 * config.embedding_size * 2**i for i in range(4)]  # the original ResNet's rule
+
+
+def test_original_loss_is_averaged_over_the_steps_of_the_last_logged_hf_loss(parity):
+    """The Trainer logs the mean loss since its previous log at every multiple of --logging_steps: at 250 steps and
+    logging every 100, its last logged loss covers steps 101-200, and so must the original's."""
+    losses = [float(step) for step in range(1, 251)]
+    assert parity.originals.last_logged_window(losses, 100) == 150.5  # mean of 101..200
+    assert parity.originals.last_logged_window(losses[:200], 100) == 150.5
+    assert parity.originals.last_logged_window(losses[:3], 100) == 2.0  # shorter than a window: every step
