@@ -1,6 +1,8 @@
 """CAE v1 / v2 models: transformers-style common tests, pooling definitions, the three classification heads, the
 pretraining objective against independent transcriptions of the original's losses (v1 and v2 engines)."""
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -240,3 +242,29 @@ def test_forward_without_targets_has_no_loss_and_attached_target_model_is_not_a_
     assert out.loss is not None and torch.isfinite(out.loss)
     with pytest.raises(ValueError, match="needs a target model"):
         CaeForPreTraining(tiny())(torch.randn(2, 3, 64, 64), target_pixel_values=torch.rand(2, 3, 32, 32))
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_init_is_the_original_pretraining_models(version):
+    """The original's init, by its distributions (Atten4Vis CAE models/modeling_cae.py and modeling_cae_helper.py):
+    q / k / v as slices of one xavier-uniform (D, 3D) `qkv` Linear, bound sqrt(6 / 4D) (separate Linears would have
+    sqrt(6 / 2D)); the regressor's cross-attention q / k / v as its own three Linears; patch embedding, cls and mask
+    tokens trunc_normal(std 0.02) cut at +-1 std (a=-std, b=std), whose std is 0.02 x 0.5376."""
+    torch.manual_seed(0)
+    config = CaeConfig.tiny(cae_version=version, hidden_size=128, num_attention_heads=4, intermediate_size=256)
+    model = CaeForPreTraining(config)
+    width = config.hidden_size
+    uniform_std = math.sqrt(6.0 / (4 * width)) / math.sqrt(3.0)
+    for block in model.cae.layers:
+        for projection in (block.attention.q_proj, block.attention.k_proj, block.attention.v_proj):
+            weight = projection.weight
+            assert weight.abs().max() <= math.sqrt(6.0 / (4 * width))
+            assert abs(weight.std().item() / uniform_std - 1) < 0.03
+    regressor = model.regressor[0].attention.cross_attention.q_proj.weight
+    separate_std = math.sqrt(6.0 / (2 * regressor.shape[0])) / math.sqrt(3.0)
+    assert abs(regressor.std().item() / separate_std - 1) < 0.05
+    truncated_std = 0.02 * 0.5376  # N(0, 1) restricted to [-1, 1] has std 0.5376
+    patch = model.cae.embeddings.patch_embeddings.projection.weight
+    assert patch.abs().max() <= 0.02 and abs(patch.std().item() / truncated_std - 1) < 0.03
+    for token in (model.cae.embeddings.cls_token, model.mask_token):
+        assert token.abs().max() <= 0.02

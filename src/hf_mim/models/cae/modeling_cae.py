@@ -2,6 +2,7 @@
 CAE v1 and v2 (`CaeForPreTraining`: latent regressor, v1 alignment + token decoder, v2 latent head). Composed from
 `hf_mim.layers`."""
 
+import math
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -79,6 +80,8 @@ def _blocks(config: CaeConfig, width: int, heads: int, intermediate: int, layer_
     for block in blocks:
         block.attention.matmul_max_kv_tokens = MATMUL_ATTENTION_MAX_KV_TOKENS
         block.attention.fuse_qkv = True
+        for projection in (block.attention.q_proj, block.attention.k_proj, block.attention.v_proj):
+            projection._cae_role = "fused_qkv"  # initialised as the original's one qkv Linear (`_init_weights`)
     _set_layer_scale_init(blocks, layer_scale)
     return blocks
 
@@ -180,10 +183,13 @@ class CaePreTrainedModel(RemoteCodeExportMixin, PreTrainedModel):
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
-        """The original's init: every Linear xavier-uniform with zero bias (the top-level re-init of CAE), patch
-        embedding / cls / mask tokens trunc-normal(0.02), LayerNorm (1, 0), layer scales at their init value, the
-        fixed sin-cos tables; the classification heads as their protocols (fine-tune trunc-normal 0.02 x 0.001,
-        linear probe trunc-normal 0.01, attentive N(0, 0.01), query token 0)."""
+        """The original pretraining model's init: every Linear xavier-uniform with zero bias (the top-level re-init of
+        CAE); a self-attention block's q / k / v weights with the bound of the original's one fused (D, 3D) `qkv`
+        Linear, sqrt(6 / 4D), not sqrt(6 / 2D) each (the regressor's cross-attention has three Linears there too);
+        patch embedding / cls / mask tokens trunc-normal(0.02) cut at +-1 std (the original's `trunc_normal_` passes
+        a=-std, b=std: a std of 0.0108, not 0.02); LayerNorm (1, 0), layer scales at their init value, the fixed
+        sin-cos tables; the classification heads as their protocols (fine-tune trunc-normal 0.02 x 0.001, linear
+        probe trunc-normal 0.01, attentive N(0, 0.01), query token 0)."""
         config, std = self.config, self.config.initializer_range
         role = getattr(module, "_cae_role", None)
         if isinstance(module, nn.Linear):
@@ -194,11 +200,15 @@ class CaePreTrainedModel(RemoteCodeExportMixin, PreTrainedModel):
                 (init.trunc_normal_ if role == "linear_head" else init.normal_)(module.weight, std=0.01)
                 init.zeros_(module.bias)
             else:
-                init.xavier_uniform_(module.weight)
+                if role == "fused_qkv":  # xavier of the original's one (D, 3D) Linear: bound sqrt(6 / (D + 3D))
+                    bound = math.sqrt(6.0 / (module.in_features + 3 * module.out_features))
+                    init.uniform_(module.weight, -bound, bound)
+                else:
+                    init.xavier_uniform_(module.weight)
                 if module.bias is not None:
                     init.zeros_(module.bias)
         elif isinstance(module, nn.Conv2d):
-            init.trunc_normal_(module.weight, std=std)
+            init.trunc_normal_(module.weight, std=std, a=-std, b=std)
             if module.bias is not None:
                 init.zeros_(module.bias)
         elif isinstance(module, nn.LayerNorm):
@@ -211,10 +221,10 @@ class CaePreTrainedModel(RemoteCodeExportMixin, PreTrainedModel):
         elif isinstance(module, LayerScale):
             init.constant_(module.lambda1, getattr(module, "_init_value", config.layer_scale_init_value))
         elif isinstance(module, CaeEmbeddings):
-            init.trunc_normal_(module.cls_token, std=std)
+            init.trunc_normal_(module.cls_token, std=std, a=-std, b=std)
             init.copy_(module.position_embeddings, cae_position_table(config.hidden_size, config.grid_size))
         elif isinstance(module, CaeForPreTraining):
-            init.trunc_normal_(module.mask_token, std=std)
+            init.trunc_normal_(module.mask_token, std=std, a=-std, b=std)
             init.copy_(
                 module.regressor_position_embeddings, cae_position_table(config.decoder_hidden_size, config.grid_size)
             )
