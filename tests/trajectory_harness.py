@@ -103,6 +103,22 @@ def relative_gap(actual: torch.Tensor, expected: torch.Tensor) -> float:
     return float((actual.double() - expected.double()).abs().max() / expected.double().abs().max().clamp_min(1e-12))
 
 
+def optimizer_state_gap(actual: dict, expected: dict, bound: float, skip: tuple[str, ...] = ()) -> float:
+    """The largest `relative_gap` between the replay's optimizer state and the recorded one ({parameter: {key:
+    tensor}}, every recorded key of every parameter the replay holds, except names ending with a `skip` suffix);
+    asserts each within `bound`."""
+    largest = 0.0
+    for name, state in actual.items():
+        if name.endswith(skip):
+            continue
+        assert set(state) >= set(expected[name]), name
+        for key, value in expected[name].items():
+            gap = relative_gap(state[key], value)
+            largest = max(largest, gap)
+            assert gap <= bound, f"optimizer state {key} of {name} differs by {gap:.2e} > {bound:.2e}"
+    return largest
+
+
 def record_output_fields(model, fields: tuple[str, ...]) -> dict[str, list[float]]:
     """Record `fields` of the output of every forward of `model` (e.g. the loss parts), in call order. Register it
     before `replay`; the lists fill while the trainer runs."""
